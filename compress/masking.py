@@ -1,0 +1,149 @@
+"""Learn a binary mask over frozen weights ("fine-tuning by sparsification").
+
+Each target Linear becomes a MaskedLinear: its (already quantized) weight and bias are frozen
+buffers, and a real-valued score per weight is the only thing learned. The forward pass uses the
+hard mask ``scores > threshold``; the backward pass is straight-through (d mask / d score = 1).
+With ``nm=(2, 4)`` the mask keeps the 2 highest scores in every group of 4 along the input
+dimension (NVIDIA 2:4 structured sparsity).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from compress.quantize import pack_bits, target_linears, unpack_bits
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class MaskConfig:
+    init_low: float = -0.02  # scores ~ Uniform(init_low, init_high) (Zhao et al. 2020)
+    init_high: float = 0.58
+    threshold: float = 0.01  # mask = scores > threshold; Uniform(-.02, .58) starts 5% pruned
+    nm: tuple[int, int] | None = None  # (n, m): keep n of every m inputs, e.g. (2, 4)
+
+    def __post_init__(self):
+        if not self.init_low < self.init_high:
+            raise ValueError(f"mask init range ({self.init_low}, {self.init_high}) is empty: init_low must be < init_high")
+        if self.nm is not None and not (0 < self.nm[0] < self.nm[1]):
+            raise ValueError(f"nm={self.nm}: need 0 < n < m, e.g. (2, 4)")
+
+
+def _binarize(scores: torch.Tensor, threshold: float, nm: tuple[int, int] | None) -> torch.Tensor:
+    if nm is None:
+        return (scores > threshold).to(scores.dtype)
+    n, m = nm
+    rows, cols = scores.shape
+    g = scores.detach().reshape(rows, cols // m, m)
+    keep = torch.zeros_like(g).scatter_(-1, g.topk(n, dim=-1).indices, 1.0)
+    return keep.reshape(rows, cols)
+
+
+class MaskedLinear(torch.nn.Module):
+    def __init__(self, linear: torch.nn.Linear, config: MaskConfig):
+        super().__init__()
+        self.config = config
+        if config.nm and linear.in_features % config.nm[1]:
+            raise ValueError(f"in_features={linear.in_features} is not divisible by m={config.nm[1]} for N:M sparsity")
+        self.register_buffer("weight", linear.weight.detach().clone())
+        self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
+        init = torch.empty_like(self.weight).uniform_(config.init_low, config.init_high)
+        self.scores = torch.nn.Parameter(init)
+
+    def mask(self) -> torch.Tensor:
+        return _binarize(self.scores, self.config.threshold, self.config.nm)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        hard = self.mask()
+        m = hard + self.scores - self.scores.detach()  # straight-through estimator
+        return F.linear(x, self.weight * m.to(self.weight.dtype), self.bias)
+
+    def extra_repr(self) -> str:
+        return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, nm={self.config.nm}"
+
+
+def apply_masks_(model: torch.nn.Module, config: MaskConfig) -> dict[str, MaskedLinear]:
+    """Replace every target Linear by a MaskedLinear; freeze everything else in those layers."""
+    replaced = {}
+    for name, lin in target_linears(model).items():
+        parent_name, _, attr = name.rpartition(".")
+        masked = MaskedLinear(lin, config)
+        setattr(model.get_submodule(parent_name), attr, masked)
+        replaced[name] = masked
+    return replaced
+
+
+def masked_layers(model: torch.nn.Module) -> dict[str, MaskedLinear]:
+    return {n: m for n, m in model.named_modules() if isinstance(m, MaskedLinear)}
+
+
+@torch.no_grad()
+def masks(model: torch.nn.Module) -> dict[str, torch.Tensor]:
+    return {n: m.mask().bool() for n, m in masked_layers(model).items()}
+
+
+@torch.no_grad()
+def densities(model: torch.nn.Module) -> tuple[dict[str, float], float]:
+    per, kept, total = {}, 0, 0
+    for name, m in masks(model).items():
+        per[name] = m.float().mean().item()
+        kept += int(m.sum())
+        total += m.numel()
+    return per, (kept / total if total else 1.0)
+
+
+@torch.no_grad()
+def set_masks_(model: torch.nn.Module, mask_by_name: dict[str, np.ndarray | torch.Tensor]) -> None:
+    """Load fixed masks (e.g. from mask.npz) by setting scores to +-1 around the threshold."""
+    layers = masked_layers(model)
+    missing = set(layers) - set(mask_by_name)
+    if missing:
+        raise KeyError(f"mask file has no mask for layers {sorted(missing)[:3]}...: it was made for another model")
+    for name, layer in layers.items():
+        m = torch.as_tensor(np.asarray(mask_by_name[name]), dtype=torch.bool)
+        if m.shape != layer.weight.shape:
+            raise ValueError(f"mask for {name} has shape {tuple(m.shape)}, layer has {tuple(layer.weight.shape)}")
+        t = layer.config.threshold
+        layer.scores.copy_(torch.where(m, t + 1.0, t - 1.0))
+
+
+# ---------------------------------------------------------------- mask file (bit-packed, 1 bit per weight)
+def save_masks(path, model: torch.nn.Module) -> int:
+    arrays = {}
+    for name, m in masks(model).items():
+        arrays[name] = pack_bits(m.numpy().astype(np.uint8), 1)
+        arrays[name + "::shape"] = np.array(m.shape, dtype=np.int64)
+    with open(path, "wb") as f:
+        np.savez_compressed(f, **arrays)
+    return sum(a.nbytes for k, a in arrays.items() if not k.endswith("::shape"))
+
+
+def load_masks(path) -> dict[str, np.ndarray]:
+    with np.load(path) as z:
+        out = {}
+        for key in z.files:
+            if key.endswith("::shape"):
+                continue
+            shape = tuple(z[key + "::shape"])
+            out[key] = unpack_bits(z[key], 1, int(np.prod(shape))).reshape(shape).astype(bool)
+    return out
+
+
+def folded(model: torch.nn.Module) -> torch.nn.Module:
+    """A copy of the model with every MaskedLinear replaced by a plain Linear holding weight * mask."""
+    out = copy.deepcopy(model)
+    for name, layer in masked_layers(out).items():
+        lin = torch.nn.Linear(layer.weight.shape[1], layer.weight.shape[0], bias=layer.bias is not None)
+        with torch.no_grad():
+            lin.weight.copy_(layer.weight * layer.mask())
+            if layer.bias is not None:
+                lin.bias.copy_(layer.bias)
+        parent, _, attr = name.rpartition(".")
+        setattr(out.get_submodule(parent), attr, lin)
+    return out

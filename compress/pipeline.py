@@ -1,0 +1,202 @@
+"""run(RunConfig): load -> quantize -> learn mask -> export -> validate -> write the artifact directory."""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from compress import artifact, masking, metrics, models, quantize, report, tasks, train
+from compress.exporters.export import ExportConfig, export
+from compress.exporters.verify import AccuracyDriftError
+from compress.exporters.weights import IntWeight, int_weight
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    model: str = models.EMBEDDED
+    task: str = "mrpc"
+    out: str = "runs/minilm-mrpc"
+    data_dir: str | None = None
+    overwrite: bool = False
+    pooling: str | None = None  # None: what the checkpoint says (mean for sentence-transformers, else pooler)
+    quant: quantize.QuantConfig = field(default_factory=quantize.QuantConfig)
+    mask: masking.MaskConfig = field(default_factory=masking.MaskConfig)
+    train: train.TrainConfig = field(default_factory=train.TrainConfig)
+    export: ExportConfig = field(default_factory=ExportConfig)
+    bench: bool = True
+    threads: int | None = None
+
+
+def _to_dict(cfg) -> dict:
+    return dataclasses.asdict(cfg)
+
+
+@dataclass
+class Prepared:
+    """The trained torch model and everything the export needs."""
+
+    model: torch.nn.Module
+    tokenizer: object
+    source: models.ModelSource
+    linears: dict[str, IntWeight]
+    embedding: tuple[str, IntWeight] | None
+
+
+def prepare(model: torch.nn.Module, cfg: RunConfig, qtensors: dict) -> tuple[dict[str, IntWeight], tuple[str, IntWeight] | None]:
+    """Split the quantized tensors into masked linears and the embedding table, masks folded in."""
+    masks = {k: v.numpy() for k, v in masking.masks(model).items()}
+    emb = quantize.word_embeddings(model)
+    emb_name = emb[0] if emb else None
+    linears = {n: int_weight(qt, masks.get(n)) for n, qt in qtensors.items() if n != emb_name}
+    embedding = (emb_name, int_weight(qtensors[emb_name])) if emb_name in qtensors else None
+    return linears, embedding
+
+
+def build(cfg: RunConfig, task: tasks.Task):
+    """Model with quantized frozen weights and (mode=structure) masks; -> (model, tokenizer, source, qtensors)."""
+    clf, tok, source = models.build_classifier(cfg.model, task.num_labels, cfg.pooling, seed=cfg.train.seed)
+    qtensors = {}
+    if cfg.train.mode == "structure":
+        qtensors = quantize.quantize_(clf, cfg.quant)  # the mask is learned on the weights that ship
+        torch.manual_seed(cfg.train.seed)
+        masking.apply_masks_(clf, cfg.mask)
+    return clf, tok, source, qtensors
+
+
+def layer_table(model, linears: dict[str, IntWeight], embedding) -> list[dict]:
+    """Per quantized/masked layer: shape, bits, group size, mask density."""
+    dens = masking.densities(model)[0]
+    rows = []
+    for name in list(linears) or list(dens) or list(quantize.target_linears(model)):
+        w = linears.get(name)
+        shape = w.codes.shape if w else model.get_submodule(name).weight.shape
+        rows.append({"name": name, "shape": list(shape), "bits": w.bits if w else 32,
+                     "group_size": w.group_size if w else None, "density": dens.get(name, 1.0)})
+    if embedding:
+        name, w = embedding
+        rows.append({"name": name, "shape": list(w.codes.shape), "bits": w.bits, "group_size": None, "density": 1.0})
+    return rows
+
+
+def run(cfg: RunConfig, command: str = "", progress: bool = False) -> tuple[Path, dict]:
+    t_start = time.perf_counter()
+    out = Path(cfg.out)
+    artifact.check_target(out, cfg.overwrite)  # fail before hours of training, not after
+    if cfg.threads:
+        torch.set_num_threads(cfg.threads)
+    stages = tqdm(total=5, desc="pipeline", disable=not progress, unit="stage", position=0)
+    task = tasks.get_task(cfg.task)
+    stages.set_description("data")
+    splits = tasks.load_task(task, cfg.data_dir)
+    train_split = splits["train"].subset(cfg.train.max_train_examples)
+    dev = splits["dev"].subset(cfg.train.max_eval_examples)
+    stages.update()
+
+    stages.set_description("quantize + mask")
+    model, tok, source, qtensors = build(cfg, task)
+    stages.update()
+    stages.set_description(f"train ({cfg.train.mode})")
+    history = train.fit(model, task, train_split, dev, tok, cfg.train, progress=progress)
+    if cfg.train.mode == "weights":
+        qtensors = quantize.quantize_(model, cfg.quant)  # post-training quantization of the fine-tuned weights
+    linears, embedding = prepare(model, cfg, qtensors)
+    stages.update()
+
+    pad = tok.pad_token_id or 0
+    dev_enc = train.encode(tok, dev, cfg.train.max_length)
+    torch_logits = train.predict(model, dev_enc, pad, bf16=False)
+    torch_metrics = metrics.compute(task, torch_logits, dev.labels)
+
+    with artifact.staging(out, cfg.overwrite) as tmp:
+        stages.set_description("export")
+        tok.save_pretrained(tmp)
+        mask_bytes = masking.save_masks(tmp / "mask.npz", model) if cfg.train.mode == "structure" else 0
+        save_trainable(model, cfg.train.mode, tmp / "trainable.safetensors")
+        sample = next(iter(_batches(dev_enc, 32, pad)))
+        res = export(model, linears, embedding, tmp / "model.onnx", cfg.export, sample)
+        stages.update()
+
+        stages.set_description("validate")
+        validation = validate(tmp, task, dev, torch_logits, torch_metrics, cfg, cfg.train.max_length)
+        stages.update()
+        stages.close()
+        per_layer, density = masking.densities(model)
+        manifest = {
+            "command": command,
+            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
+            "model": {"name": source.name, "location": source.location, "local": source.local, "pooling": model.pooling,
+                      "architecture": model.encoder.config.model_type, "num_labels": task.num_labels,
+                      "hidden_size": model.encoder.config.hidden_size, "num_heads": model.encoder.config.num_attention_heads,
+                      "inputs": _input_names(model)},
+            "task": {"name": task.name, "metric": task.metric, "train_examples": len(train_split), "dev_examples": len(dev),
+                     "data": splits["train"].source},
+            "config": {"quant": _to_dict(cfg.quant), "mask": _to_dict(cfg.mask), "train": _to_dict(cfg.train),
+                       "export": _to_dict(cfg.export), "embedding_bits": quantize.embedding_bits(cfg.quant) if embedding else None},
+            "density": density,
+            "layers": layer_table(model, linears, embedding),
+            "training": {"history": history.history, "best_epoch": history.best_epoch, "seconds": history.seconds},
+            "metrics": {"majority": metrics.majority_baseline(task, splits["train"].labels, dev.labels), **validation["metrics"]},
+            "validation": validation["checks"] | {"parity_max_abs_diff": res.parity_max_abs_diff, "parity_atol": cfg.export.parity_atol,
+                                                   "sample_max_abs_diff": res.deployed_max_abs_diff},
+            "fusions": res.fusions,
+            "sizes": {**res.sizes, "mask_file": mask_bytes, "onnx_total": (tmp / "model.onnx").stat().st_size},
+            "bench": validation["bench"],
+            "seconds": time.perf_counter() - t_start,
+            "versions": artifact.versions(),
+        }
+        (tmp / "report.md").write_text(report.render(manifest))
+        manifest = artifact.write_manifest(tmp, manifest)
+    return out, manifest
+
+
+def _input_names(model) -> list[str]:
+    from compress.exporters.onnx_graph import input_names
+
+    return input_names(model)
+
+
+def _batches(enc, batch_size, pad):
+    from compress.runtimes.evaluate import batches
+
+    return batches(enc, batch_size, pad)
+
+
+def save_trainable(model, mode: str, path: Path) -> None:
+    from safetensors.torch import save_file
+
+    tensors = model.state_dict() if mode == "weights" else model.head_parameters()
+    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(path))
+
+
+def validate(directory: Path, task, dev, torch_logits, torch_metrics, cfg: RunConfig, max_length: int) -> dict:
+    """Dev metric through ONNX Runtime, agreement with PyTorch, latency; raise if the metric drifts."""
+    from compress.runtimes import bench, evaluate
+    from compress.runtimes.session import open_session
+
+    sess = open_session(directory / "model.onnx", threads=cfg.threads)
+    tok = evaluate.load_tokenizer(directory / "tokenizer.json", max_length)
+    enc = evaluate.encode(tok, dev.text_a, dev.text_b)
+    ort_logits = evaluate.logits(sess, enc, pad_id=tok.token_to_id("[PAD]") or 0)
+    ort_metrics = metrics.compute(task, ort_logits, dev.labels)
+    p_t, p_o = metrics.predictions(task, torch_logits), metrics.predictions(task, ort_logits)
+    agreement = float(np.mean(p_t == p_o)) if not task.is_regression else float(np.corrcoef(p_t, p_o)[0, 1])
+    drop = torch_metrics[task.metric] - ort_metrics[task.metric]
+    checks = {"agreement": agreement, "metric_drop": drop, "max_metric_drop": cfg.export.max_metric_drop,
+              "dev_max_abs_diff": float(np.max(np.abs(ort_logits - torch_logits)))}
+    if drop > cfg.export.max_metric_drop:
+        raise AccuracyDriftError(f"ONNX Runtime dev {task.metric} {ort_metrics[task.metric]:.4f} trails PyTorch's "
+                                 f"{torch_metrics[task.metric]:.4f} by {drop:.4f} > {cfg.export.max_metric_drop}: "
+                                 "export with --kernel float (exact) or raise --max-metric-drop")
+    results = {}
+    if cfg.bench:
+        for b in (1, 32):
+            results[f"batch{b}"] = bench.latency(sess, batch=b, seq_len=128, runs=50 if b == 1 else 10)
+    return {"metrics": {"torch": torch_metrics, "onnx": ort_metrics}, "checks": checks, "bench": results}

@@ -1,0 +1,43 @@
+"""report.md and the closing console table, rendered from the manifest."""
+from __future__ import annotations
+
+
+def _mb(n: int) -> str:
+    return f"{n / 1e6:.2f} MB"
+
+
+def summary_rows(m: dict) -> list[tuple[str, str]]:
+    metric = m["task"]["metric"]
+    t, o = m["metrics"]["torch"], m["metrics"]["onnx"]
+    v = m["validation"]
+    rows = [
+        (f"dev {metric} (PyTorch, masked)" if m["config"]["train"]["mode"] == "structure" else f"dev {metric} (PyTorch)", f"{t[metric]:.4f}"),
+        (f"dev {metric} (ONNX Runtime)", f"{o[metric]:.4f}"),
+        ("prediction agreement", f"{v['agreement']:.4f}"),
+        ("max |logit diff| float kernel / shipped", f"{v['parity_max_abs_diff']:.2e} / {v['dev_max_abs_diff']:.2e}"),
+        ("mask density", f"{m['density']:.4f}"),
+        ("model.onnx", _mb(m["sizes"]["onnx_total"])),
+    ]
+    for key, b in m.get("bench", {}).items():
+        rows.append((f"latency {b['batch']}x{b['seq_len']} (median)", f"{b['median_ms']:.2f} ms ({b['throughput_seq_s']:.0f} seq/s)"))
+    return rows
+
+
+def render(m: dict) -> str:
+    q, tr = m["config"]["quant"], m["config"]["train"]
+    bits = f"{q['bits']}-bit" + (f", groups of {q['group_size']}" if q["group_size"] else ", per channel") if q["bits"] <= 8 else "none (fp32)"
+    lines = [f"# {m['model']['name']} on {m['task']['name']}: mode={tr['mode']}, weights {bits}", "",
+             f"Command: `{m['command']}`", "", "| | |", "|---|---|"]
+    lines += [f"| {k} | {v} |" for k, v in summary_rows(m)]
+    lines += ["", f"Majority-class baseline: {m['metrics']['majority']}", "",
+              "## Training (dev metric per epoch)", "", "| epoch | loss | dev | density | seconds |", "|---|---|---|---|---|"]
+    for h in m["training"]["history"]:
+        dev = ", ".join(f"{k} {v:.4f}" for k, v in h["dev"].items())
+        mark = " (selected)" if h["epoch"] == m["training"]["best_epoch"] else ""
+        lines.append(f"| {h['epoch']}{mark} | {h['loss']:.4f} | {dev} | {h['density']:.4f} | {h['seconds']:.0f} |")
+    lines += ["", f"Selection: `{tr['select']}` epoch by dev {m['task']['metric']}.", "", "## Bytes in model.onnx", ""]
+    lines += [f"- {k}: {_mb(v)}" for k, v in m["sizes"].items()]
+    lines += ["", "## Layers", "", "| layer | shape | bits | group | density |", "|---|---|---|---|---|"]
+    lines += [f"| {r['name']} | {r['shape']} | {r['bits']} | {r['group_size'] or 'channel'} | {r['density']:.4f} |" for r in m["layers"]]
+    lines += ["", f"ONNX Runtime fusions: {m['fusions']}", "", f"Versions: {m['versions']}", ""]
+    return "\n".join(lines)

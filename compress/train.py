@@ -1,0 +1,192 @@
+"""One training loop for both modes.
+
+mode="structure": pretrained (quantized) weights frozen; learn mask scores (straight-through)
+                  and the dense head (pooler if used + classifier).
+mode="weights":   ordinary dense fine-tuning of everything (the comparison column).
+"""
+from __future__ import annotations
+
+import copy
+import logging
+import math
+import random
+import time
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from compress import masking, metrics
+from compress.tasks import Split, Task
+
+log = logging.getLogger(__name__)
+MODES = ("structure", "weights")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    mode: str = "structure"
+    epochs: int = 5
+    batch_size: int = 32
+    max_length: int = 128
+    mask_lr: float = 1e-3  # Adam on the scores, no weight decay
+    head_lr: float = 1e-3  # classifier (+ pooler) in structure mode
+    lr: float = 5e-5  # every weight in weights mode
+    weight_decay: float = 0.01  # weights mode and the head; never the scores
+    warmup_ratio: float = 0.1
+    head_warmup_steps: int = 0  # train the head alone for this many steps before the scores move
+    select: str = "best"  # "best": keep the epoch with the best dev metric; "last": the final epoch
+    bf16: bool = True  # bf16 autocast for training steps (CPU AMX/AVX-512 BF16)
+    seed: int = 0
+    max_train_examples: int | None = None
+    max_eval_examples: int | None = None
+
+    def __post_init__(self):
+        if self.mode not in MODES:
+            raise ValueError(f"mode '{self.mode}' is not one of {MODES}")
+        if self.select not in ("best", "last"):
+            raise ValueError(f"select '{self.select}' must be 'best' or 'last'")
+        if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
+            raise ValueError("epochs and batch_size must be >= 1 and max_length >= 8")
+
+
+@dataclass
+class TrainResult:
+    history: list[dict] = field(default_factory=list)  # per epoch: loss, dev metrics, density, seconds
+    best_epoch: int = 0
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------- data
+def encode(tokenizer, split: Split, max_length: int) -> dict[str, list]:
+    enc = tokenizer(split.text_a, split.text_b, truncation=True, max_length=max_length)
+    return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
+
+
+def collate(enc: dict[str, list], idx, pad_id: int) -> dict[str, torch.Tensor]:
+    width = max(len(enc["input_ids"][i]) for i in idx)
+    out = {}
+    for key, rows in enc.items():
+        fill = pad_id if key == "input_ids" else 0
+        arr = np.full((len(idx), width), fill, dtype=np.int64)
+        for r, i in enumerate(idx):
+            arr[r, : len(rows[i])] = rows[i]
+        out[key] = torch.from_numpy(arr)
+    return out
+
+
+def labels_tensor(task: Task, labels) -> torch.Tensor:
+    return torch.tensor(labels, dtype=torch.float32 if task.is_regression else torch.long)
+
+
+@torch.no_grad()
+def predict(model, enc, pad_id: int, batch_size: int = 64, bf16: bool = False) -> np.ndarray:
+    model.eval()
+    n = len(enc["input_ids"])
+    outs = []
+    for s in range(0, n, batch_size):
+        b = collate(enc, range(s, min(n, s + batch_size)), pad_id)
+        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+            outs.append(model(**b).float())
+    return torch.cat(outs).numpy()
+
+
+# ---------------------------------------------------------------- optimisation
+def _param_groups(model, cfg: TrainConfig):
+    if cfg.mode == "weights":
+        for p in model.parameters():
+            p.requires_grad_(True)
+        decay = [p for n, p in model.named_parameters() if p.ndim >= 2]
+        no_decay = [p for n, p in model.named_parameters() if p.ndim < 2]
+        return [{"params": decay, "lr": cfg.lr, "weight_decay": cfg.weight_decay},
+                {"params": no_decay, "lr": cfg.lr, "weight_decay": 0.0}], []
+    for p in model.parameters():
+        p.requires_grad_(False)
+    layers = masking.masked_layers(model)
+    if not layers:
+        raise ValueError("mode='structure' needs masks: call masking.apply_masks_(model, MaskConfig()) first")
+    scores = [m.scores for m in layers.values()]
+    head = list(model.head_parameters().values())
+    for p in scores + head:
+        p.requires_grad_(True)
+    return [{"params": scores, "lr": cfg.mask_lr, "weight_decay": 0.0},
+            {"params": head, "lr": cfg.head_lr, "weight_decay": cfg.weight_decay}], scores
+
+
+def _lr_lambda(total: int, warmup: int):
+    def f(step: int) -> float:
+        if step < warmup:
+            return (step + 1) / warmup
+        return max(0.0, (total - step) / max(1, total - warmup))
+    return f
+
+
+def _trainable_state(model, cfg: TrainConfig) -> dict[str, torch.Tensor]:
+    if cfg.mode == "weights":
+        return copy.deepcopy(model.state_dict())
+    return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
+
+
+def fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfig, progress: bool = False) -> TrainResult:
+    """Train in place; on return the model holds the selected epoch's parameters."""
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    np.random.seed(cfg.seed)
+    train, dev = train.subset(cfg.max_train_examples), dev.subset(cfg.max_eval_examples)
+    pad_id = tokenizer.pad_token_id or 0
+    tr_enc, dev_enc = encode(tokenizer, train, cfg.max_length), encode(tokenizer, dev, cfg.max_length)
+    y = labels_tensor(task, train.labels)
+    groups, scores = _param_groups(model, cfg)
+    opt = torch.optim.AdamW(groups)
+    steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
+    total = steps_per_epoch * cfg.epochs
+    sched = torch.optim.lr_scheduler.LambdaLR(opt, _lr_lambda(total, int(cfg.warmup_ratio * total)))
+    loss_fn = torch.nn.MSELoss() if task.is_regression else torch.nn.CrossEntropyLoss()
+    result, best_metric, best_state = TrainResult(), -math.inf, None
+    t_start, step = time.perf_counter(), 0
+    rng = np.random.default_rng(cfg.seed)
+    for epoch in range(1, cfg.epochs + 1):
+        model.train()
+        t0, losses = time.perf_counter(), []
+        order = rng.permutation(len(train))
+        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=True, unit="step")
+        for b in bar:
+            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+            batch = collate(tr_enc, idx, pad_id)
+            for s in scores:  # head warm-up: scores frozen for the first steps
+                s.requires_grad_(step >= cfg.head_warmup_steps)
+            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+                out = model(**batch).float()
+            target = y[idx]
+            loss = loss_fn(out.squeeze(-1), target) if task.is_regression else loss_fn(out, target)
+            opt.zero_grad(set_to_none=True)
+            loss.backward()
+            opt.step()
+            sched.step()
+            step += 1
+            losses.append(loss.item())
+            if b % 10 == 0:
+                bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        logits = predict(model, dev_enc, pad_id, bf16=cfg.bf16)
+        dev_metrics = metrics.compute(task, logits, dev.labels)
+        density = masking.densities(model)[1] if cfg.mode == "structure" else 1.0
+        rec = {"epoch": epoch, "loss": float(np.mean(losses)), "dev": dev_metrics, "density": density,
+               "seconds": time.perf_counter() - t0}
+        result.history.append(rec)
+        bar.set_postfix(loss=f"{rec['loss']:.4f}", **{f"dev_{task.metric}": f"{dev_metrics[task.metric]:.4f}"}, density=f"{density:.3f}")
+        bar.close()
+        log.info("epoch %d: loss %.4f dev %s density %.4f (%.0f s)", epoch, rec["loss"], dev_metrics, density, rec["seconds"])
+        if cfg.select == "last" or dev_metrics[task.metric] > best_metric:
+            best_metric, result.best_epoch = dev_metrics[task.metric], epoch
+            best_state = _trainable_state(model, cfg)
+    if best_state is not None and result.best_epoch != cfg.epochs:
+        if cfg.mode == "weights":
+            model.load_state_dict(best_state)
+        else:
+            with torch.no_grad():
+                params = dict(model.named_parameters())
+                for n, v in best_state.items():
+                    params[n].copy_(v)
+    result.seconds = time.perf_counter() - t_start
+    return result

@@ -1,0 +1,38 @@
+"""Execution providers: cpu / cuda / tensorrt, their availability and why one is skipped."""
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import onnxruntime as ort
+
+ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+
+
+@dataclass(frozen=True)
+class Provider:
+    name: str
+    available: bool
+    reason: str = ""  # why it is unavailable
+
+    def session_providers(self, sparse: bool = False) -> list:
+        if self.name == "tensorrt":
+            opts = {"trt_fp16_enable": True, "trt_sparsity_enable": sparse}
+            return [(ORT_NAMES["tensorrt"], opts), ORT_NAMES["cuda"], ORT_NAMES["cpu"]]
+        if self.name == "cuda":
+            return [ORT_NAMES["cuda"], ORT_NAMES["cpu"]]
+        return [ORT_NAMES["cpu"]]
+
+
+def get(name: str) -> Provider:
+    if name not in ORT_NAMES:
+        raise ValueError(f"provider '{name}' is not one of {list(ORT_NAMES)}")
+    have = ort.get_available_providers()
+    if ORT_NAMES[name] in have:
+        return Provider(name, True)
+    pkg = "onnxruntime-gpu" if name in ("cuda", "tensorrt") else "onnxruntime"
+    return Provider(name, False, f"{ORT_NAMES[name]} is not in this onnxruntime build ({ort.__version__}, has {have}): "
+                                 f"install {pkg} on a machine with an NVIDIA GPU")
+
+
+def all_providers() -> list[Provider]:
+    return [get(n) for n in ORT_NAMES]

@@ -1,0 +1,37 @@
+"""Open an ONNX Runtime session for a graph on a provider."""
+from __future__ import annotations
+
+import logging
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+
+from compress.runtimes.providers import Provider, get
+
+log = logging.getLogger(__name__)
+
+
+def open_session(model: str | Path | bytes, provider: Provider | str = "cpu", threads: int | None = None,
+                 optimized_path: str | Path | None = None) -> ort.InferenceSession:
+    """All graph optimizations on (constant folding unpacks the low-bit weights at load).
+
+    optimized_path: also write the graph ONNX Runtime actually runs (to check which kernels fire).
+    """
+    p = get(provider) if isinstance(provider, str) else provider
+    if not p.available:
+        raise RuntimeError(p.reason)
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    if optimized_path:
+        so.optimized_model_filepath = str(optimized_path)
+    src = model if isinstance(model, bytes) else str(model)
+    return ort.InferenceSession(src, so, providers=p.session_providers())
+
+
+def run_logits(sess: ort.InferenceSession, feeds: dict[str, np.ndarray]) -> np.ndarray:
+    names = {i.name for i in sess.get_inputs()}
+    return sess.run(["logits"], {k: v for k, v in feeds.items() if k in names})[0]
