@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import logging
 import shlex
-import sys
 
 import click
 
@@ -26,7 +25,7 @@ def _fail(e: BaseException):
     raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__)
 
 
-@click.group()
+@click.group(name="compress")
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
 def main(verbose: bool):
     """Fine-tune encoders by learning binary masks over low-bit frozen weights; export sparse quantized ONNX."""
@@ -89,10 +88,58 @@ def run(**o):
         out = o["out"] or f"runs/{model_tag}-{o['task']}-{o['mode']}-{bits}bit"
         cfg = RunConfig(model=o["model"], task=o["task"], out=out, data_dir=o["data_dir"], overwrite=o["overwrite"],
                         pooling=o["pooling"], quant=quant, mask=mask, train=tr, export=exp, bench=not o["no_bench"], threads=o["threads"])
-        path, manifest = run_pipeline(cfg, command=shlex.join(["compress", *sys.argv[1:]]), progress=True)
+        path, manifest = run_pipeline(cfg, command=_command_line(), progress=True)
     except _user_errors() as e:
         _fail(e)
     _print_summary(path, manifest)
+
+
+@main.command()
+@click.argument("artifact_dir", type=click.Path(file_okay=False))
+@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option("--batch", "batches", type=int, multiple=True, default=(1, 32), show_default=True, help="Batch sizes to time.")
+@click.option("--seq-len", type=int, default=128, show_default=True)
+@click.option("--threads", type=int, default=None)
+def bench(artifact_dir, provider, batches, seq_len, threads):
+    """Time an artifact's model.onnx in ONNX Runtime (reads only ARTIFACT_DIR)."""
+    from pathlib import Path
+
+    from compress import artifact
+    from compress.runtimes import bench as rbench
+    from compress.runtimes.providers import get
+    from compress.runtimes.session import open_session
+
+    try:
+        manifest = artifact.read(Path(artifact_dir))
+        p = get(provider)
+        if not p.available:
+            raise click.ClickException(f"provider {provider} skipped: {p.reason}")
+        sess = open_session(Path(artifact_dir) / "model.onnx", p, threads=threads)
+    except _user_errors() as e:
+        _fail(e)
+    click.echo(f"{artifact_dir}: {manifest['model']['name']} {manifest['task']['name']} on {provider}")
+    for b in batches:
+        r = rbench.latency(sess, batch=b, seq_len=seq_len)
+        click.echo(f"  batch {b} x {seq_len}: median {r['median_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms, {r['throughput_seq_s']:.0f} seq/s")
+
+
+def _command_line() -> str:
+    """The command as the user gave it (explicit options only), rebuilt from click's parsed parameters."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    parts = ctx.command_path.split()
+    for p in ctx.command.params:
+        value = ctx.params[p.name]
+        if ctx.get_parameter_source(p.name) in (ParameterSource.DEFAULT, None) or value in (None, False, ()):
+            continue
+        if isinstance(p, click.Argument):
+            parts.append(str(value))
+        elif p.is_flag:
+            parts.append(p.opts[-1])
+        else:
+            parts += [p.opts[-1], *map(str, value if isinstance(value, tuple) else (value,))]
+    return shlex.join(parts)
 
 
 def _print_summary(path, manifest) -> None:

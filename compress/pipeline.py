@@ -92,8 +92,12 @@ def run(cfg: RunConfig, command: str = "", progress: bool = False) -> tuple[Path
     artifact.check_target(out, cfg.overwrite)  # fail before hours of training, not after
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
-    stages = tqdm(total=5, desc="pipeline", disable=not progress, unit="stage", position=0)
     task = tasks.get_task(cfg.task)
+    with tqdm(total=5, desc="pipeline", disable=not progress, unit="stage", leave=False) as stages:
+        return _run(cfg, task, out, command, progress, stages, t_start)
+
+
+def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, t_start: float) -> tuple[Path, dict]:
     stages.set_description("data")
     splits = tasks.load_task(task, cfg.data_dir)
     train_split = splits["train"].subset(cfg.train.max_train_examples)
@@ -127,7 +131,6 @@ def run(cfg: RunConfig, command: str = "", progress: bool = False) -> tuple[Path
         stages.set_description("validate")
         validation = validate(tmp, task, dev, torch_logits, torch_metrics, cfg, cfg.train.max_length)
         stages.update()
-        stages.close()
         per_layer, density = masking.densities(model)
         manifest = {
             "command": command,

@@ -27,6 +27,9 @@ def optimize(model: onnx.ModelProto, num_heads: int, hidden_size: int, keep_embe
         opts.enable_attention = False
     bert = BertOnnxModel(model, num_heads, hidden_size)
     bert.optimize(opts, add_dynamic_axes=False)
+    bert.topological_sort()  # the fused graph is not always in order; onnx.checker requires it
+    if not any(op.domain == "com.microsoft" for op in bert.model.opset_import):
+        bert.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))  # fused ops live there
     stats = {k: v for k, v in bert.get_fused_operator_statistics().items() if v}
     log.info("ORT transformer fusions: %s", stats)
     return bert.model, stats

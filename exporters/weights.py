@@ -196,8 +196,6 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, IntWeight], embedd
     remaining = [i for i in graph.initializer if i.name not in drop_inits]
     del graph.initializer[:]
     graph.initializer.extend(remaining + bld.inits)
-    if not any(op.domain == "com.microsoft" for op in model.opset_import):
-        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     sizes = {"weights": 0, "scales": 0, "embeddings": 0}
     emb_name = embedding[0] if embedding else None
     for i in bld.inits:

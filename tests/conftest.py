@@ -1,0 +1,54 @@
+"""Shared fixtures: a tiny randomly initialised BERT (with the real MiniLM tokenizer) and GLUE data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+
+
+@pytest.fixture(scope="session")
+def glue_dir() -> Path:
+    path = Path(os.environ.get("GLUE_DIR", SHARED_GLUE))
+    if not (path / "MRPC" / "train.tsv").is_file():
+        pytest.skip(f"GLUE data not found at {path}: set GLUE_DIR")
+    return path
+
+
+@pytest.fixture(scope="session")
+def tiny_model_dir(tmp_path_factory) -> Path:
+    """A 2-layer BERT (hidden 64, 4 heads) saved in Hugging Face format."""
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from compress.models import embedded_dir
+
+    d = tmp_path_factory.mktemp("tiny-bert")
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
+                     max_position_embeddings=128)
+    BertModel(cfg).save_pretrained(d)
+    AutoTokenizer.from_pretrained(embedded_dir()).save_pretrained(d)
+    return d
+
+
+@pytest.fixture()
+def tiny_classifier(tiny_model_dir):
+    from compress.models import build_classifier
+
+    clf, tok, _ = build_classifier(str(tiny_model_dir), 2, seed=0)
+    return clf.eval(), tok
+
+
+@pytest.fixture()
+def mini_glue(tmp_path) -> Path:
+    """A GLUE-layout directory with MRPC's quirks: byte-order mark, bare quotes, a trailing row without newline."""
+    d = tmp_path / "glue" / "MRPC"
+    d.mkdir(parents=True)
+    header = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    rows = [f"{i % 2}\t{i}\t{i + 100}\tHe said \" the witness \" was {i} .\tThe \"witness\" number {i} spoke ." for i in range(24)]
+    (d / "train.tsv").write_text(header + "\n".join(rows) + "\n", encoding="utf-8")
+    (d / "dev.tsv").write_text(header + "\n".join(rows[:12]), encoding="utf-8")
+    return d.parent

@@ -1,0 +1,90 @@
+"""The CLI through click's CliRunner: bad input gives one clear line and a non-zero exit; a tiny run works."""
+import json
+
+import pytest
+from click.testing import CliRunner
+
+from compress.cli import main
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+
+
+def error_line(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("Error")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.fixture()
+def run_args(tiny_model_dir, mini_glue, tmp_path):
+    return ["run", "--model", str(tiny_model_dir), "--task", "mrpc", "--data-dir", str(mini_glue), "--epochs", "1",
+            "--batch-size", "8", "--no-bench", "--out", str(tmp_path / "out")]
+
+
+def test_tiny_run_writes_a_complete_artifact(run_args, tmp_path):
+    r = invoke(*run_args, "--bits", "4")
+    assert r.exit_code == 0, r.output
+    out = tmp_path / "out"
+    names = {p.name for p in out.iterdir()}
+    assert {"model.onnx", "mask.npz", "trainable.safetensors", "tokenizer.json", "manifest.json", "report.md"} <= names
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"]["quant"]["bits"] == 4 and m["task"]["name"] == "mrpc" and m["model"]["pooling"] == "pooler"
+    assert m["validation"]["parity_max_abs_diff"] < 1e-4 and set(m["files"]) >= {"model.onnx", "mask.npz"}
+    assert len(m["layers"]) == 2 * 6 + 1 and all(0.9 < l["density"] <= 1 for l in m["layers"])
+    assert "dev f1 (ONNX Runtime)" in r.output and m["command"].startswith("compress run")
+    # a stage rerun on its own reads only the directory
+    b = invoke("bench", str(out), "--batch", "1")
+    assert b.exit_code == 0 and "batch 1 x 128" in b.output
+    # refuses to overwrite, and leaves the artifact as it was
+    again = invoke(*run_args)
+    assert again.exit_code != 0 and "--overwrite" in error_line(again)
+    assert json.loads((out / "manifest.json").read_text()) == m
+
+
+def test_weights_mode_fp32(run_args, tmp_path):
+    r = invoke(*run_args, "--mode", "weights", "--bits", "32")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["density"] == 1.0 and m["sizes"]["weights"] == 0 and "mask.npz" not in m["files"]
+
+
+@pytest.mark.parametrize("extra,message", [
+    (["--task", "foo"], "unknown task 'foo'"),
+    (["--model", "no-such-model"], "unknown model 'no-such-model'"),
+    (["--model", "./missing/dir"], "does not exist"),
+    (["--bits", "3"], "'3' is not one of"),
+    (["--group-size", "48"], "power of two"),
+    (["--data-dir", "/nonexistent/glue"], "does not exist"),
+])
+def test_bad_input_one_line(run_args, tmp_path, extra, message):
+    r = invoke(*run_args, *extra)
+    assert r.exit_code != 0
+    assert message in error_line(r)
+    assert not (tmp_path / "out").exists()
+
+
+def test_malformed_row_and_missing_task_files(run_args, mini_glue, tmp_path):
+    (mini_glue / "MRPC" / "train.tsv").write_text("header\n1\tbroken row\n")
+    r = invoke(*run_args)
+    assert r.exit_code != 0 and "train.tsv:2: expected at least 5" in error_line(r)
+    r = invoke(*run_args, "--task", "sst2")
+    assert r.exit_code != 0 and "no SST-2/train.tsv" in error_line(r)
+    assert not (tmp_path / "out").exists()
+
+
+def test_hub_name_offline_says_what_to_pass(run_args, monkeypatch):
+    import huggingface_hub.constants as hc
+
+    monkeypatch.setattr(hc, "HF_HUB_OFFLINE", True)
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    r = invoke(*run_args, "--model", "bert-base")
+    assert r.exit_code != 0
+    line = error_line(r)
+    assert "google-bert/bert-base-uncased" in line and "--model minilm" in line
+
+
+def test_bench_needs_an_artifact(tmp_path):
+    r = invoke("bench", str(tmp_path))
+    assert r.exit_code != 0 and "no manifest.json" in error_line(r)

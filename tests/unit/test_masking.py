@@ -1,0 +1,61 @@
+import numpy as np
+import pytest
+import torch
+
+from compress import masking
+from compress.masking import MaskConfig, MaskedLinear
+
+
+def test_forward_uses_hard_mask_and_ste_gradient():
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(8, 4)
+    m = MaskedLinear(lin, MaskConfig())
+    x = torch.randn(3, 8)
+    hard = (m.scores > 0.01).float()
+    y = m(x)
+    assert torch.allclose(y, torch.nn.functional.linear(x, lin.weight * hard, lin.bias), atol=1e-6)
+    y.sum().backward()
+    # straight-through: d/dscores = d/dW_eff * W, for kept and pruned weights alike
+    expected = (torch.ones(3, 4).T @ x) * lin.weight
+    assert torch.allclose(m.scores.grad, expected, atol=1e-5)
+    assert m.weight.requires_grad is False
+
+
+def test_initial_density_matches_init_range():
+    torch.manual_seed(0)
+    m = MaskedLinear(torch.nn.Linear(256, 256), MaskConfig())
+    assert abs(m.mask().mean().item() - 0.95) < 0.01  # Uniform(-.02, .58) > .01 keeps 95%
+
+
+def test_two_four_structure():
+    m = MaskedLinear(torch.nn.Linear(16, 8), MaskConfig(nm=(2, 4)))
+    mask = m.mask().reshape(8, 4, 4)
+    assert torch.all(mask.sum(-1) == 2)
+    with pytest.raises(ValueError, match="divisible"):
+        MaskedLinear(torch.nn.Linear(6, 2), MaskConfig(nm=(2, 4)))
+
+
+def test_apply_fold_save_load(tiny_classifier, tmp_path):
+    clf, _ = tiny_classifier
+    layers = masking.apply_masks_(clf, MaskConfig())
+    assert len(layers) == 2 * 6  # q, k, v, attention out, ffn in, ffn out per layer
+    x = {"input_ids": torch.randint(1000, 2000, (2, 10)), "attention_mask": torch.ones(2, 10, dtype=torch.long)}
+    folded = masking.folded(clf).eval()
+    assert not masking.masked_layers(folded)
+    assert torch.allclose(clf(**x), folded(**x), atol=1e-6)
+    nbytes = masking.save_masks(tmp_path / "mask.npz", clf)
+    n_weights = sum(m.weight.numel() for m in layers.values())
+    assert nbytes == sum(-(-m.weight.numel() // 8) for m in layers.values()) and nbytes < n_weights / 7
+    loaded = masking.load_masks(tmp_path / "mask.npz")
+    for name, m in masking.masks(clf).items():
+        assert np.array_equal(loaded[name], m.numpy())
+    with torch.no_grad():
+        for layer in layers.values():
+            layer.scores.uniform_(-1, 1)
+    masking.set_masks_(clf, loaded)
+    assert torch.allclose(clf(**x), folded(**x), atol=1e-6)
+
+
+def test_bad_mask_config():
+    with pytest.raises(ValueError, match="init_low"):
+        MaskConfig(init_low=1, init_high=0)
