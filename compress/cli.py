@@ -94,6 +94,21 @@ def run(**o):
     _print_summary(path, manifest)
 
 
+@main.command("export")
+@click.argument("artifact_dir", type=click.Path(file_okay=False))
+@click.option("--kernel", type=click.Choice(["int8", "float"]), default=None, help="Matmul kernel (default: the artifact's).")
+def export_cmd(artifact_dir, kernel):
+    """Rebuild ARTIFACT_DIR/model.onnx from its mask and head, without retraining, and verify it."""
+    from compress.pipeline import reexport
+
+    try:
+        m = reexport(artifact_dir, kernel=kernel, command=_command_line())
+    except _user_errors() as e:
+        _fail(e)
+    click.echo(f"{artifact_dir}/model.onnx: {m['sizes']['onnx_total'] / 1e6:.2f} MB, kernel {m['config']['export']['kernel']}, "
+               f"float-kernel parity {m['validation']['parity_max_abs_diff']:.2e}")
+
+
 @main.command()
 @click.argument("artifact_dir", type=click.Path(file_okay=False))
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)

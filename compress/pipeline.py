@@ -203,3 +203,64 @@ def validate(directory: Path, task, dev, torch_logits, torch_metrics, cfg: RunCo
         for b in (1, 32):
             results[f"batch{b}"] = bench.latency(sess, batch=b, seq_len=128, runs=50 if b == 1 else 10)
     return {"metrics": {"torch": torch_metrics, "onnx": ort_metrics}, "checks": checks, "bench": results}
+
+
+def config_from_manifest(manifest: dict, **export_overrides) -> RunConfig:
+    c = manifest["config"]
+    mask = dict(c["mask"])
+    mask["nm"] = tuple(mask["nm"]) if mask.get("nm") else None
+    exp = {**c["export"], **{k: v for k, v in export_overrides.items() if v is not None}}
+    return RunConfig(model=manifest["model"]["location"], task=manifest["task"]["name"], pooling=manifest["model"]["pooling"],
+                     quant=quantize.QuantConfig(**c["quant"]), mask=masking.MaskConfig(**mask), train=train.TrainConfig(**c["train"]),
+                     export=ExportConfig(**exp))
+
+
+def restore(directory: Path, manifest: dict, cfg: RunConfig):
+    """The trained torch model from an artifact: base model + quantization + mask.npz + trainable.safetensors."""
+    from safetensors.torch import load_file
+
+    task = tasks.get_task(cfg.task)
+    model, tok, source, qtensors = build(cfg, task)
+    trained = load_file(str(directory / "trainable.safetensors"))
+    if cfg.train.mode == "structure":
+        masking.set_masks_(model, masking.load_masks(directory / "mask.npz"))
+        missing = set(model.head_parameters()) - set(trained)
+        if missing:
+            raise artifact.ArtifactError(f"{directory / 'trainable.safetensors'} lacks {sorted(missing)}: rerun `compress run`")
+        with torch.no_grad():
+            params = dict(model.named_parameters())
+            for k, v in trained.items():
+                params[k].copy_(v)
+    else:
+        model.load_state_dict(trained)
+        qtensors = quantize.quantize_(model, cfg.quant)
+    return model.eval(), tok, qtensors
+
+
+def reexport(directory: Path, kernel: str | None = None, command: str = "") -> dict:
+    """Rebuild model.onnx of an artifact without retraining (e.g. with another --kernel); returns the new manifest."""
+    import shutil
+
+    from compress.runtimes.bench import inputs
+
+    directory = Path(directory)
+    manifest = artifact.read(directory)
+    cfg = config_from_manifest(manifest, kernel=kernel)
+    model, _, qtensors = restore(directory, manifest, cfg)
+    linears, embedding = prepare(model, cfg, qtensors)
+    sample = inputs(4, 32, seed=1)
+    sample["attention_mask"][1, 20:] = 0
+    with artifact.staging(directory, overwrite=True) as tmp:
+        for f in directory.iterdir():
+            if f.is_file():
+                shutil.copy2(f, tmp / f.name)
+        res = export(model, linears, embedding, tmp / "model.onnx", cfg.export, sample)
+        manifest["config"]["export"] = _to_dict(cfg.export)
+        manifest["sizes"].update({**res.sizes, "onnx_total": (tmp / "model.onnx").stat().st_size})
+        manifest["validation"].update({"parity_max_abs_diff": res.parity_max_abs_diff, "sample_max_abs_diff": res.deployed_max_abs_diff})
+        manifest["fusions"] = res.fusions
+        manifest["exported_by"] = command
+        manifest.pop("files", None)
+        manifest.pop("schema_version", None)
+        (tmp / "report.md").write_text(report.render(manifest))
+        return artifact.write_manifest(tmp, manifest)

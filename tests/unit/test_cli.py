@@ -37,6 +37,15 @@ def test_tiny_run_writes_a_complete_artifact(run_args, tmp_path):
     # a stage rerun on its own reads only the directory
     b = invoke("bench", str(out), "--batch", "1")
     assert b.exit_code == 0 and "batch 1 x 128" in b.output
+    # re-export without retraining: the same graph from mask.npz + trainable.safetensors
+    e = invoke("export", str(out))
+    assert e.exit_code == 0, e.output
+    m2 = json.loads((out / "manifest.json").read_text())
+    assert m2["files"]["model.onnx"]["sha256"] == m["files"]["model.onnx"]["sha256"]
+    assert m2["validation"]["parity_max_abs_diff"] < 1e-4 and m2["exported_by"] == f"compress export {out}"
+    f = invoke("export", str(out), "--kernel", "float")
+    assert f.exit_code == 0 and "kernel float" in f.output
+    m = json.loads((out / "manifest.json").read_text())
     # refuses to overwrite, and leaves the artifact as it was
     again = invoke(*run_args)
     assert again.exit_code != 0 and "--overwrite" in error_line(again)
