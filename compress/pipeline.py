@@ -109,6 +109,7 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
     stages.update()
     stages.set_description(f"train ({cfg.train.mode})")
     history = train.fit(model, task, train_split, dev, tok, cfg.train, progress=progress)
+    trained = trainable_tensors(model, cfg.train.mode)  # before post-training quantization: re-export quantizes again
     if cfg.train.mode == "weights":
         qtensors = quantize.quantize_(model, cfg.quant)  # post-training quantization of the fine-tuned weights
     linears, embedding = prepare(model, cfg, qtensors)
@@ -123,7 +124,7 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
         stages.set_description("export")
         tok.save_pretrained(tmp)
         mask_bytes = masking.save_masks(tmp / "mask.npz", model) if cfg.train.mode == "structure" else 0
-        save_trainable(model, cfg.train.mode, tmp / "trainable.safetensors")
+        _save_tensors(trained, tmp / "trainable.safetensors")
         sample = next(iter(_batches(dev_enc, 32, pad)))
         res = export(model, linears, embedding, tmp / "model.onnx", cfg.export, sample)
         stages.update()
@@ -172,11 +173,16 @@ def _batches(enc, batch_size, pad):
     return batches(enc, batch_size, pad)
 
 
-def save_trainable(model, mode: str, path: Path) -> None:
+def trainable_tensors(model, mode: str) -> dict[str, torch.Tensor]:
+    """What the task trained: the head in mode=structure, every weight in mode=weights."""
+    tensors = model.state_dict() if mode == "weights" else model.head_parameters()
+    return {k: v.detach().contiguous().clone() for k, v in tensors.items()}
+
+
+def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     from safetensors.torch import save_file
 
-    tensors = model.state_dict() if mode == "weights" else model.head_parameters()
-    save_file({k: v.detach().contiguous().clone() for k, v in tensors.items()}, str(path))
+    save_file(tensors, str(path))
 
 
 def validate(directory: Path, task, dev, torch_logits, torch_metrics, cfg: RunConfig, max_length: int) -> dict:
@@ -210,7 +216,8 @@ def config_from_manifest(manifest: dict, **export_overrides) -> RunConfig:
     mask = dict(c["mask"])
     mask["nm"] = tuple(mask["nm"]) if mask.get("nm") else None
     exp = {**c["export"], **{k: v for k, v in export_overrides.items() if v is not None}}
-    return RunConfig(model=manifest["model"]["location"], task=manifest["task"]["name"], pooling=manifest["model"]["pooling"],
+    m = manifest["model"]
+    return RunConfig(model=m["name"] if m["name"] == models.EMBEDDED else m["location"], task=manifest["task"]["name"], pooling=m["pooling"],
                      quant=quantize.QuantConfig(**c["quant"]), mask=masking.MaskConfig(**mask), train=train.TrainConfig(**c["train"]),
                      export=ExportConfig(**exp))
 

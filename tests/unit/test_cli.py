@@ -52,11 +52,17 @@ def test_tiny_run_writes_a_complete_artifact(run_args, tmp_path):
     assert json.loads((out / "manifest.json").read_text()) == m
 
 
-def test_weights_mode_fp32(run_args, tmp_path):
-    r = invoke(*run_args, "--mode", "weights", "--bits", "32")
+@pytest.mark.parametrize("bits", ["32", "4"])
+def test_weights_mode(run_args, tmp_path, bits):
+    out = tmp_path / "out"
+    r = invoke(*run_args, "--mode", "weights", "--bits", bits)
     assert r.exit_code == 0, r.output
-    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
-    assert m["density"] == 1.0 and m["sizes"]["weights"] == 0 and "mask.npz" not in m["files"]
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["density"] == 1.0 and "mask.npz" not in m["files"]
+    assert (m["sizes"]["weights"] == 0) == (bits == "32")
+    e = invoke("export", str(out))  # post-training quantization is redone identically from the saved weights
+    assert e.exit_code == 0, e.output
+    assert json.loads((out / "manifest.json").read_text())["files"]["model.onnx"]["sha256"] == m["files"]["model.onnx"]["sha256"]
 
 
 @pytest.mark.parametrize("extra,message", [
