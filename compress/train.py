@@ -18,6 +18,7 @@ import torch
 from tqdm.auto import tqdm
 
 from compress import masking, metrics
+from compress.runtimes.evaluate import pad
 from compress.tasks import Split, Task
 
 log = logging.getLogger(__name__)
@@ -65,15 +66,7 @@ def encode(tokenizer, split: Split, max_length: int) -> dict[str, list]:
 
 
 def collate(enc: dict[str, list], idx, pad_id: int) -> dict[str, torch.Tensor]:
-    width = max(len(enc["input_ids"][i]) for i in idx)
-    out = {}
-    for key, rows in enc.items():
-        fill = pad_id if key == "input_ids" else 0
-        arr = np.full((len(idx), width), fill, dtype=np.int64)
-        for r, i in enumerate(idx):
-            arr[r, : len(rows[i])] = rows[i]
-        out[key] = torch.from_numpy(arr)
-    return out
+    return {k: torch.from_numpy(v) for k, v in pad(enc, idx, pad_id).items()}
 
 
 def labels_tensor(task: Task, labels) -> torch.Tensor:

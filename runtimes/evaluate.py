@@ -23,18 +23,22 @@ def encode(tok, text_a: list[str], text_b: list[str] | None) -> dict[str, list[l
             "token_type_ids": [e.type_ids for e in encs]}
 
 
+def pad(enc: dict[str, list[list[int]]], rows, pad_id: int = 0) -> dict[str, np.ndarray]:
+    """Rows `rows` of an encoding as int64 arrays, right-padded to the longest of them."""
+    width = max(len(enc["input_ids"][i]) for i in rows)
+    feed = {}
+    for key, seqs in enc.items():
+        arr = np.full((len(rows), width), pad_id if key == "input_ids" else 0, dtype=np.int64)
+        for r, i in enumerate(rows):
+            arr[r, : len(seqs[i])] = seqs[i]
+        feed[key] = arr
+    return feed
+
+
 def batches(enc: dict[str, list[list[int]]], batch_size: int, pad_id: int = 0):
     n = len(enc["input_ids"])
     for s in range(0, n, batch_size):
-        rows = range(s, min(n, s + batch_size))
-        width = max(len(enc["input_ids"][i]) for i in rows)
-        feed = {}
-        for key, seqs in enc.items():
-            arr = np.full((len(rows), width), pad_id if key == "input_ids" else 0, dtype=np.int64)
-            for r, i in enumerate(rows):
-                arr[r, : len(seqs[i])] = seqs[i]
-            feed[key] = arr
-        yield feed
+        yield pad(enc, range(s, min(n, s + batch_size)), pad_id)
 
 
 def logits(sess, enc, batch_size: int = 32, pad_id: int = 0) -> np.ndarray:

@@ -103,3 +103,16 @@ def test_hub_name_offline_says_what_to_pass(run_args, monkeypatch):
 def test_bench_needs_an_artifact(tmp_path):
     r = invoke("bench", str(tmp_path))
     assert r.exit_code != 0 and "no manifest.json" in error_line(r)
+
+
+@pytest.mark.parametrize("task,metric", [("stsb", "pearson"), ("cola", "mcc"), ("sst2", "accuracy"), ("wnli", "accuracy")])
+def test_other_glue_tasks(tiny_model_dir, glue_dir, tmp_path, task, metric):
+    out = tmp_path / task
+    r = invoke("run", "--model", str(tiny_model_dir), "--task", task, "--data-dir", str(glue_dir), "--epochs", "1",
+               "--max-train-examples", "32", "--max-eval-examples", "32", "--no-bench", "--out", str(out),
+               "--kernel", "float")  # exact kernel: an untrained tiny model's metric is noise that int8 rounding can flip
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert abs(m["validation"]["metric_drop"]) < 1e-6
+    assert m["task"]["metric"] == metric and metric in m["metrics"]["onnx"]
+    assert m["model"]["num_labels"] == (1 if task == "stsb" else 2)
