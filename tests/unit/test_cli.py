@@ -113,6 +113,8 @@ def test_other_glue_tasks(tiny_model_dir, glue_dir, tmp_path, task, metric):
                "--kernel", "float")  # exact kernel: an untrained tiny model's metric is noise that int8 rounding can flip
     assert r.exit_code == 0, r.output
     m = json.loads((out / "manifest.json").read_text())
-    assert abs(m["validation"]["metric_drop"]) < 1e-6
+    # fp32 summation order moves the logits by ~1e-6; an untrained regressor's outputs barely vary, so its
+    # Pearson r moves by up to ~1e-4
+    assert abs(m["validation"]["metric_drop"]) < 1e-3
     assert m["task"]["metric"] == metric and metric in m["metrics"]["onnx"]
     assert m["model"]["num_labels"] == (1 if task == "stsb" else 2)
