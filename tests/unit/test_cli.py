@@ -37,6 +37,12 @@ def test_tiny_run_writes_a_complete_artifact(run_args, tmp_path):
     # a stage rerun on its own reads only the directory
     b = invoke("bench", str(out), "--batch", "1")
     assert b.exit_code == 0 and "batch 1 x 128" in b.output
+    # an app needs only onnxruntime + tokenizers: the example app runs on the artifact as shipped
+    import subprocess, sys
+    from pathlib import Path
+    app = subprocess.run([sys.executable, str(Path(__file__).parents[2] / "examples" / "classify.py"), str(out), "a b", "c d"],
+                         capture_output=True, text=True)
+    assert app.returncode == 0 and app.stdout.startswith("mrpc: label "), app.stderr
     # re-export without retraining: the same graph from mask.npz + trainable.safetensors
     e = invoke("export", str(out))
     assert e.exit_code == 0, e.output

@@ -1,0 +1,50 @@
+"""Use a `compress run` artifact in an app: only onnxruntime, tokenizers and numpy (no torch, no transformers).
+
+    python examples/classify.py runs/minilm-mrpc-4bit "The cat sat on the mat." "A cat was sitting on the mat."
+"""
+from __future__ import annotations
+
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnxruntime as ort
+from tokenizers import Tokenizer
+
+
+class Classifier:
+    def __init__(self, artifact_dir: str | Path):
+        d = Path(artifact_dir)
+        manifest = json.loads((d / "manifest.json").read_text())
+        self.task = manifest["task"]["name"]
+        self.inputs = manifest["model"]["inputs"]
+        self.tokenizer = Tokenizer.from_file(str(d / "tokenizer.json"))
+        self.tokenizer.enable_truncation(manifest["config"]["train"]["max_length"])
+        self.tokenizer.enable_padding()
+        self.session = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+
+    def logits(self, text_a: list[str], text_b: list[str] | None = None) -> np.ndarray:
+        encs = self.tokenizer.encode_batch(list(zip(text_a, text_b)) if text_b else text_a)
+        feed = {"input_ids": np.array([e.ids for e in encs], dtype=np.int64),
+                "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
+                "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64)}
+        return self.session.run(["logits"], {k: feed[k] for k in self.inputs})[0]
+
+
+def main(argv: list[str]) -> int:
+    if len(argv) not in (2, 3):
+        print(__doc__.strip().splitlines()[-1], file=sys.stderr)
+        return 2
+    clf = Classifier(argv[0])
+    out = clf.logits([argv[1]], [argv[2]] if len(argv) == 3 else None)[0]
+    if out.size == 1:
+        print(f"{clf.task}: score {out[0]:.3f}")
+    else:
+        p = np.exp(out - out.max()) / np.exp(out - out.max()).sum()
+        print(f"{clf.task}: label {int(p.argmax())} (p={p.max():.3f})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
