@@ -13,8 +13,10 @@ from tqdm.auto import tqdm
 
 from compress import artifact, masking, metrics, models, quantize, report, tasks, train
 from compress.exporters.export import ExportConfig, export
+from compress.exporters.onnx_graph import input_names
 from compress.exporters.verify import AccuracyDriftError
 from compress.exporters.weights import IntWeight, int_weight
+from compress.runtimes.evaluate import batches
 
 log = logging.getLogger(__name__)
 
@@ -39,18 +41,7 @@ def _to_dict(cfg) -> dict:
     return dataclasses.asdict(cfg)
 
 
-@dataclass
-class Prepared:
-    """The trained torch model and everything the export needs."""
-
-    model: torch.nn.Module
-    tokenizer: object
-    source: models.ModelSource
-    linears: dict[str, IntWeight]
-    embedding: tuple[str, IntWeight] | None
-
-
-def prepare(model: torch.nn.Module, cfg: RunConfig, qtensors: dict) -> tuple[dict[str, IntWeight], tuple[str, IntWeight] | None]:
+def prepare(model: torch.nn.Module, qtensors: dict) -> tuple[dict[str, IntWeight], tuple[str, IntWeight] | None]:
     """Split the quantized tensors into masked linears and the embedding table, masks folded in."""
     masks = {k: v.numpy() for k, v in masking.masks(model).items()}
     emb = quantize.word_embeddings(model)
@@ -112,7 +103,7 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
     trained = trainable_tensors(model, cfg.train.mode)  # before post-training quantization: re-export quantizes again
     if cfg.train.mode == "weights":
         qtensors = quantize.quantize_(model, cfg.quant)  # post-training quantization of the fine-tuned weights
-    linears, embedding = prepare(model, cfg, qtensors)
+    linears, embedding = prepare(model, qtensors)
     stages.update()
 
     pad = tok.pad_token_id or 0
@@ -125,21 +116,21 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
         tok.save_pretrained(tmp)
         mask_bytes = masking.save_masks(tmp / "mask.npz", model) if cfg.train.mode == "structure" else 0
         _save_tensors(trained, tmp / "trainable.safetensors")
-        sample = next(iter(_batches(dev_enc, 32, pad)))
+        sample = next(iter(batches(dev_enc, 32, pad)))
         res = export(model, linears, embedding, tmp / "model.onnx", cfg.export, sample)
         stages.update()
 
         stages.set_description("validate")
-        validation = validate(tmp, task, dev, torch_logits, torch_metrics, cfg, cfg.train.max_length)
+        validation = validate(tmp, task, dev, torch_logits, torch_metrics, cfg, pad)
         stages.update()
-        per_layer, density = masking.densities(model)
+        density = masking.densities(model)[1]
         manifest = {
             "command": command,
             "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
             "model": {"name": source.name, "location": source.location, "local": source.local, "pooling": model.pooling,
                       "architecture": model.encoder.config.model_type, "num_labels": task.num_labels,
                       "hidden_size": model.encoder.config.hidden_size, "num_heads": model.encoder.config.num_attention_heads,
-                      "inputs": _input_names(model)},
+                      "inputs": input_names(model), "pad_token_id": pad},
             "task": {"name": task.name, "metric": task.metric, "train_examples": len(train_split), "dev_examples": len(dev),
                      "data": splits["train"].source},
             "config": {"quant": _to_dict(cfg.quant), "mask": _to_dict(cfg.mask), "train": _to_dict(cfg.train),
@@ -161,18 +152,6 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
     return out, manifest
 
 
-def _input_names(model) -> list[str]:
-    from compress.exporters.onnx_graph import input_names
-
-    return input_names(model)
-
-
-def _batches(enc, batch_size, pad):
-    from compress.runtimes.evaluate import batches
-
-    return batches(enc, batch_size, pad)
-
-
 def trainable_tensors(model, mode: str) -> dict[str, torch.Tensor]:
     """What the task trained: the head in mode=structure, every weight in mode=weights."""
     tensors = model.state_dict() if mode == "weights" else model.head_parameters()
@@ -185,15 +164,15 @@ def _save_tensors(tensors: dict[str, torch.Tensor], path: Path) -> None:
     save_file(tensors, str(path))
 
 
-def validate(directory: Path, task, dev, torch_logits, torch_metrics, cfg: RunConfig, max_length: int) -> dict:
+def validate(directory: Path, task, dev, torch_logits, torch_metrics, cfg: RunConfig, pad_id: int) -> dict:
     """Dev metric through ONNX Runtime, agreement with PyTorch, latency; raise if the metric drifts."""
     from compress.runtimes import bench, evaluate
     from compress.runtimes.session import open_session
 
     sess = open_session(directory / "model.onnx", threads=cfg.threads)
-    tok = evaluate.load_tokenizer(directory / "tokenizer.json", max_length)
+    tok = evaluate.load_tokenizer(directory / "tokenizer.json", cfg.train.max_length)
     enc = evaluate.encode(tok, dev.text_a, dev.text_b)
-    ort_logits = evaluate.logits(sess, enc, pad_id=tok.token_to_id("[PAD]") or 0)
+    ort_logits = evaluate.logits(sess, enc, pad_id=pad_id)
     ort_metrics = metrics.compute(task, ort_logits, dev.labels)
     p_t, p_o = metrics.predictions(task, torch_logits), metrics.predictions(task, ort_logits)
     agreement = float(np.mean(p_t == p_o)) if not task.is_regression else float(np.corrcoef(p_t, p_o)[0, 1])
@@ -254,7 +233,7 @@ def reexport(directory: Path, kernel: str | None = None, command: str = "") -> d
     manifest = artifact.read(directory)
     cfg = config_from_manifest(manifest, kernel=kernel)
     model, _, qtensors = restore(directory, manifest, cfg)
-    linears, embedding = prepare(model, cfg, qtensors)
+    linears, embedding = prepare(model, qtensors)
     sample = inputs(4, 32, seed=1)
     sample["attention_mask"][1, 20:] = 0
     with artifact.staging(directory, overwrite=True) as tmp:

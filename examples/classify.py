@@ -21,7 +21,7 @@ class Classifier:
         self.inputs = manifest["model"]["inputs"]
         self.tokenizer = Tokenizer.from_file(str(d / "tokenizer.json"))
         self.tokenizer.enable_truncation(manifest["config"]["train"]["max_length"])
-        self.tokenizer.enable_padding()
+        self.tokenizer.enable_padding(pad_id=manifest["model"]["pad_token_id"])  # RoBERTa pads with 1, not 0
         self.session = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
 
     def logits(self, text_a: list[str], text_b: list[str] | None = None) -> np.ndarray:

@@ -36,7 +36,7 @@ def sample(batch=4, length=12):
 def test_export_parity_every_bit_width(tiny_classifier, tmp_path, bits, group):
     clf, _ = tiny_classifier
     qts = masked_quantized(clf, bits, group)
-    linears, embedding = prepare(clf, None, qts)
+    linears, embedding = prepare(clf, qts)
     feeds = sample()
     res = export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(), feeds)
     # float kernel: the folded weights equal PyTorch's bit for bit; only fp32 summation order differs
@@ -59,7 +59,7 @@ def test_export_parity_every_bit_width(tiny_classifier, tmp_path, bits, group):
 
 def test_ort_folds_unpacking_and_runs_integer_kernels(tiny_classifier, tmp_path):
     clf, _ = tiny_classifier
-    linears, embedding = prepare(clf, None, masked_quantized(clf, 4))
+    linears, embedding = prepare(clf, masked_quantized(clf, 4))
     export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(), sample())
     open_session(tmp_path / "model.onnx", optimized_path=tmp_path / "opt.onnx")
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
@@ -89,7 +89,7 @@ def test_mismatched_weights_are_refused(tiny_classifier, tmp_path):
 
     clf, _ = tiny_classifier
     qts = masked_quantized(clf, 4)
-    linears, embedding = prepare(clf, None, qts)
+    linears, embedding = prepare(clf, qts)
     name = next(iter(linears))
     linears[name] = int_weight(quantize.quantize_tensor(torch.randn_like(qts[name].q.float()), 4))
     with pytest.raises(WeightMatchError, match=name):
