@@ -14,6 +14,10 @@ def test_metrics_per_task():
     assert s["pearson"] == pytest.approx(2.1 / (2 ** 0.5 * (2.2066667) ** 0.5), abs=1e-6) and s["spearman"] == pytest.approx(1.0)
 
 
+def test_constant_regressor_scores_zero_not_nan():
+    assert metrics.compute(tasks.get_task("stsb"), np.ones((3, 1)), [1.0, 2.0, 3.0]) == {"pearson": 0.0, "spearman": 0.0}
+
+
 def test_majority_baseline_is_always_paraphrase():
     m = metrics.majority_baseline(tasks.get_task("mrpc"), [1, 1, 0], [1, 0, 1, 1])
     assert m["accuracy"] == 0.75 and m["f1"] == pytest.approx(2 * 0.75 / 1.75)
