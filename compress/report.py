@@ -14,7 +14,7 @@ def summary_rows(m: dict) -> list[tuple[str, str]]:
         (f"dev {metric} (PyTorch, masked)" if m["config"]["train"]["mode"] == "structure" else f"dev {metric} (PyTorch)", f"{t[metric]:.4f}"),
         (f"dev {metric} (ONNX Runtime)", f"{o[metric]:.4f}"),
         ("prediction agreement", f"{v['agreement']:.4f}"),
-        ("max |logit diff| float kernel / shipped", f"{v['parity_max_abs_diff']:.2e} / {v['dev_max_abs_diff']:.2e}"),
+        ("max abs logit diff, float kernel / shipped", f"{v['parity_max_abs_diff']:.2e} / {v['dev_max_abs_diff']:.2e}"),
         ("mask density", f"{m['density']:.4f}"),
         ("model.onnx", _mb(m["sizes"]["onnx_total"])),
     ]
