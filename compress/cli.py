@@ -65,8 +65,6 @@ def main(verbose: bool):
 @click.option("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime.")
 def run(**o):
     """Quantize, learn the task mask, export ONNX and validate it: one artifact directory."""
-    import dataclasses
-
     from compress import masking, quantize, train
     from compress.exporters.export import ExportConfig
     from compress.pipeline import RunConfig, run as run_pipeline

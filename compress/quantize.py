@@ -11,7 +11,6 @@ so that the mask is learned on exactly the weights that ship, and returns the in
 """
 from __future__ import annotations
 
-import dataclasses
 import logging
 from dataclasses import dataclass
 
@@ -193,7 +192,3 @@ def quantize_(model: torch.nn.Module, config: QuantConfig) -> dict[str, QTensor]
         raise QuantConfigError("found no nn.Linear layers under model.encoder to quantize: is this a BERT-family encoder?")
     log.info("quantized %d tensors to %d bits (group_size=%s)", len(result), config.bits, config.group_size)
     return result
-
-
-def config_dict(config) -> dict:
-    return dataclasses.asdict(config)

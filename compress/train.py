@@ -122,11 +122,13 @@ def _trainable_state(model, cfg: TrainConfig) -> dict[str, torch.Tensor]:
 
 
 def fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfig, progress: bool = False) -> TrainResult:
-    """Train in place; on return the model holds the selected epoch's parameters."""
+    """Train in place; on return the model holds the selected epoch's parameters.
+
+    The caller passes the splits to use (``RunConfig`` applies max_train/eval_examples).
+    """
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
-    train, dev = train.subset(cfg.max_train_examples), dev.subset(cfg.max_eval_examples)
     pad_id = tokenizer.pad_token_id or 0
     tr_enc, dev_enc = encode(tokenizer, train, cfg.max_length), encode(tokenizer, dev, cfg.max_length)
     y = labels_tensor(task, train.labels)

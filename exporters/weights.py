@@ -64,8 +64,8 @@ def int_weight(qt, mask: np.ndarray | None = None) -> IntWeight:
 class _Builder:
     """Appends nodes and initializers to a graph, with unique names."""
 
-    def __init__(self, graph: onnx.GraphProto):
-        self.graph, self.nodes, self.inits, self.n = graph, [], [], 0
+    def __init__(self):
+        self.nodes, self.inits, self.n = [], [], 0
 
     def name(self, base: str) -> str:
         self.n += 1
@@ -153,7 +153,7 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, IntWeight], embedd
     for node in graph.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
-    bld, drop_nodes, drop_inits, dql = _Builder(graph), set(), set(), {}
+    bld, drop_nodes, drop_inits, dql = _Builder(), set(), set(), {}
     for name, w in linears.items():
         init = _find(idx, np.ascontiguousarray(w.dequantize().T), name)
         users = [n for n in consumers.get(init.name, []) if n.op_type == "MatMul" and n.input[1] == init.name]
