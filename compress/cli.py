@@ -52,6 +52,8 @@ def main(verbose: bool):
 @click.option("--lr", type=float, default=None, help="Learning rate in weights mode.")
 @click.option("--score-init", type=(float, float), default=None, help="Scores ~ Uniform(LOW, HIGH).")
 @click.option("--threshold", type=float, default=None, help="Mask = score > threshold.")
+@click.option("--sparsity", type=click.Choice(["unstructured", "2:4"]), default="unstructured", show_default=True,
+              help="2:4: keep the best 2 of every 4 inputs (NVIDIA sparse tensor cores).")
 @click.option("--select", type=click.Choice(["best", "last"]), default=None, help="Keep the best dev epoch or the last.")
 @click.option("--seed", type=int, default=None)
 @click.option("--pooling", type=click.Choice(["mean", "cls", "pooler"]), default=None, help="Override the checkpoint's pooling.")
@@ -75,7 +77,7 @@ def run(**o):
     try:
         bits = int(o["bits"])
         quant = pick(quantize.QuantConfig, bits=bits, group_size=o["group_size"])
-        mask = pick(masking.MaskConfig, threshold=o["threshold"],
+        mask = pick(masking.MaskConfig, threshold=o["threshold"], nm=(2, 4) if o["sparsity"] == "2:4" else None,
                     init_low=o["score_init"][0] if o["score_init"] else None, init_high=o["score_init"][1] if o["score_init"] else None)
         tr = pick(train.TrainConfig, mode=o["mode"], epochs=o["epochs"], batch_size=o["batch_size"], max_length=o["max_length"],
                   mask_lr=o["mask_lr"], head_lr=o["head_lr"], lr=o["lr"], select=o["select"], seed=o["seed"],

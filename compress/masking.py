@@ -26,7 +26,7 @@ class MaskConfig:
     init_low: float = -0.02  # scores ~ Uniform(init_low, init_high) (Zhao et al. 2020)
     init_high: float = 0.58
     threshold: float = 0.01  # mask = scores > threshold; Uniform(-.02, .58) starts 5% pruned
-    nm: tuple[int, int] | None = None  # (n, m): keep n of every m inputs, e.g. (2, 4)
+    nm: tuple[int, int] | None = None  # (n, m): keep the n best scores of every m inputs, e.g. (2, 4); threshold unused
 
     def __post_init__(self):
         if not self.init_low < self.init_high:
@@ -53,7 +53,11 @@ class MaskedLinear(torch.nn.Module):
             raise ValueError(f"in_features={linear.in_features} is not divisible by m={config.nm[1]} for N:M sparsity")
         self.register_buffer("weight", linear.weight.detach().clone())
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
-        init = torch.empty_like(self.weight).uniform_(config.init_low, config.init_high)
+        if config.nm is None:
+            init = torch.empty_like(self.weight).uniform_(config.init_low, config.init_high)
+        else:  # N:M starts from magnitude pruning: scores rank like |W| (scaled into the init range), not at random
+            mag = self.weight.abs() / self.weight.abs().amax(1, keepdim=True).clamp(min=1e-12)
+            init = config.init_low + (config.init_high - config.init_low) * mag
         self.scores = torch.nn.Parameter(init)
 
     def mask(self) -> torch.Tensor:

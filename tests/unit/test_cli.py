@@ -106,6 +106,16 @@ def test_hub_name_offline_says_what_to_pass(run_args, monkeypatch):
     assert "google-bert/bert-base-uncased" in line and "--model minilm" in line
 
 
+def test_two_four_sparsity(run_args, tmp_path):
+    r = invoke(*run_args, "--sparsity", "2:4", "--kernel", "float")
+    assert r.exit_code == 0, r.output
+    m = json.loads((tmp_path / "out" / "manifest.json").read_text())
+    assert m["config"]["mask"]["nm"] == [2, 4]
+    assert all(l["density"] == 0.5 for l in m["layers"][:-1]) and m["density"] == 0.5
+    e = invoke("export", str(tmp_path / "out"))  # the manifest's nm round-trips into MaskConfig
+    assert e.exit_code == 0, e.output
+
+
 def test_bench_needs_an_artifact(tmp_path):
     r = invoke("bench", str(tmp_path))
     assert r.exit_code != 0 and "no manifest.json" in error_line(r)

@@ -28,9 +28,16 @@ def test_initial_density_matches_init_range():
 
 
 def test_two_four_structure():
-    m = MaskedLinear(torch.nn.Linear(16, 8), MaskConfig(nm=(2, 4)))
+    lin = torch.nn.Linear(16, 8)
+    m = MaskedLinear(lin, MaskConfig(nm=(2, 4)))
     mask = m.mask().reshape(8, 4, 4)
     assert torch.all(mask.sum(-1) == 2)
+    # starts from 2:4 magnitude pruning: the two largest |w| of every 4 inputs are kept
+    top2 = lin.weight.detach().abs().reshape(8, 4, 4).topk(2, dim=-1).indices
+    assert torch.all(mask.gather(-1, top2) == 1)
+    x = torch.randn(2, 16)
+    m(x).sum().backward()
+    assert m.scores.grad.abs().sum() > 0  # every score gets the straight-through gradient
     with pytest.raises(ValueError, match="divisible"):
         MaskedLinear(torch.nn.Linear(6, 2), MaskConfig(nm=(2, 4)))
 
