@@ -30,7 +30,7 @@ def _fail(e: BaseException):
 def main(verbose: bool):
     """Fine-tune encoders by learning binary masks over low-bit frozen weights; export sparse quantized ONNX."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
-    for noisy in ("transformers", "onnxruntime", "huggingface_hub"):
+    for noisy in ("transformers", "onnxruntime", "huggingface_hub", "ort_format_model"):
         logging.getLogger(noisy).setLevel(logging.ERROR)
 
 
@@ -97,16 +97,21 @@ def run(**o):
 @main.command("export")
 @click.argument("artifact_dir", type=click.Path(file_okay=False))
 @click.option("--kernel", type=click.Choice(["int8", "float"]), default=None, help="Matmul kernel (default: the artifact's).")
-def export_cmd(artifact_dir, kernel):
-    """Rebuild ARTIFACT_DIR/model.onnx from its mask and head, without retraining, and verify it."""
+@click.option("--format", "fmt", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
+              help="onnx: rebuild model.onnx; ort: also write model.ort for ONNX Runtime mobile builds.")
+def export_cmd(artifact_dir, kernel, fmt):
+    """Re-export ARTIFACT_DIR from its mask and head, without retraining, and verify it."""
     from compress.pipeline import reexport
 
     try:
-        m = reexport(artifact_dir, kernel=kernel, command=_command_line())
+        m = reexport(artifact_dir, kernel=kernel, fmt=fmt, command=_command_line())
     except _user_errors() as e:
         _fail(e)
     click.echo(f"{artifact_dir}/model.onnx: {m['sizes']['onnx_total'] / 1e6:.2f} MB, kernel {m['config']['export']['kernel']}, "
                f"float-kernel parity {m['validation']['parity_max_abs_diff']:.2e}")
+    if fmt == "ort":
+        click.echo(f"{artifact_dir}/model.ort: {m['sizes']['ort_total'] / 1e6:.2f} MB, "
+                   f"max abs diff to model.onnx {m['validation']['ort_max_abs_diff']:.2e}")
 
 
 @main.command()

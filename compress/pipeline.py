@@ -223,28 +223,48 @@ def restore(directory: Path, manifest: dict, cfg: RunConfig):
     return model.eval(), tok, qtensors
 
 
-def reexport(directory: Path, kernel: str | None = None, command: str = "") -> dict:
-    """Rebuild model.onnx of an artifact without retraining (e.g. with another --kernel); returns the new manifest."""
+def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", command: str = "") -> dict:
+    """Re-export an artifact without retraining; returns the new manifest.
+
+    fmt="onnx": rebuild model.onnx from base model + mask.npz + trainable.safetensors (e.g. with another kernel).
+    fmt="ort":  also write model.ort (ONNX Runtime's format for mobile builds), checked against model.onnx.
+    """
     import shutil
 
+    from compress.exporters import ort_format, verify
     from compress.runtimes.bench import inputs
+    from compress.runtimes.session import open_session, run_logits
 
+    if fmt not in ("onnx", "ort"):
+        raise ValueError(f"format '{fmt}' is not one of onnx, ort")
     directory = Path(directory)
     manifest = artifact.read(directory)
-    cfg = config_from_manifest(manifest, kernel=kernel)
-    model, _, qtensors = restore(directory, manifest, cfg)
-    linears, embedding = prepare(model, qtensors)
     sample = inputs(4, 32, seed=1)
     sample["attention_mask"][1, 20:] = 0
     with artifact.staging(directory, overwrite=True) as tmp:
         for f in directory.iterdir():
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
-        res = export(model, linears, embedding, tmp / "model.onnx", cfg.export, sample)
-        manifest["config"]["export"] = _to_dict(cfg.export)
-        manifest["sizes"].update({**res.sizes, "onnx_total": (tmp / "model.onnx").stat().st_size})
-        manifest["validation"].update({"parity_max_abs_diff": res.parity_max_abs_diff, "sample_max_abs_diff": res.deployed_max_abs_diff})
-        manifest["fusions"] = res.fusions
+        if fmt == "onnx" or kernel is not None:
+            cfg = config_from_manifest(manifest, kernel=kernel)
+            model, _, qtensors = restore(directory, manifest, cfg)
+            linears, embedding = prepare(model, qtensors)
+            res = export(model, linears, embedding, tmp / "model.onnx", cfg.export, sample)
+            manifest["config"]["export"] = _to_dict(cfg.export)
+            manifest["sizes"].update({**res.sizes, "onnx_total": (tmp / "model.onnx").stat().st_size})
+            manifest["validation"].update({"parity_max_abs_diff": res.parity_max_abs_diff, "sample_max_abs_diff": res.deployed_max_abs_diff})
+            manifest["fusions"] = res.fusions
+            for stale in (tmp / "model.ort", tmp / "model.required_operators.config"):  # made from the old graph
+                stale.unlink(missing_ok=True)
+            manifest["sizes"].pop("ort_total", None)
+            manifest["validation"].pop("ort_max_abs_diff", None)
+        if fmt == "ort":
+            ort_file = next(p for p in ort_format.to_ort(tmp / "model.onnx", tmp) if p.suffix == ".ort")
+            ref = {"logits": run_logits(open_session(tmp / "model.onnx"), sample)}
+            atol = manifest["config"]["export"]["parity_atol"]
+            diff = verify.compare(ref, {"logits": run_logits(open_session(ort_file), sample)}, atol, "model.ort")
+            manifest["sizes"]["ort_total"] = ort_file.stat().st_size
+            manifest["validation"]["ort_max_abs_diff"] = diff["logits"]
         manifest["exported_by"] = command
         manifest.pop("files", None)
         manifest.pop("schema_version", None)

@@ -49,8 +49,14 @@ def test_tiny_run_writes_a_complete_artifact(run_args, tmp_path):
     m2 = json.loads((out / "manifest.json").read_text())
     assert m2["files"]["model.onnx"]["sha256"] == m["files"]["model.onnx"]["sha256"]
     assert m2["validation"]["parity_max_abs_diff"] < 1e-4 and m2["exported_by"] == f"compress export {out}"
+    o = invoke("export", str(out), "--format", "ort")
+    assert o.exit_code == 0, o.output
+    m3 = json.loads((out / "manifest.json").read_text())
+    assert {"model.ort", "model.required_operators.config"} <= set(m3["files"]) and m3["validation"]["ort_max_abs_diff"] < 1e-4
+    assert m3["files"]["model.onnx"]["sha256"] == m["files"]["model.onnx"]["sha256"]  # converted, not rebuilt
     f = invoke("export", str(out), "--kernel", "float")
     assert f.exit_code == 0 and "kernel float" in f.output
+    assert not (out / "model.ort").exists()  # a rebuilt graph drops the .ort made from the old one
     m = json.loads((out / "manifest.json").read_text())
     # refuses to overwrite, and leaves the artifact as it was
     again = invoke(*run_args)
