@@ -145,8 +145,9 @@ def fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfig
         model.train()
         t0, losses = time.perf_counter(), []
         order = rng.permutation(len(train))
-        bar = tqdm(range(steps_per_epoch), desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=True, unit="step")
-        for b in bar:
+        # updated by hand: a bar that is iterated closes itself before the dev metric can be shown
+        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=True, unit="step")
+        for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
             batch = collate(tr_enc, idx, pad_id)
             for s in scores:  # head warm-up: scores frozen for the first steps
@@ -161,6 +162,7 @@ def fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfig
             sched.step()
             step += 1
             losses.append(loss.item())
+            bar.update()
             if b % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
         logits = predict(model, dev_enc, pad_id, bf16=cfg.bf16)

@@ -1,0 +1,103 @@
+"""This project's exports against what a user would otherwise ship, measured in one run.
+
+    python benchmarks/export_vs_ort.py --data-dir ../shared/data/glue \
+        --dense runs/bench/weights-4bit --artifacts runs/bench/structure-8bit runs/bench/structure-4bit
+
+Anchors, built here from the dense fine-tuned artifact (`--dense`, a `compress run --mode weights`
+directory): fp32 ONNX with ONNX Runtime's BERT fusions; ORT dynamic int8 quantization (per channel)
+of that graph; ORT MatMulNBits 4-bit (block 32, symmetric). Then each `--artifacts` directory's
+model.onnx. For each: dev metric through ONNX Runtime, file MB, median latency at batch 1 x 128,
+throughput at batch 32 x 128, and each as a ratio to the int8 anchor.
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import sys
+import tempfile
+from pathlib import Path
+
+import onnx
+
+
+def build_anchors(dense_dir: Path, work: Path) -> dict[str, Path]:
+    from onnxruntime.quantization import QuantType, quantize_dynamic
+    from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
+
+    from compress import artifact, pipeline, quantize
+    from compress.exporters import fusions, onnx_graph
+
+    manifest = artifact.read(dense_dir)
+    if manifest["config"]["train"]["mode"] != "weights":
+        raise SystemExit(f"--dense {dense_dir} is not a `--mode weights` artifact")
+    cfg = dataclasses.replace(pipeline.config_from_manifest(manifest), quant=quantize.QuantConfig(bits=32))
+    model, _, _ = pipeline.restore(dense_dir, manifest, cfg)  # the fp32 fine-tuned weights
+    fp32 = onnx.load(str(onnx_graph.export_fp32(model, work / "raw.onnx")))
+    fused, _ = fusions.optimize(fp32, manifest["model"]["num_heads"], manifest["model"]["hidden_size"],
+                                keep_embeddings=False, keep_matmuls=False)
+    out = {"fp32 + fusions": work / "fp32.onnx", "ORT int8 dynamic": work / "int8.onnx", "ORT MatMulNBits 4-bit": work / "nbits4.onnx"}
+    onnx.save(fused, str(out["fp32 + fusions"]))
+    quantize_dynamic(out["fp32 + fusions"], out["ORT int8 dynamic"], per_channel=True, weight_type=QuantType.QInt8)
+    q = MatMulNBitsQuantizer(onnx.load(str(out["fp32 + fusions"])), bits=4, block_size=32, is_symmetric=True)
+    q.process()
+    q.model.save_model_to_file(str(out["ORT MatMulNBits 4-bit"]))
+    return out
+
+
+def measure(path: Path, task, dev, tokenizer_json: Path, max_length: int, pad_id: int) -> dict:
+    from compress import metrics
+    from compress.runtimes import bench, evaluate
+    from compress.runtimes.session import open_session
+
+    sess = open_session(path)
+    tok = evaluate.load_tokenizer(tokenizer_json, max_length)
+    logits = evaluate.logits(sess, evaluate.encode(tok, dev.text_a, dev.text_b), pad_id=pad_id)
+    m = metrics.compute(task, logits, dev.labels)
+    b1 = bench.latency(sess, batch=1, seq_len=128, runs=100)
+    b32 = bench.latency(sess, batch=32, seq_len=128, runs=10)
+    return {"metric": m[task.metric], "mb": path.stat().st_size / 1e6, "b1_ms": b1["median_ms"], "b32_seq_s": b32["throughput_seq_s"]}
+
+
+def main() -> int:
+    from compress import tasks
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-dir", required=True)
+    ap.add_argument("--dense", required=True, type=Path)
+    ap.add_argument("--artifacts", nargs="+", type=Path, default=[])
+    ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "export_vs_ort"))
+    args = ap.parse_args()
+    manifest = json.loads((args.dense / "manifest.json").read_text())
+    task = tasks.get_task(manifest["task"]["name"])
+    dev = tasks.load_task(task, args.data_dir)["dev"]
+    max_length, pad = manifest["config"]["train"]["max_length"], manifest["model"]["pad_token_id"]
+    rows = {}
+    with tempfile.TemporaryDirectory() as tmp:
+        for name, path in build_anchors(args.dense, Path(tmp)).items():
+            rows[name] = measure(path, task, dev, args.dense / "tokenizer.json", max_length, pad)
+            print(name, rows[name], flush=True)
+    for d in args.artifacts:
+        m = json.loads((d / "manifest.json").read_text())
+        name = f"compress {m['config']['quant']['bits']}-bit {m['config']['train']['mode']}" + (
+            " 2:4" if m["config"]["mask"].get("nm") else "")
+        rows[name] = measure(d / "model.onnx", task, dev, d / "tokenizer.json", max_length, pad)
+        rows[name]["torch_metric"] = m["metrics"]["torch"][task.metric]
+        print(name, rows[name], flush=True)
+    ref = rows["ORT int8 dynamic"]
+    lines = [f"| model | dev {task.metric} | PyTorch {task.metric} | MB | x int8 | b1 ms | x int8 | b32 seq/s | x int8 |", "|---" * 9 + "|"]
+    for name, r in rows.items():
+        torch_metric = f"{r['torch_metric']:.4f}" if "torch_metric" in r else ""
+        lines.append(f"| {name} | {r['metric']:.4f} | {torch_metric} | {r['mb']:.1f} | {r['mb'] / ref['mb']:.2f} | {r['b1_ms']:.2f} | "
+                     f"{r['b1_ms'] / ref['b1_ms']:.2f} | {r['b32_seq_s']:.0f} | {r['b32_seq_s'] / ref['b32_seq_s']:.2f} |")
+    table = "\n".join(lines)
+    print(table)
+    res = Path(args.results)
+    res.parent.mkdir(parents=True, exist_ok=True)
+    res.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
+    res.with_suffix(".md").write_text(f"# Exports vs ONNX Runtime's own quantizers, one run\n\n`python {' '.join(sys.argv)}`\n\n{table}\n")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
