@@ -7,7 +7,8 @@ Anchors, built here from the dense fine-tuned artifact (`--dense`, a `compress r
 directory): fp32 ONNX with ONNX Runtime's BERT fusions; ORT dynamic int8 quantization (per channel)
 of that graph; ORT MatMulNBits 4-bit (block 32, symmetric). Then each `--artifacts` directory's
 model.onnx. For each: dev metric through ONNX Runtime, file MB, median latency at batch 1 x 128,
-throughput at batch 32 x 128, and each as a ratio to the int8 anchor.
+throughput at batch 32 x 128 (timed round-robin over all models, median of --rounds rounds),
+and each as a ratio to the int8 anchor.
 """
 from __future__ import annotations
 
@@ -38,25 +39,39 @@ def build_anchors(dense_dir: Path, work: Path) -> dict[str, Path]:
                                 keep_embeddings=False, keep_matmuls=False)
     out = {"fp32 + fusions": work / "fp32.onnx", "ORT int8 dynamic": work / "int8.onnx", "ORT MatMulNBits 4-bit": work / "nbits4.onnx"}
     onnx.save(fused, str(out["fp32 + fusions"]))
-    quantize_dynamic(out["fp32 + fusions"], out["ORT int8 dynamic"], per_channel=True, weight_type=QuantType.QInt8)
+    quantize_dynamic(out["fp32 + fusions"], out["ORT int8 dynamic"], per_channel=True, weight_type=QuantType.QInt8,
+                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # types behind fused com.microsoft ops
     q = MatMulNBitsQuantizer(onnx.load(str(out["fp32 + fusions"])), bits=4, block_size=32, is_symmetric=True)
     q.process()
     q.model.save_model_to_file(str(out["ORT MatMulNBits 4-bit"]))
     return out
 
 
-def measure(path: Path, task, dev, tokenizer_json: Path, max_length: int, pad_id: int) -> dict:
+def accuracy(path: Path, task, dev, tokenizer_json: Path, max_length: int, pad_id: int) -> dict:
     from compress import metrics
-    from compress.runtimes import bench, evaluate
+    from compress.runtimes import evaluate
     from compress.runtimes.session import open_session
 
-    sess = open_session(path)
     tok = evaluate.load_tokenizer(tokenizer_json, max_length)
-    logits = evaluate.logits(sess, evaluate.encode(tok, dev.text_a, dev.text_b), pad_id=pad_id)
-    m = metrics.compute(task, logits, dev.labels)
-    b1 = bench.latency(sess, batch=1, seq_len=128, runs=100)
-    b32 = bench.latency(sess, batch=32, seq_len=128, runs=10)
-    return {"metric": m[task.metric], "mb": path.stat().st_size / 1e6, "b1_ms": b1["median_ms"], "b32_seq_s": b32["throughput_seq_s"]}
+    logits = evaluate.logits(open_session(path), evaluate.encode(tok, dev.text_a, dev.text_b), pad_id=pad_id)
+    return {"metric": metrics.compute(task, logits, dev.labels)[task.metric], "mb": path.stat().st_size / 1e6}
+
+
+def latencies(paths: dict[str, Path], rounds: int) -> dict[str, dict]:
+    """Round-robin over the models so that the machine's drifting load hits them all alike; medians over rounds."""
+    import numpy as np
+
+    from compress.runtimes import bench
+    from compress.runtimes.session import open_session
+
+    sessions = {name: open_session(p) for name, p in paths.items()}
+    b1 = {n: [] for n in paths}
+    b32 = {n: [] for n in paths}
+    for _ in range(rounds):
+        for name, sess in sessions.items():
+            b1[name].append(bench.latency(sess, batch=1, seq_len=128, warmup=3, runs=20)["median_ms"])
+            b32[name].append(bench.latency(sess, batch=32, seq_len=128, warmup=1, runs=3)["median_ms"])
+    return {n: {"b1_ms": float(np.median(b1[n])), "b32_seq_s": float(32e3 / np.median(b32[n]))} for n in paths}
 
 
 def main() -> int:
@@ -66,24 +81,25 @@ def main() -> int:
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--dense", required=True, type=Path)
     ap.add_argument("--artifacts", nargs="+", type=Path, default=[])
+    ap.add_argument("--rounds", type=int, default=7, help="round-robin timing rounds")
     ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "export_vs_ort"))
     args = ap.parse_args()
     manifest = json.loads((args.dense / "manifest.json").read_text())
     task = tasks.get_task(manifest["task"]["name"])
     dev = tasks.load_task(task, args.data_dir)["dev"]
     max_length, pad = manifest["config"]["train"]["max_length"], manifest["model"]["pad_token_id"]
-    rows = {}
+    rows, paths = {}, {}
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in build_anchors(args.dense, Path(tmp)).items():
-            rows[name] = measure(path, task, dev, args.dense / "tokenizer.json", max_length, pad)
-            print(name, rows[name], flush=True)
-    for d in args.artifacts:
-        m = json.loads((d / "manifest.json").read_text())
-        name = f"compress {m['config']['quant']['bits']}-bit {m['config']['train']['mode']}" + (
-            " 2:4" if m["config"]["mask"].get("nm") else "")
-        rows[name] = measure(d / "model.onnx", task, dev, d / "tokenizer.json", max_length, pad)
-        rows[name]["torch_metric"] = m["metrics"]["torch"][task.metric]
-        print(name, rows[name], flush=True)
+            rows[name], paths[name] = accuracy(path, task, dev, args.dense / "tokenizer.json", max_length, pad), path
+        for d in args.artifacts:
+            m = json.loads((d / "manifest.json").read_text())
+            name = f"compress {m['config']['quant']['bits']}-bit {m['config']['train']['mode']}" + (
+                " 2:4" if m["config"]["mask"].get("nm") else "")
+            rows[name], paths[name] = accuracy(d / "model.onnx", task, dev, d / "tokenizer.json", max_length, pad), d / "model.onnx"
+            rows[name]["torch_metric"] = m["metrics"]["torch"][task.metric]
+        for name, lat in latencies(paths, args.rounds).items():
+            rows[name].update(lat)
     ref = rows["ORT int8 dynamic"]
     lines = [f"| model | dev {task.metric} | PyTorch {task.metric} | MB | x int8 | b1 ms | x int8 | b32 seq/s | x int8 |", "|---" * 9 + "|"]
     for name, r in rows.items():
