@@ -19,6 +19,8 @@ import sys
 import tempfile
 from pathlib import Path
 
+from _results import write  # benchmarks/ is on sys.path when a script here runs
+
 import onnx
 
 
@@ -106,12 +108,7 @@ def main() -> int:
         torch_metric = f"{r['torch_metric']:.4f}" if "torch_metric" in r else ""
         lines.append(f"| {name} | {r['metric']:.4f} | {torch_metric} | {r['mb']:.1f} | {r['mb'] / ref['mb']:.2f} | {r['b1_ms']:.2f} | "
                      f"{r['b1_ms'] / ref['b1_ms']:.2f} | {r['b32_seq_s']:.0f} | {r['b32_seq_s'] / ref['b32_seq_s']:.2f} |")
-    table = "\n".join(lines)
-    print(table)
-    res = Path(args.results)
-    res.parent.mkdir(parents=True, exist_ok=True)
-    res.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    res.with_suffix(".md").write_text(f"# Exports vs ONNX Runtime's own quantizers, one run\n\n`python {' '.join(sys.argv)}`\n\n{table}\n")
+    write(args.results, "Exports vs ONNX Runtime's own quantizers, one run", rows, "\n".join(lines))
     return 0
 
 

@@ -16,6 +16,8 @@ import sys
 import time
 from pathlib import Path
 
+from _results import write  # benchmarks/ is on sys.path when a script here runs
+
 CONFIGS = [("structure", 8), ("structure", 4), ("weights", 4)]
 TARGETS = {("structure", 8): 0.86, ("structure", 4): 0.86}
 
@@ -57,12 +59,7 @@ def main() -> int:
         lines.append(f"| {r['mode']} | {r['bits']} | {r['f1_torch']:.4f} | {r['f1_onnx']:.4f} | {r['acc_onnx']:.4f} | {r['agreement']:.3f} | "
                      f"{r['density']:.4f} | {r['best_epoch']} | {r['wall_s'] / 60:.1f} | {r['onnx_mb']:.1f} | {r['b1_ms']:.1f} | "
                      f"{r['b32_seq_s']:.0f} | {verdict} |")
-    table = "\n".join(lines)
-    print(table)
-    res = Path(args.results)
-    res.parent.mkdir(parents=True, exist_ok=True)
-    res.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    res.with_suffix(".md").write_text(f"# MiniLM / MRPC\n\n`python {' '.join(sys.argv)}`\n\n{table}\n")
+    write(args.results, "MiniLM / MRPC", rows, "\n".join(lines))
     return 0
 
 
