@@ -54,8 +54,7 @@ def accuracy(path: Path, task, dev, tokenizer_json: Path, max_length: int, pad_i
     from compress.runtimes import evaluate
     from compress.runtimes.session import open_session
 
-    tok = evaluate.load_tokenizer(tokenizer_json, max_length)
-    logits = evaluate.logits(open_session(path), evaluate.encode(tok, dev.text_a, dev.text_b), pad_id=pad_id)
+    logits = evaluate.texts_logits(open_session(path), tokenizer_json, max_length, dev.text_a, dev.text_b, pad_id)
     return {"metric": metrics.compute(task, logits, dev.labels)[task.metric], "mb": path.stat().st_size / 1e6}
 
 

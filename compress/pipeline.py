@@ -170,9 +170,7 @@ def validate(directory: Path, task, dev, torch_logits, torch_metrics, cfg: RunCo
     from compress.runtimes.session import open_session
 
     sess = open_session(directory / "model.onnx", threads=cfg.threads)
-    tok = evaluate.load_tokenizer(directory / "tokenizer.json", cfg.train.max_length)
-    enc = evaluate.encode(tok, dev.text_a, dev.text_b)
-    ort_logits = evaluate.logits(sess, enc, pad_id=pad_id)
+    ort_logits = evaluate.texts_logits(sess, directory / "tokenizer.json", cfg.train.max_length, dev.text_a, dev.text_b, pad_id)
     ort_metrics = metrics.compute(task, ort_logits, dev.labels)
     p_t, p_o = metrics.predictions(task, torch_logits), metrics.predictions(task, ort_logits)
     agreement = float(np.mean(p_t == p_o)) if not task.is_regression else float(np.corrcoef(p_t, p_o)[0, 1])
@@ -213,10 +211,7 @@ def restore(directory: Path, manifest: dict, cfg: RunConfig):
         missing = set(model.head_parameters()) - set(trained)
         if missing:
             raise artifact.ArtifactError(f"{directory / 'trainable.safetensors'} lacks {sorted(missing)}: rerun `compress run`")
-        with torch.no_grad():
-            params = dict(model.named_parameters())
-            for k, v in trained.items():
-                params[k].copy_(v)
+        train.load_parameters_(model, trained)
     else:
         model.load_state_dict(trained)
         qtensors = quantize.quantize_(model, cfg.quant)

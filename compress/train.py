@@ -121,6 +121,14 @@ def _trainable_state(model, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+@torch.no_grad()
+def load_parameters_(model, tensors: dict[str, torch.Tensor]) -> None:
+    """Copy tensors into the model's parameters of the same names (e.g. mask scores and head)."""
+    params = dict(model.named_parameters())
+    for name, value in tensors.items():
+        params[name].copy_(value)
+
+
 def fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfig, progress: bool = False) -> TrainResult:
     """Train in place; on return the model holds the selected epoch's parameters.
 
@@ -181,9 +189,6 @@ def fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfig
         if cfg.mode == "weights":
             model.load_state_dict(best_state)
         else:
-            with torch.no_grad():
-                params = dict(model.named_parameters())
-                for n, v in best_state.items():
-                    params[n].copy_(v)
+            load_parameters_(model, best_state)
     result.seconds = time.perf_counter() - t_start
     return result

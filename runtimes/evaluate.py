@@ -43,3 +43,10 @@ def batches(enc: dict[str, list[list[int]]], batch_size: int, pad_id: int = 0):
 
 def logits(sess, enc, batch_size: int = 32, pad_id: int = 0) -> np.ndarray:
     return np.concatenate([run_logits(sess, f) for f in batches(enc, batch_size, pad_id)])
+
+
+def texts_logits(sess, tokenizer_json: str | Path, max_length: int, text_a: list[str], text_b: list[str] | None,
+                 pad_id: int = 0, batch_size: int = 32) -> np.ndarray:
+    """Tokenize with an artifact's tokenizer.json and run the texts through the session."""
+    tok = load_tokenizer(tokenizer_json, max_length)
+    return logits(sess, encode(tok, text_a, text_b), batch_size, pad_id)
