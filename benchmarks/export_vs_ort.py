@@ -6,7 +6,8 @@
 Anchors, built here from the dense fine-tuned artifact (`--dense`, a `compress run --mode weights`
 directory): fp32 ONNX with ONNX Runtime's BERT fusions; ORT dynamic int8 quantization (per channel)
 of that graph; ORT MatMulNBits 4-bit (block 32, symmetric). Then each `--artifacts` directory's
-model.onnx. For each: dev metric through ONNX Runtime, file MB, median latency at batch 1 x 128,
+model.onnx, and with `--kernels int8 nbits` also each artifact re-exported with MatMulNBits
+(accuracy_level 4) on the same packed codes. For each: dev metric through ONNX Runtime, file MB, median latency at batch 1 x 128,
 throughput at batch 32 x 128 (timed round-robin over all models, median of --rounds rounds),
 and each as a ratio to the int8 anchor.
 """
@@ -58,6 +59,18 @@ def accuracy(path: Path, task, dev, tokenizer_json: Path, max_length: int, pad_i
     return {"metric": metrics.compute(task, logits, dev.labels)[task.metric], "mb": path.stat().st_size / 1e6}
 
 
+def reexported(d: Path, kernel: str, work: Path) -> Path:
+    """A copy of artifact `d` re-exported with another kernel (`compress export DIR --kernel K`)."""
+    import shutil
+
+    from compress.pipeline import reexport
+
+    copy = work / f"{d.name}-{kernel}"
+    shutil.copytree(d, copy)
+    reexport(copy, kernel=kernel)
+    return copy
+
+
 def latencies(paths: dict[str, Path], rounds: int) -> dict[str, dict]:
     """Round-robin over the models so that the machine's drifting load hits them all alike; medians over rounds."""
     import numpy as np
@@ -83,6 +96,8 @@ def main() -> int:
     ap.add_argument("--dense", required=True, type=Path)
     ap.add_argument("--artifacts", nargs="+", type=Path, default=[])
     ap.add_argument("--rounds", type=int, default=7, help="round-robin timing rounds")
+    ap.add_argument("--kernels", nargs="+", default=["int8"], choices=["int8", "float", "nbits"],
+                    help="export each artifact with these kernels (int8: as it is)")
     ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "export_vs_ort"))
     args = ap.parse_args()
     manifest = json.loads((args.dense / "manifest.json").read_text())
@@ -93,10 +108,14 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         for name, path in build_anchors(args.dense, Path(tmp)).items():
             rows[name], paths[name] = accuracy(path, task, dev, args.dense / "tokenizer.json", max_length, pad), path
-        for d in args.artifacts:
+        for d, kernel in [(d, k) for d in args.artifacts for k in args.kernels]:
             m = json.loads((d / "manifest.json").read_text())
-            name = f"compress {m['config']['quant']['bits']}-bit {m['config']['train']['mode']}" + (
-                " 2:4" if m["config"]["mask"].get("nm") else "")
+            q = m["config"]["quant"]
+            name = (f"compress {q['bits']}-bit" + (f" g{q['group_size']}" if q["group_size"] else "") + ("" if q.get("symmetric", True) else " asym")
+                    + (" 2:4" if m["config"]["mask"].get("nm") else "") + f" {m['config']['train']['mode']}"
+                    + ("" if kernel == m["config"]["export"]["kernel"] else f" ({kernel})"))
+            if kernel != m["config"]["export"]["kernel"]:
+                d = reexported(d, kernel, Path(tmp))
             rows[name], paths[name] = accuracy(d / "model.onnx", task, dev, d / "tokenizer.json", max_length, pad), d / "model.onnx"
             rows[name]["torch_metric"] = m["metrics"]["torch"][task.metric]
         for name, lat in latencies(paths, args.rounds).items():

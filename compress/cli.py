@@ -38,7 +38,10 @@ def main(verbose: bool):
 @click.option("--model", default="minilm", show_default=True, help="Alias (minilm, bert-base, roberta-base, ...), hub id or local directory.")
 @click.option("--task", default="mrpc", show_default=True, help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte wnli.")
 @click.option("--bits", type=click.Choice(BITS), default="4", show_default=True, help="Bits of the frozen weights (16/32: none).")
-@click.option("--group-size", type=int, default=None, help="Scale per group of N inputs (default: per output channel).")
+@click.option("--group-size", type=int, default=None, help="Scale per group of N inputs [per output channel; 2 bits: 32].")
+@click.option("--symmetric/--asymmetric", default=None, help="Grid without / with a zero point per group [symmetric; 2 bits: asymmetric].")
+@click.option("--quantizer", type=click.Choice(["rtn", "gptq"]), default=None,
+              help="Round to nearest, or GPTQ calibrated on training text [rtn; 2 bits: gptq].")
 @click.option("--mode", type=click.Choice(["structure", "weights"]), default="structure", show_default=True,
               help="structure: learn a mask; weights: dense fine-tuning (then post-training quantization).")
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="GLUE_DIR", help="GLUE-layout directory (env GLUE_DIR); else `datasets` online.")
@@ -57,8 +60,8 @@ def main(verbose: bool):
 @click.option("--select", type=click.Choice(["best", "last"]), default=None, help="Keep the best dev epoch or the last.")
 @click.option("--seed", type=int, default=None)
 @click.option("--pooling", type=click.Choice(["mean", "cls", "pooler"]), default=None, help="Override the checkpoint's pooling.")
-@click.option("--kernel", type=click.Choice(["int8", "float"]), default="int8", show_default=True,
-              help="int8: integer matmuls (fast); float: weights dequantized at load (exact).")
+@click.option("--kernel", type=click.Choice(["int8", "float", "nbits"]), default="int8", show_default=True,
+              help="int8: integer matmuls (fastest on x86); float: weights dequantized at load (exact); nbits: MatMulNBits on the packed codes.")
 @click.option("--max-metric-drop", type=float, default=None, help="Fail if ONNX Runtime's dev metric trails PyTorch's by more.")
 @click.option("--max-train-examples", type=int, default=None, help="Use only the first N training examples.")
 @click.option("--max-eval-examples", type=int, default=None, help="Use only the first N dev examples.")
@@ -76,7 +79,7 @@ def run(**o):
 
     try:
         bits = int(o["bits"])
-        quant = pick(quantize.QuantConfig, bits=bits, group_size=o["group_size"])
+        quant = quantize.default_config(bits, o["group_size"], o["symmetric"], o["quantizer"])
         mask = pick(masking.MaskConfig, threshold=o["threshold"], nm=(2, 4) if o["sparsity"] == "2:4" else None,
                     init_low=o["score_init"][0] if o["score_init"] else None, init_high=o["score_init"][1] if o["score_init"] else None)
         tr = pick(train.TrainConfig, mode=o["mode"], epochs=o["epochs"], batch_size=o["batch_size"], max_length=o["max_length"],
@@ -96,7 +99,7 @@ def run(**o):
 
 @main.command("export")
 @click.argument("artifact_dir", type=click.Path(file_okay=False))
-@click.option("--kernel", type=click.Choice(["int8", "float"]), default=None, help="Matmul kernel (default: the artifact's).")
+@click.option("--kernel", type=click.Choice(["int8", "float", "nbits"]), default=None, help="Matmul kernel (default: the artifact's).")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
               help="onnx: rebuild model.onnx; ort: also write model.ort for ONNX Runtime mobile builds.")
 def export_cmd(artifact_dir, kernel, fmt):

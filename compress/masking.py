@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import logging
+from pathlib import Path
 from dataclasses import dataclass
 
 import numpy as np
@@ -118,24 +119,60 @@ def set_masks_(model: torch.nn.Module, mask_by_name: dict[str, np.ndarray | torc
 
 
 # ---------------------------------------------------------------- mask file (bit-packed, 1 bit per weight)
+# ---------------------------------------------------------------- mask.npz: bit-packed or gap-coded
+# A layer's mask is stored whichever way is smaller: packed 1 bit per weight (e.g. 2:4 masks at density
+# 0.5), or the positions of its rarer value as gaps between them, one byte per gap (255 = "add 255 and
+# read on"), which at density 0.95 costs ~0.32 bits per weight against an entropy of 0.31. The .npz is
+# deflated on top. Plain numpy arrays: any numpy can read it.
+def _gaps(positions: np.ndarray) -> np.ndarray:
+    gaps = np.diff(positions, prepend=-1) - 1
+    escapes = gaps // 255
+    out = np.full(int(escapes.sum()) + gaps.size, 255, dtype=np.uint8)
+    out[np.cumsum(escapes + 1) - 1] = gaps % 255
+    return out
+
+
+def _positions(gaps: np.ndarray) -> np.ndarray:
+    total = np.cumsum(gaps.astype(np.int64))
+    ends = np.flatnonzero(gaps < 255)
+    gap = np.diff(total[ends], prepend=0)  # a gap is its escape bytes (255 each) plus its last byte
+    return np.cumsum(gap + 1) - 1
+
+
 def save_masks(path, model: torch.nn.Module) -> int:
+    """Write mask.npz; returns its size in bytes."""
     arrays = {}
     for name, m in masks(model).items():
-        arrays[name] = pack_bits(m.numpy().astype(np.uint8), 1)
+        flat = m.numpy().reshape(-1)
+        rare = bool(flat.mean() < 0.5)  # the value whose positions are stored
+        gaps = _gaps(np.flatnonzero(flat == rare))
         arrays[name + "::shape"] = np.array(m.shape, dtype=np.int64)
+        if gaps.size < flat.size / 8:
+            arrays[name + "::gaps"] = gaps
+            arrays[name + "::rare"] = np.array(rare)
+        else:
+            arrays[name] = pack_bits(flat.astype(np.uint8), 1)
     with open(path, "wb") as f:
         np.savez_compressed(f, **arrays)
-    return sum(a.nbytes for k, a in arrays.items() if not k.endswith("::shape"))
+    return Path(path).stat().st_size
 
 
 def load_masks(path) -> dict[str, np.ndarray]:
     with np.load(path) as z:
         out = {}
         for key in z.files:
-            if key.endswith("::shape"):
+            name, _, kind = key.partition("::")
+            if kind != "shape":
                 continue
-            shape = tuple(z[key + "::shape"])
-            out[key] = unpack_bits(z[key], 1, int(np.prod(shape))).reshape(shape).astype(bool)
+            shape = tuple(z[key])
+            n = int(np.prod(shape))
+            if name in z.files:
+                flat = unpack_bits(z[name], 1, n).astype(bool)
+            else:
+                rare = bool(z[name + "::rare"])
+                flat = np.full(n, not rare)
+                flat[_positions(z[name + "::gaps"])] = rare
+            out[name] = flat.reshape(shape)
     return out
 
 

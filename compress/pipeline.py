@@ -51,15 +51,40 @@ def prepare(model: torch.nn.Module, qtensors: dict) -> tuple[dict[str, IntWeight
     return linears, embedding
 
 
-def build(cfg: RunConfig, task: tasks.Task):
-    """Model with quantized frozen weights and (mode=structure) masks; -> (model, tokenizer, source, qtensors)."""
+CALIBRATION_FILE = "calibration.npz"
+
+
+def calibration_inputs(tok, split: tasks.Split, cfg: RunConfig) -> dict[str, np.ndarray] | None:
+    """GPTQ's calibration tokens: the first N training examples, padded (saved in the artifact so that
+    `compress export DIR` quantizes exactly alike without the data)."""
+    if cfg.quant.method != "gptq" or not cfg.quant.enabled:
+        return None
+    enc = train.encode(tok, split.subset(cfg.quant.calibration_examples), cfg.train.max_length)
+    return {k: v.astype(np.int32) for k, v in next(batches(enc, len(enc["input_ids"]), tok.pad_token_id or 0)).items()}
+
+
+def _calibration_batches(arrays: dict[str, np.ndarray] | None, batch_size: int = 32):
+    if arrays is None:
+        return None
+    n = len(arrays["input_ids"])
+    return [{k: torch.from_numpy(v[s:s + batch_size].astype(np.int64)) for k, v in arrays.items()} for s in range(0, n, batch_size)]
+
+
+def build(cfg: RunConfig, task: tasks.Task, calibration: tasks.Split | dict[str, np.ndarray] | None = None):
+    """Model with quantized frozen weights and (mode=structure) masks.
+
+    calibration: GPTQ's calibration texts (a Split) or tokens (arrays from an artifact).
+    -> (model, tokenizer, source, qtensors, calibration arrays or None)
+    """
     clf, tok, source = models.build_classifier(cfg.model, task.num_labels, cfg.pooling, seed=cfg.train.seed)
+    if isinstance(calibration, tasks.Split):
+        calibration = calibration_inputs(tok, calibration, cfg)
     qtensors = {}
     if cfg.train.mode == "structure":
-        qtensors = quantize.quantize_(clf, cfg.quant)  # the mask is learned on the weights that ship
+        qtensors = quantize.quantize_(clf, cfg.quant, _calibration_batches(calibration))  # the mask is learned on the weights that ship
         torch.manual_seed(cfg.train.seed)
         masking.apply_masks_(clf, cfg.mask)
-    return clf, tok, source, qtensors
+    return clf, tok, source, qtensors, calibration
 
 
 def layer_table(model, linears: dict[str, IntWeight], embedding) -> list[dict]:
@@ -69,11 +94,12 @@ def layer_table(model, linears: dict[str, IntWeight], embedding) -> list[dict]:
     for name in list(linears) or list(dens) or list(quantize.target_linears(model)):
         w = linears.get(name)
         shape = w.codes.shape if w else model.get_submodule(name).weight.shape
-        rows.append({"name": name, "shape": list(shape), "bits": w.bits if w else 32,
-                     "group_size": w.group_size if w else None, "density": dens.get(name, 1.0)})
+        rows.append({"name": name, "shape": list(shape), "bits": w.bits if w else 32, "group_size": w.group_size if w else None,
+                     "symmetric": w.zero is None if w else None, "masked": name in dens, "density": dens.get(name, 1.0)})
     if embedding:
         name, w = embedding
-        rows.append({"name": name, "shape": list(w.codes.shape), "bits": w.bits, "group_size": None, "density": 1.0})
+        rows.append({"name": name, "shape": list(w.codes.shape), "bits": w.bits, "group_size": None, "symmetric": True,
+                     "masked": False, "density": 1.0})
     return rows
 
 
@@ -96,13 +122,13 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
     stages.update()
 
     stages.set_description("quantize + mask")
-    model, tok, source, qtensors = build(cfg, task)
+    model, tok, source, qtensors, calibration = build(cfg, task, train_split)
     stages.update()
     stages.set_description(f"train ({cfg.train.mode})")
     history = train.fit(model, task, train_split, dev, tok, cfg.train, progress=progress)
     trained = trainable_tensors(model, cfg.train.mode)  # before post-training quantization: re-export quantizes again
     if cfg.train.mode == "weights":
-        qtensors = quantize.quantize_(model, cfg.quant)  # post-training quantization of the fine-tuned weights
+        qtensors = quantize.quantize_(model, cfg.quant, _calibration_batches(calibration))  # post-training quantization
     linears, embedding = prepare(model, qtensors)
     stages.update()
 
@@ -116,6 +142,8 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
         tok.save_pretrained(tmp)
         mask_bytes = masking.save_masks(tmp / "mask.npz", model) if cfg.train.mode == "structure" else 0
         _save_tensors(trained, tmp / "trainable.safetensors")
+        if calibration is not None:
+            np.savez_compressed(tmp / CALIBRATION_FILE, **calibration)
         sample = next(iter(batches(dev_enc, 32, pad)))
         res = export(model, linears, embedding, tmp / "model.onnx", cfg.export, sample)
         stages.update()
@@ -142,7 +170,8 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
             "validation": validation["checks"] | {"parity_max_abs_diff": res.parity_max_abs_diff, "parity_atol": cfg.export.parity_atol,
                                                    "sample_max_abs_diff": res.deployed_max_abs_diff},
             "fusions": res.fusions,
-            "sizes": {**res.sizes, "mask_file": mask_bytes, "onnx_total": (tmp / "model.onnx").stat().st_size},
+            "sizes": {**res.sizes, "onnx_total": (tmp / "model.onnx").stat().st_size, "masks": mask_bytes,
+                      "head": (tmp / "trainable.safetensors").stat().st_size},
             "bench": validation["bench"],
             "seconds": time.perf_counter() - t_start,
             "versions": artifact.versions(),
@@ -204,7 +233,13 @@ def restore(directory: Path, manifest: dict, cfg: RunConfig):
     from safetensors.torch import load_file
 
     task = tasks.get_task(cfg.task)
-    model, tok, source, qtensors = build(cfg, task)
+    calibration = None
+    if cfg.quant.method == "gptq" and cfg.quant.enabled:
+        if not (directory / CALIBRATION_FILE).is_file():
+            raise artifact.ArtifactError(f"{directory / CALIBRATION_FILE} is missing: GPTQ needs its calibration tokens; rerun `compress run`")
+        with np.load(directory / CALIBRATION_FILE) as z:
+            calibration = {k: z[k] for k in z.files}
+    model, tok, source, qtensors, _ = build(cfg, task, calibration)
     trained = load_file(str(directory / "trainable.safetensors"))
     if cfg.train.mode == "structure":
         masking.set_masks_(model, masking.load_masks(directory / "mask.npz"))
@@ -214,7 +249,7 @@ def restore(directory: Path, manifest: dict, cfg: RunConfig):
         train.load_parameters_(model, trained)
     else:
         model.load_state_dict(trained)
-        qtensors = quantize.quantize_(model, cfg.quant)
+        qtensors = quantize.quantize_(model, cfg.quant, _calibration_batches(calibration))
     return model.eval(), tok, qtensors
 
 

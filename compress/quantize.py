@@ -1,10 +1,15 @@
-"""Quantize the frozen pretrained weights: symmetric per-channel or group-wise, 8/4/2/1 bits.
+"""Quantize the frozen pretrained weights: per-channel or group-wise, 8/4/2/1 bits.
 
 A weight ``W[out, in]`` becomes integer codes ``q`` and float scales ``s`` with ``W ~= s * q``:
 per output channel (``group_size=None``, one scale per row) or per group of ``group_size`` inputs
-(one scale per row and group). b >= 2 bits use the symmetric grid ``q in [-(2^(b-1)-1), 2^(b-1)-1]``
-(2 bits is therefore ternary {-1, 0, 1}); 1 bit is ``sign(W) * s`` with the L2-optimal
-``s = mean|W|``. Scales are chosen by a small MSE search over clipping ratios (``clip_search``).
+(one scale per row and group).
+  symmetric (default)  ``q in [-(2^(b-1)-1), 2^(b-1)-1]``: 2 bits is therefore ternary {-1, 0, 1}.
+  asymmetric (2/4 bits) stored code ``u in [0, 2^b - 1]`` with an integer zero point ``z`` per
+                       group, ``q = u - z``: all 2^b levels are used (2 bits: 4 levels instead of 3),
+                       and ``W = 0`` is still exactly ``u = z``, so a pruned weight stays exact.
+  1 bit                ``sign(W) * s`` with the L2-optimal ``s = mean|W|``.
+Scales are chosen by a small MSE search over clipping ratios (``clip_search``) and rounded to
+float16, so that the file stores them in 16 bits without changing a single dequantized weight.
 
 ``quantize_(model, config)`` replaces the target weights in place by their dequantized values,
 so that the mask is learned on exactly the weights that ship, and returns the integer form.
@@ -20,6 +25,8 @@ import torch
 log = logging.getLogger(__name__)
 
 SUPPORTED_BITS = (1, 2, 4, 8, 16, 32)
+METHODS = ("rtn", "gptq")
+ASYMMETRIC_BITS = (2, 4)  # codes minus zero point must fit the int8 kernels: |q| <= 2^b - 1
 
 
 class QuantConfigError(ValueError):
@@ -32,10 +39,17 @@ class QuantConfig:
     group_size: int | None = None  # None: one scale per output channel
     clip_search: bool = True  # MSE-optimal clipping ratio per channel/group
     embeddings: bool = True  # also quantize the word-embedding table (per row, >= 4 bits)
+    symmetric: bool = True  # False: 2^b levels with a zero point per group (2 or 4 bits)
+    method: str = "rtn"  # "rtn": round to nearest; "gptq": error-compensating rounding on calibration text
+    calibration_examples: int = 128  # gptq: training examples whose tokens calibrate (labels unused)
 
     def __post_init__(self):
         if self.bits not in SUPPORTED_BITS:
             raise QuantConfigError(f"bits={self.bits} is not supported: use one of {SUPPORTED_BITS} (16/32 = no quantization)")
+        if self.method not in METHODS:
+            raise QuantConfigError(f"method '{self.method}' is not one of {METHODS}")
+        if not self.symmetric and self.bits not in ASYMMETRIC_BITS:
+            raise QuantConfigError(f"asymmetric quantization is for bits in {ASYMMETRIC_BITS}, not {self.bits}: use --symmetric")
         if self.group_size is not None and (self.group_size < 2 or self.group_size & (self.group_size - 1)):
             raise QuantConfigError(f"group_size={self.group_size} must be a power of two >= 2, or None for per-channel scales")
 
@@ -49,14 +63,28 @@ def embedding_bits(config: QuantConfig) -> int:
     return max(config.bits, 4)
 
 
+def default_config(bits: int, group_size: int | None = None, symmetric: bool | None = None, method: str | None = None,
+                   **kw) -> QuantConfig:
+    """The recommended config for a bit width: 2 bits is GPTQ, asymmetric, in groups of 32, unless told
+    otherwise (per-channel ternary 2-bit weights lose the task; see benchmarks/results)."""
+    if bits == 2:
+        group_size = 32 if group_size is None else group_size
+        symmetric = False if symmetric is None else symmetric
+        method = method or "gptq"
+    return QuantConfig(bits=bits, group_size=group_size, symmetric=True if symmetric is None else symmetric,
+                       method=method or "rtn", **kw)
+
+
 @dataclass
 class QTensor:
-    """Integer codes (int8 tensor, same shape as the weight) and scales [rows, n_groups]."""
+    """Integer codes q (int8 tensor, same shape as the weight), scales [rows, n_groups], and for
+    asymmetric tensors the zero points [rows, n_groups] (stored code = q + zero)."""
 
     q: torch.Tensor
     scale: torch.Tensor
     bits: int
     group_size: int | None
+    zero: torch.Tensor | None = None
 
     def dequantize(self) -> torch.Tensor:
         return dequantize(self)
@@ -74,37 +102,59 @@ def _grouped(w: torch.Tensor, group_size: int | None) -> torch.Tensor:
     return w.reshape(rows, cols // g, g)
 
 
-def _quantize_groups(wg: torch.Tensor, bits: int, clip_search: bool) -> tuple[torch.Tensor, torch.Tensor]:
-    """wg [rows, groups, g] float32 -> codes int8 (same shape), scales [rows, groups]."""
+def _fp16_exact(scale: torch.Tensor) -> torch.Tensor:
+    """Round scales to float16 values (kept in float32), so that storing them as float16 is lossless."""
+    return scale.clamp(min=2.0**-20, max=6.0e4).half().float()
+
+
+def _codes(wg: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int) -> torch.Tensor:
+    """Signed codes q (stored code minus zero point) for scales/zeros [rows, groups]."""
+    if zero is None:
+        qmax = _qmax(bits)
+        return torch.clamp(torch.round(wg / scale[..., None]), -qmax, qmax)
+    return torch.clamp(torch.round(wg / scale[..., None]) + zero[..., None], 0, 2**bits - 1) - zero[..., None]
+
+
+def _candidates(wg: torch.Tensor, bits: int, symmetric: bool, r: float) -> tuple[torch.Tensor, torch.Tensor | None]:
+    if symmetric:
+        return _fp16_exact(wg.abs().amax(-1) * r / _qmax(bits)), None
+    lo, hi = wg.amin(-1).clamp(max=0) * r, wg.amax(-1).clamp(min=0) * r  # the range always holds 0
+    scale = _fp16_exact((hi - lo) / (2**bits - 1))
+    return scale, torch.clamp(torch.round(-lo / scale), 0, 2**bits - 1)
+
+
+def _quantize_groups(wg: torch.Tensor, bits: int, clip_search: bool, symmetric: bool = True):
+    """wg [rows, groups, g] float32 -> codes int8 (same shape), scales [rows, groups], zeros or None."""
     if bits == 1:
-        scale = wg.abs().mean(-1).clamp(min=1e-12)
+        scale = _fp16_exact(wg.abs().mean(-1))
         q = torch.where(wg >= 0, 1, -1).to(torch.int8)
-        return q, scale
-    qmax = _qmax(bits)
-    absmax = wg.abs().amax(-1).clamp(min=1e-12)
+        return q, scale, None
     ratios = torch.linspace(1.0, 0.5, 11) if clip_search else torch.ones(1)
-    best_err, best_scale = None, None
-    for r in ratios:
-        scale = absmax * r / qmax
-        q = torch.clamp(torch.round(wg / scale[..., None]), -qmax, qmax)
-        err = ((q * scale[..., None] - wg) ** 2).sum(-1)
+    best_err, best_scale, best_zero = None, None, None
+    for r in ratios.tolist():
+        scale, zero = _candidates(wg, bits, symmetric, r)
+        err = ((_codes(wg, scale, zero, bits) * scale[..., None] - wg) ** 2).sum(-1)
         if best_err is None:
-            best_err, best_scale = err, scale
+            best_err, best_scale, best_zero = err, scale, zero
         else:
             better = err < best_err
             best_err = torch.where(better, err, best_err)
             best_scale = torch.where(better, scale, best_scale)
-    q = torch.clamp(torch.round(wg / best_scale[..., None]), -qmax, qmax).to(torch.int8)
-    return q, best_scale
+            best_zero = None if zero is None else torch.where(better, zero, best_zero)
+    q = _codes(wg, best_scale, best_zero, bits).to(torch.int8)
+    return q, best_scale, None if best_zero is None else best_zero.to(torch.uint8)
 
 
-def quantize_tensor(w: torch.Tensor, bits: int, group_size: int | None = None, clip_search: bool = True) -> QTensor:
+def quantize_tensor(w: torch.Tensor, bits: int, group_size: int | None = None, clip_search: bool = True,
+                    symmetric: bool = True) -> QTensor:
     """Quantize a 2-D weight [rows, cols] along its last dimension."""
     if bits > 8:
         raise QuantConfigError(f"quantize_tensor needs bits <= 8, got {bits}")
+    if not symmetric and bits not in ASYMMETRIC_BITS:
+        raise QuantConfigError(f"asymmetric quantization is for bits in {ASYMMETRIC_BITS}, not {bits}")
     wg = _grouped(w.detach().float(), group_size)
-    q, scale = _quantize_groups(wg, bits, clip_search)
-    return QTensor(q.reshape(w.shape), scale, bits, group_size)
+    q, scale, zero = _quantize_groups(wg, bits, clip_search, symmetric)
+    return QTensor(q.reshape(w.shape), scale, bits, group_size, zero)
 
 
 def dequantize(qt: QTensor) -> torch.Tensor:
@@ -170,17 +220,28 @@ def word_embeddings(model: torch.nn.Module) -> tuple[str, torch.nn.Embedding] | 
 
 
 @torch.no_grad()
-def quantize_(model: torch.nn.Module, config: QuantConfig) -> dict[str, QTensor]:
+def quantize_(model: torch.nn.Module, config: QuantConfig, calibration=None) -> dict[str, QTensor]:
     """Quantize the model's frozen weights in place (weights := dequantize(quantize(W))).
 
     Returns {module name: QTensor} for every quantized Linear and, if configured, the word
     embeddings (quantized per row, i.e. per token vector). Empty when config.bits > 8.
+    calibration: for method="gptq", batches (dicts of input tensors) to run through the model.
     """
     if not config.enabled:
         return {}
     result: dict[str, QTensor] = {}
-    for name, lin in target_linears(model).items():
-        qt = quantize_tensor(lin.weight, config.bits, config.group_size, config.clip_search)
+    linears = target_linears(model)
+    if config.method == "gptq":
+        from compress import gptq
+
+        if calibration is None:
+            raise QuantConfigError("method 'gptq' needs calibration batches: pass calibration=..., or use method 'rtn'")
+        hessians = gptq.input_hessians(model, list(linears), calibration)  # one pass over the unquantized model
+    for name, lin in linears.items():
+        if config.method == "gptq":
+            qt = gptq.gptq_tensor(lin.weight, hessians.pop(name), config.bits, config.group_size, config.clip_search, config.symmetric)
+        else:
+            qt = quantize_tensor(lin.weight, config.bits, config.group_size, config.clip_search, config.symmetric)
         lin.weight.copy_(qt.dequantize().to(lin.weight.dtype))
         result[name] = qt
     if config.embeddings and (found := word_embeddings(model)):
@@ -190,5 +251,6 @@ def quantize_(model: torch.nn.Module, config: QuantConfig) -> dict[str, QTensor]
         result[name] = qt
     if not result:
         raise QuantConfigError("found no nn.Linear layers under model.encoder to quantize: is this a BERT-family encoder?")
-    log.info("quantized %d tensors to %d bits (group_size=%s)", len(result), config.bits, config.group_size)
+    log.info("quantized %d tensors to %d bits (group_size=%s, symmetric=%s)", len(result), config.bits, config.group_size,
+             config.symmetric)
     return result

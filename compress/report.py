@@ -23,6 +23,23 @@ def summary_rows(m: dict) -> list[tuple[str, str]]:
     return rows
 
 
+def size_lines(m: dict) -> list[str]:
+    """What each part of the artifact costs: the graph's parts, the mask file, the task head."""
+    sz = m["sizes"]
+    masked = sum(r["shape"][0] * r["shape"][1] for r in m["layers"] if r.get("masked"))
+    lines = [f"- model.onnx: {_mb(sz['onnx_total'])} = encoder weight codes {_mb(sz.get('weights', 0))} + scales and zero points "
+             f"{_mb(sz.get('scales', 0))} + word embeddings {_mb(sz.get('embeddings', 0))} + other {_mb(sz.get('other', 0))} "
+             "(biases, LayerNorms, position embeddings, head, graph)"]
+    if sz.get("masks"):
+        lines.append(f"- mask.npz: {_mb(sz['masks'])} ({8 * sz['masks'] / max(masked, 1):.3f} bits per masked weight; "
+                     "already folded into model.onnx, kept to re-export or to apply to the shared quantized weights)")
+    if "head" in sz:
+        lines.append(f"- trainable.safetensors (what the task trained): {_mb(sz['head'])}")
+    if "ort_total" in sz:
+        lines.append(f"- model.ort: {_mb(sz['ort_total'])}")
+    return lines
+
+
 def render(m: dict) -> str:
     q, tr = m["config"]["quant"], m["config"]["train"]
     bits = f"{q['bits']}-bit" + (f", groups of {q['group_size']}" if q["group_size"] else ", per channel") if q["bits"] <= 8 else "none (fp32)"
@@ -35,8 +52,8 @@ def render(m: dict) -> str:
         dev = ", ".join(f"{k} {v:.4f}" for k, v in h["dev"].items())
         mark = " (selected)" if h["epoch"] == m["training"]["best_epoch"] else ""
         lines.append(f"| {h['epoch']}{mark} | {h['loss']:.4f} | {dev} | {h['density']:.4f} | {h['seconds']:.0f} |")
-    lines += ["", f"Selection: `{tr['select']}` epoch by dev {m['task']['metric']}.", "", "## Bytes in model.onnx", ""]
-    lines += [f"- {k}: {_mb(v)}" for k, v in m["sizes"].items()]
+    lines += ["", f"Selection: `{tr['select']}` epoch by dev {m['task']['metric']}.", "", "## Bytes", ""]
+    lines += size_lines(m)
     lines += ["", "## Layers", "", "| layer | shape | bits | group | density |", "|---|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['shape']} | {r['bits']} | {r['group_size'] or 'channel'} | {r['density']:.4f} |" for r in m["layers"]]
     lines += ["", f"ONNX Runtime fusions: {m['fusions']}", "", f"Versions: {m['versions']}", ""]

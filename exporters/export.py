@@ -17,7 +17,7 @@ log = logging.getLogger(__name__)
 
 @dataclass(frozen=True)
 class ExportConfig:
-    kernel: str = "int8"  # "int8": integer matmuls (fast); "float": weights dequantized at load (exact)
+    kernel: str = "int8"  # "int8": integer matmuls (fast); "float": weights dequantized at load (exact); "nbits": MatMulNBits
     fusions: bool = True  # ONNX Runtime transformer fusions
     opset: int = onnx_graph.OPSET
     parity_atol: float = 1e-4  # float-kernel graph vs PyTorch, logits (fp32 summation order only)
@@ -48,7 +48,7 @@ def export(model: torch.nn.Module, linears: dict[str, weights.IntWeight], embedd
     stats = {}
     if config.fusions:
         fp32, stats = fusions.optimize(fp32, cfg.num_attention_heads, cfg.hidden_size, keep_embeddings=embedding is not None,
-                                     keep_matmuls=bool(linears))
+                                       keep_matmuls=config.kernel == "nbits")
     model.eval()
     with torch.no_grad():
         feeds = {k: torch.from_numpy(v) for k, v in sample.items() if k in onnx_graph.input_names(model)}

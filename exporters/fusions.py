@@ -9,13 +9,13 @@ log = logging.getLogger(__name__)
 
 
 def optimize(model: onnx.ModelProto, num_heads: int, hidden_size: int, keep_embeddings: bool = True,
-             keep_matmuls: bool = True) -> tuple[onnx.ModelProto, dict]:
+             keep_matmuls: bool = False) -> tuple[onnx.ModelProto, dict]:
     """Fuse with model_type='bert' (opt_level 0: python fusions only, so the file stays portable).
 
     keep_embeddings: leave the word-embedding Gather alone (no EmbedLayerNormalization) so that
     the embedding table can be replaced by its quantized form afterwards.
-    keep_matmuls: no Attention fusion, which would pack Q/K/V into one fp32 weight; the
-    projections stay MatMuls that take integer weights.
+    keep_matmuls: no Attention fusion (which packs Q/K/V into one weight [hidden, 3 * hidden]);
+    by default it is fused, and exporters.weights turns Attention into QAttention with int8 Q/K/V.
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.onnx_model_bert import BertOnnxModel

@@ -2,8 +2,8 @@
 
 On disk each quantized weight is its integer codes, bit-packed (8 bits: int8; 4 and 2 bits: two
 or four codes per byte; 1 bit: a 2-bit container, because a pruned weight needs the code 0), plus
-float scales. A small unpacking subgraph (BitShift / Reshape / Cast / Sub) turns the packed bytes
-back into integers. All of its inputs are constants, so ONNX Runtime folds it once at session load:
+float16 scales and, for asymmetric weights, bit-packed zero points per group. A small unpacking
+subgraph (BitShift / Reshape / Cast / Sub) turns the packed bytes back into integers. All of its inputs are constants, so ONNX Runtime folds it once at session load:
 "low-bit on disk, int8 in the kernel".
 
 Kernels (``kernel=``):
@@ -12,6 +12,10 @@ Kernels (``kernel=``):
           (u8 x s8 VNNI/AMX kernels). Per-channel codes feed it exactly; group-wise codes are
           dequantized and re-rounded to per-channel int8 at load (<= 1/254 of the row's range).
   "float" W = Cast(codes) * scale folded to fp32 at load -> MatMul: bit-exact with PyTorch.
+  "nbits" com.microsoft MatMulNBits (accuracy_level 4: int8 compute) on the packed codes as they are,
+          block = the group size (per-channel scales repeated over blocks of <= 256 inputs); no
+          Attention fusion. Kept to measure against: on x86 CPUs it is slower than "int8"
+          (benchmarks/results/export_vs_ort.md), but it is the low-bit kernel of ORT's GPU and ARM builds.
 The word-embedding table becomes Gather(int codes) -> Cast -> Mul(Gather(row scales)).
 """
 from __future__ import annotations
@@ -26,7 +30,8 @@ from onnx import TensorProto, helper, numpy_helper
 from compress.quantize import pack_bits, to_unsigned
 
 log = logging.getLogger(__name__)
-KERNELS = ("int8", "float")
+KERNELS = ("int8", "float", "nbits")
+NBITS_ACCURACY_LEVEL = 4  # MatMulNBits: quantize the activations to int8 per block, integer dot products
 
 
 class WeightMatchError(RuntimeError):
@@ -35,22 +40,37 @@ class WeightMatchError(RuntimeError):
 
 @dataclass
 class IntWeight:
-    """Integer codes [rows, cols] (torch layout, mask folded: pruned = 0) and scales [rows, groups]."""
+    """Integer codes [rows, cols] (torch layout, mask folded: pruned = 0), scales [rows, groups] and,
+    if asymmetric, zero points [rows, groups]: the stored code is codes + zero, in [0, 2^bits)."""
 
     codes: np.ndarray
     scale: np.ndarray
     bits: int  # the quantization bits (1, 2, 4, 8)
     group_size: int | None
+    zero: np.ndarray | None = None
 
     @property
     def storage_bits(self) -> int:
         return 2 if self.bits == 1 else self.bits  # a masked 1-bit weight is ternary {-1, 0, 1}
 
-    def dequantize(self) -> np.ndarray:
+    @property
+    def groups(self) -> int:
+        cols = self.codes.shape[1]
+        return 1 if self.group_size is None else cols // self.group_size
+
+    def grouped(self, a: np.ndarray) -> np.ndarray:
         rows, cols = self.codes.shape
-        g = cols if self.group_size is None else self.group_size
-        w = self.codes.reshape(rows, cols // g, g).astype(np.float32) * self.scale[..., None].astype(np.float32)
-        return w.reshape(rows, cols)
+        return a.reshape(rows, self.groups, cols // self.groups)
+
+    def stored(self) -> np.ndarray:
+        """The unsigned codes that go to disk."""
+        if self.zero is None:
+            return to_unsigned(self.codes, self.storage_bits)
+        return (self.grouped(self.codes.astype(np.int16)) + self.zero[..., None]).astype(np.uint8).reshape(self.codes.shape)
+
+    def dequantize(self) -> np.ndarray:
+        w = self.grouped(self.codes.astype(np.float32)) * self.scale[..., None].astype(np.float32)
+        return w.reshape(self.codes.shape)
 
 
 def int_weight(qt, mask: np.ndarray | None = None) -> IntWeight:
@@ -58,7 +78,8 @@ def int_weight(qt, mask: np.ndarray | None = None) -> IntWeight:
     codes = qt.q.numpy().astype(np.int8)
     if mask is not None:
         codes = np.where(mask, codes, 0).astype(np.int8)
-    return IntWeight(codes, qt.scale.numpy().astype(np.float32), qt.bits, qt.group_size)
+    zero = None if qt.zero is None else qt.zero.numpy().astype(np.uint8)
+    return IntWeight(codes, qt.scale.numpy().astype(np.float32), qt.bits, qt.group_size, zero)
 
 
 class _Builder:
@@ -76,6 +97,28 @@ class _Builder:
         self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
         return name
 
+    def scale(self, base: str, scale: np.ndarray) -> str:
+        """fp32 scales stored as float16 (quantize_ rounded them to float16 values: lossless)."""
+        half = scale.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), scale.astype(np.float32)):
+            raise ValueError(f"{base}: scales are not float16 values; quantize with compress.quantize")
+        return self.node("Cast", [self.const(f"{base}.scale", half)], base, to=TensorProto.FLOAT)[0]
+
+    def unpack(self, base: str, stored: np.ndarray, bits: int, suffix: str) -> str:
+        """Unsigned codes (any shape) -> bit-packed uint8 initializer + subgraph giving uint8 of that shape."""
+        if bits == 8:
+            return self.const(f"{base}.{suffix}_8bit", stored.astype(np.uint8))
+        packed = pack_bits(stored, bits)
+        per = 8 // bits
+        col = self.node("Reshape", [self.const(f"{base}.{suffix}_{bits}bit", packed), self.const(base, np.array([-1, 1], np.int64))], base)[0]
+        left = self.const(base, np.array([8 - bits * (j + 1) for j in range(per)], np.uint8))
+        x = self.node("BitShift", [col, left], base, direction="LEFT")[0]
+        x = self.node("BitShift", [x, self.const(base, np.array([8 - bits], np.uint8))], base, direction="RIGHT")[0]
+        x = self.node("Reshape", [x, self.const(base, np.array([-1], np.int64))], base)[0]
+        if packed.size * per != stored.size:
+            x = self.node("Slice", [x, self.const(base, np.array([0], np.int64)), self.const(base, np.array([stored.size], np.int64))], base)[0]
+        return self.node("Reshape", [x, self.const(base, np.array(stored.shape, np.int64))], base)[0]
+
     def node(self, op: str, inputs: list[str], base: str, outputs: list[str] | None = None, domain: str = "", **attrs) -> list[str]:
         outs = outputs or [self.name(f"{base}_{op}")]
         self.nodes.append(helper.make_node(op, inputs, outs, name=self.name(f"{base}/{op}"), domain=domain or None, **attrs))
@@ -84,64 +127,88 @@ class _Builder:
     def unpack_int32(self, base: str, w: IntWeight) -> str:
         """Packed codes -> int32 tensor [rows, cols] (folded at load)."""
         rows, cols = w.codes.shape
-        b = w.storage_bits
-        if b == 8:
+        if w.storage_bits == 8:
             return self.node("Cast", [self.const(f"{base}.codes_int8", w.codes)], base, to=TensorProto.INT32)[0]
-        packed = pack_bits(to_unsigned(w.codes, b), b)
-        per = 8 // b
-        col = self.node("Reshape", [self.const(f"{base}.codes_{b}bit", packed), self.const(base, np.array([-1, 1], np.int64))], base)[0]
-        left = self.const(base, np.array([8 - b * (j + 1) for j in range(per)], np.uint8))
-        x = self.node("BitShift", [col, left], base, direction="LEFT")[0]
-        x = self.node("BitShift", [x, self.const(base, np.array([8 - b], np.uint8))], base, direction="RIGHT")[0]
-        x = self.node("Reshape", [x, self.const(base, np.array([-1], np.int64))], base)[0]
-        if packed.size * per != rows * cols:
-            x = self.node("Slice", [x, self.const(base, np.array([0], np.int64)), self.const(base, np.array([rows * cols], np.int64))], base)[0]
-        x = self.node("Reshape", [x, self.const(base, np.array([rows, cols], np.int64))], base)[0]
-        x = self.node("Cast", [x], base, to=TensorProto.INT32)[0]
-        return self.node("Sub", [x, self.const(base, np.array(2 ** (b - 1), np.int32))], base)[0]
+        x = self.node("Cast", [self.unpack(base, w.stored(), w.storage_bits, "codes")], base, to=TensorProto.INT32)[0]
+        if w.zero is None:
+            return self.node("Sub", [x, self.const(base, np.array(2 ** (w.storage_bits - 1), np.int32))], base)[0]
+        zero = self.node("Cast", [self.unpack(base, w.zero[..., None], w.bits, "zero")], base, to=TensorProto.INT32)[0]
+        x = self.node("Reshape", [x, self.const(base, np.array([rows, w.groups, cols // w.groups], np.int64))], base)[0]
+        x = self.node("Sub", [x, zero], base)[0]
+        return self.node("Reshape", [x, self.const(base, np.array([rows, cols], np.int64))], base)[0]
 
     def dequant_float(self, base: str, w: IntWeight) -> str:
         """-> fp32 [rows, cols] = codes * scale (per row or per group)."""
         rows, cols = w.codes.shape
-        g = cols if w.group_size is None else w.group_size
         x = self.node("Cast", [self.unpack_int32(base, w)], base, to=TensorProto.FLOAT)[0]
-        if g == cols:
-            return self.node("Mul", [x, self.const(f"{base}.scale", w.scale.reshape(rows, 1))], base)[0]
-        x = self.node("Reshape", [x, self.const(base, np.array([rows, cols // g, g], np.int64))], base)[0]
-        x = self.node("Mul", [x, self.const(f"{base}.scale", w.scale.reshape(rows, cols // g, 1))], base)[0]
+        if w.groups == 1:
+            return self.node("Mul", [x, self.scale(base, w.scale.reshape(rows, 1))], base)[0]
+        x = self.node("Reshape", [x, self.const(base, np.array([rows, w.groups, cols // w.groups], np.int64))], base)[0]
+        x = self.node("Mul", [x, self.scale(base, w.scale.reshape(rows, w.groups, 1))], base)[0]
         return self.node("Reshape", [x, self.const(base, np.array([rows, cols], np.int64))], base)[0]
+
+    def matmul_nbits(self, base: str, x: str, y: str, w: IntWeight) -> None:
+        """y = x @ W^T with com.microsoft MatMulNBits reading the stored codes directly."""
+        rows, cols = w.codes.shape
+        bits = w.storage_bits
+        block = w.group_size if w.groups > 1 else min(cols & -cols, 256)  # a power of two >= 16 that divides cols
+        if block < 16:
+            raise ValueError(f"{base}: MatMulNBits needs blocks of >= 16 inputs, and {cols} inputs allow only {block}: use --kernel int8")
+        blocks = cols // block
+        codes = pack_bits(w.stored(), bits).reshape(rows, blocks, block * bits // 8)
+        scale = np.repeat(w.scale.reshape(rows, -1), blocks // w.groups, axis=1)
+        inputs = [x, self.const(f"{base}.codes_{bits}bit", codes), self.scale(base, scale)]
+        if w.zero is not None:  # else MatMulNBits' default zero point 2^(bits-1) is our symmetric code offset
+            zero = np.repeat(w.zero.reshape(rows, -1), blocks // w.groups, axis=1)
+            inputs.append(self.const(f"{base}.zero_{bits}bit", np.stack([pack_bits(z, bits) for z in zero])))
+        self.node("MatMulNBits", inputs, base, outputs=[y], domain="com.microsoft", K=cols, N=rows, bits=bits, block_size=block,
+                  accuracy_level=NBITS_ACCURACY_LEVEL)
 
     def int8_weight(self, base: str, w: IntWeight) -> tuple[str, np.ndarray]:
         """-> (int8 [rows, cols] tensor name, per-row float scale) for an integer matmul."""
-        if w.group_size is None or w.group_size == w.codes.shape[1]:
+        if w.groups == 1:
             codes = self.unpack_int32(base, w)
             return self.node("Cast", [codes], base, to=TensorProto.INT8)[0], w.scale.reshape(-1).astype(np.float32)
-        row_scale = np.maximum(np.abs(w.dequantize()).max(1), 1e-12).astype(np.float32) / 127.0
-        x = self.node("Mul", [self.dequant_float(base, w), self.const(base, (1.0 / row_scale).reshape(-1, 1).astype(np.float32))], base)[0]
+        # float16 rounding moves the scale by <= 2^-11, so |W| / scale <= 127.07 still rounds into int8
+        row_scale = (np.maximum(np.abs(w.dequantize()).max(1), 2.0**-14) / 127.0).astype(np.float16).astype(np.float32)
+        x = self.node("Div", [self.dequant_float(base, w), self.scale(base, row_scale.reshape(-1, 1))], base)[0]
         x = self.node("Round", [x], base)[0]
         return self.node("Cast", [x], base, to=TensorProto.INT8)[0], row_scale
 
 
-def _index(graph: onnx.GraphProto) -> dict[tuple, list[onnx.TensorProto]]:
+def _key(a: np.ndarray) -> tuple:
+    return a.shape, float(np.abs(a).astype(np.float64).sum())
+
+
+def _index(graph: onnx.GraphProto) -> dict[tuple, list[tuple]]:
+    """Where a weight can sit in the fp32 graph: a 2-D float initializer -> ("init", tensor), or one
+    of the Q/K/V blocks of a fused Attention's packed weight [hidden, 3 * hidden] -> ("attention", node, j)."""
     idx: dict[tuple, list] = {}
+    inits = {i.name: i for i in graph.initializer}
     for init in graph.initializer:
         if init.data_type == TensorProto.FLOAT and len(init.dims) == 2:
             arr = numpy_helper.to_array(init)
-            idx.setdefault((arr.shape, float(np.abs(arr).astype(np.float64).sum())), []).append(init)
+            idx.setdefault(_key(arr), []).append((arr, ("init", init)))
+    for node in graph.node:
+        if node.op_type == "Attention" and node.input[1] in inits:
+            for j, block in enumerate(np.split(numpy_helper.to_array(inits[node.input[1]]), 3, axis=1)):
+                block = np.ascontiguousarray(block)
+                idx.setdefault(_key(block), []).append((block, ("attention", node, j)))
     return idx
 
 
-def _find(idx, expected: np.ndarray, what: str) -> onnx.TensorProto:
-    for init in idx.get((expected.shape, float(np.abs(expected).astype(np.float64).sum())), []):
-        if np.array_equal(numpy_helper.to_array(init), expected):
-            return init
+def _find(idx, expected: np.ndarray, what: str) -> tuple:
+    for arr, where in idx.get(_key(expected), []):
+        if np.array_equal(arr, expected):
+            return where
     raise WeightMatchError(f"{what}: no initializer of shape {expected.shape} in the exported graph equals its "
                            "dequantized masked weight; export the same model that was quantized")
 
 
 def quantize_graph(model: onnx.ModelProto, linears: dict[str, IntWeight], embedding: tuple[str, IntWeight] | None,
                    kernel: str = "int8") -> tuple[onnx.ModelProto, dict[str, int]]:
-    """Replace every matched MatMul weight (and the word-embedding Gather) by its integer encoding.
+    """Replace every matched weight by its integer encoding: fused Attention -> QAttention with the
+    packed int8 Q/K/V weight, MatMul -> integer matmul, word-embedding Gather -> int8 Gather.
 
     Returns the new model and byte counts {weights, scales, embeddings}.
     """
@@ -154,8 +221,19 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, IntWeight], embedd
         for i in node.input:
             consumers.setdefault(i, []).append(node)
     bld, drop_nodes, drop_inits, dql = _Builder(), set(), set(), {}
+
+    def quantized_input(x: str, base: str) -> list[str]:
+        if x not in dql:  # one DynamicQuantizeLinear per activation, shared by its consumers
+            dql[x] = bld.node("DynamicQuantizeLinear", [x], base, outputs=[bld.name(f"{x}_q"), bld.name(f"{x}_scale"), bld.name(f"{x}_zp")])
+        return dql[x]
+
+    attentions: dict[int, tuple[onnx.NodeProto, list]] = {}
     for name, w in linears.items():
-        init = _find(idx, np.ascontiguousarray(w.dequantize().T), name)
+        where = _find(idx, np.ascontiguousarray(w.dequantize().T), name)
+        if where[0] == "attention":
+            attentions.setdefault(id(where[1]), (where[1], [None] * 3))[1][where[2]] = name
+            continue
+        init = where[1]
         users = [n for n in consumers.get(init.name, []) if n.op_type == "MatMul" and n.input[1] == init.name]
         if not users:
             raise WeightMatchError(f"{name}: its weight {init.name} feeds no MatMul (found {[n.op_type for n in consumers.get(init.name, [])]})")
@@ -164,26 +242,51 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, IntWeight], embedd
             if kernel == "float":
                 wt = bld.node("Transpose", [bld.dequant_float(name, w)], name, perm=[1, 0])[0]
                 bld.node("MatMul", [x, wt], name, outputs=[y])
+            elif kernel == "nbits":
+                bld.matmul_nbits(name, x, y, w)
             else:
                 w8, s8 = bld.int8_weight(name, w)
                 wt = bld.node("Transpose", [w8], name, perm=[1, 0])[0]
-                if x not in dql:
-                    dql[x] = bld.node("DynamicQuantizeLinear", [x], name, outputs=[bld.name(f"{x}_q"), bld.name(f"{x}_scale"), bld.name(f"{x}_zp")])
-                xq, xs, xzp = dql[x]
+                xq, xs, xzp = quantized_input(x, name)
                 acc = bld.node("MatMulInteger", [xq, wt, xzp], name)[0]
                 accf = bld.node("Cast", [acc], name, to=TensorProto.FLOAT)[0]
-                scale = bld.node("Mul", [xs, bld.const(f"{name}.scale", s8)], name)[0]
+                scale = bld.node("Mul", [xs, bld.scale(name, s8)], name)[0]
                 bld.node("Mul", [accf, scale], name, outputs=[y])
             drop_nodes.add(id(mm))
         drop_inits.add(init.name)
+    for att, names in attentions.values():
+        if kernel == "nbits":
+            raise ValueError(f"{att.name}: kernel 'nbits' takes unfused Q/K/V MatMuls; export with fusions.optimize(keep_matmuls=True)")
+        if None in names:
+            raise WeightMatchError(f"{att.name}: only {[n for n in names if n]} of its Q/K/V weights are quantized; "
+                                   "quantize all three projections of a layer or none")
+        base = att.name or names[0]
+        if kernel == "float":
+            parts = [bld.node("Transpose", [bld.dequant_float(n, linears[n])], n, perm=[1, 0])[0] for n in names]
+            new = helper.make_node("Attention", [att.input[0], bld.node("Concat", parts, base, axis=1)[0], *att.input[2:]],
+                                   list(att.output), name=bld.name(base), domain="com.microsoft")
+            new.attribute.extend(att.attribute)
+        else:
+            int8 = [bld.int8_weight(n, linears[n]) for n in names]
+            parts = [bld.node("Transpose", [w8], n, perm=[1, 0])[0] for n, (w8, _) in zip(names, int8)]
+            col_scale = bld.scale(base, np.concatenate([s8 for _, s8 in int8]))  # per column of the packed weight
+            xq, xs, xzp = quantized_input(att.input[0], base)
+            mask_index = att.input[3] if len(att.input) > 3 else ""
+            new = helper.make_node("QAttention", [xq, bld.node("Concat", parts, base, axis=1)[0], att.input[2], xs, col_scale,
+                                                  mask_index, xzp], list(att.output), name=bld.name(base), domain="com.microsoft")
+            new.attribute.extend(a for a in att.attribute if a.name in ("num_heads", "unidirectional"))
+        bld.nodes.append(new)
+        drop_nodes.add(id(att))
+        drop_inits.add(att.input[1])
     if embedding is not None:
         name, w = embedding
-        init = _find(idx, w.dequantize(), name)
+        where = _find(idx, w.dequantize(), name)
+        init = where[1]
         users = [n for n in consumers.get(init.name, []) if n.op_type == "Gather" and n.input[0] == init.name]
         if not users:
             raise WeightMatchError(f"{name}: the embedding table {init.name} feeds no Gather (was EmbedLayerNormalization fused?)")
         table = bld.node("Cast", [bld.unpack_int32(name, w)], name, to=TensorProto.INT8)[0]
-        row_scale = bld.const(f"{name}.scale", w.scale.reshape(-1, 1))
+        row_scale = bld.scale(name, w.scale.reshape(-1, 1))
         for g in users:
             ids, y = g.input[1], g.output[0]
             rows = bld.node("Cast", [bld.node("Gather", [table, ids], name, axis=0)[0]], name, to=TensorProto.FLOAT)[0]
@@ -200,7 +303,8 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, IntWeight], embedd
     emb_name = embedding[0] if embedding else None
     for i in bld.inits:
         n = len(i.raw_data) if i.raw_data else numpy_helper.to_array(i).nbytes
-        key = "embeddings" if emb_name and i.name.startswith(emb_name) else "scales" if ".scale" in i.name else "weights"
+        key = ("embeddings" if emb_name and i.name.startswith(emb_name) else "scales" if (".scale" in i.name or ".zero" in i.name)
+               else "weights")
         sizes[key] += n
     return model, sizes
 

@@ -77,7 +77,28 @@ def test_weights_mode(run_args, tmp_path, bits):
     assert json.loads((out / "manifest.json").read_text())["files"]["model.onnx"]["sha256"] == m["files"]["model.onnx"]["sha256"]
 
 
+def test_two_bits_default_to_gptq_asymmetric_groups(run_args, tmp_path):
+    out = tmp_path / "out"
+    r = invoke(*run_args, "--bits", "2")
+    assert r.exit_code == 0, r.output
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["config"]["quant"] | {"clip_search": True} == {"bits": 2, "group_size": 32, "symmetric": False, "method": "gptq",
+                                                            "clip_search": True, "embeddings": True, "calibration_examples": 128}
+    assert "calibration.npz" in m["files"] and m["validation"]["parity_max_abs_diff"] < 1e-4
+    assert m["sizes"]["masks"] == (out / "mask.npz").stat().st_size and m["sizes"]["head"] > 0
+    # GPTQ is redone from the calibration tokens saved in the artifact: the same graph, without the data
+    e = invoke("export", str(out))
+    assert e.exit_code == 0, e.output
+    assert json.loads((out / "manifest.json").read_text())["files"]["model.onnx"]["sha256"] == m["files"]["model.onnx"]["sha256"]
+    n = invoke("export", str(out), "--kernel", "nbits")
+    assert n.exit_code == 0 and "kernel nbits" in n.output
+    (out / "calibration.npz").unlink()
+    bad = invoke("export", str(out))
+    assert bad.exit_code != 0 and "calibration.npz" in error_line(bad)
+
+
 @pytest.mark.parametrize("extra,message", [
+    (["--bits", "8", "--asymmetric"], "asymmetric quantization is for bits"),
     (["--task", "foo"], "unknown task 'foo'"),
     (["--model", "no-such-model"], "unknown model 'no-such-model'"),
     (["--model", "./missing/dir"], "does not exist"),

@@ -14,8 +14,8 @@ from compress.pipeline import prepare
 from compress.runtimes.session import open_session, run_logits
 
 
-def masked_quantized(clf, bits, group_size=None):
-    qts = quantize.quantize_(clf, quantize.QuantConfig(bits=bits, group_size=group_size))
+def masked_quantized(clf, bits, group_size=None, symmetric=True):
+    qts = quantize.quantize_(clf, quantize.QuantConfig(bits=bits, group_size=group_size, symmetric=symmetric))
     layers = masking.apply_masks_(clf, masking.MaskConfig())
     torch.manual_seed(1)
     with torch.no_grad():
@@ -32,10 +32,11 @@ def sample(batch=4, length=12):
     return {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": np.zeros((batch, length), np.int64)}
 
 
-@pytest.mark.parametrize("bits,group", [(8, None), (4, None), (4, 16), (2, None), (2, 16), (1, None)])
-def test_export_parity_every_bit_width(tiny_classifier, tmp_path, bits, group):
+@pytest.mark.parametrize("bits,group,symmetric", [(8, None, True), (4, None, True), (4, 16, True), (4, None, False),
+                                                  (2, None, True), (2, 16, True), (2, None, False), (2, 32, False), (1, None, True)])
+def test_export_parity_every_bit_width(tiny_classifier, tmp_path, bits, group, symmetric):
     clf, _ = tiny_classifier
-    qts = masked_quantized(clf, bits, group)
+    qts = masked_quantized(clf, bits, group, symmetric)
     linears, embedding = prepare(clf, qts)
     feeds = sample()
     res = export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(), feeds)
@@ -55,6 +56,9 @@ def test_export_parity_every_bit_width(tiny_classifier, tmp_path, bits, group):
     assert zeros >= sum(int((~m).sum()) for m in masking.masks(clf).values())
     storage = 2 if bits == 1 else bits
     assert res.sizes["weights"] <= n * storage / 8 + embedding[1].codes.size * max(bits, 4) / 8 + 64 * len(linears)
+    # float16 scales, plus bit-packed zero points when asymmetric
+    groups = sum(w.scale.size for w in linears.values())
+    assert res.sizes["scales"] <= groups * (2 + (0 if symmetric else bits / 8)) + embedding[1].scale.size * 2 + 64 * len(linears)
 
 
 def test_ort_folds_unpacking_and_runs_integer_kernels(tiny_classifier, tmp_path):
@@ -62,9 +66,29 @@ def test_ort_folds_unpacking_and_runs_integer_kernels(tiny_classifier, tmp_path)
     linears, embedding = prepare(clf, masked_quantized(clf, 4))
     export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(), sample())
     open_session(tmp_path / "model.onnx", optimized_path=tmp_path / "opt.onnx")
-    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
-    assert ops["DynamicQuantizeMatMul"] + ops["MatMulIntegerToFloat"] == len(linears)  # every projection runs int8
+    opt = onnx.load(str(tmp_path / "opt.onnx")).graph
+    ops = Counter(n.op_type for n in opt.node)
+    layers = clf.encoder.config.num_hidden_layers
+    # Q/K/V of each layer run in one QAttention (int8 packed weight); the other projections are int8 matmuls
+    assert ops["QAttention"] == layers and ops["Attention"] == 0
+    assert ops["DynamicQuantizeMatMul"] + ops["MatMulIntegerToFloat"] == len(linears) - 3 * layers
     assert ops["BitShift"] == 0 and ops["MatMulInteger"] == 0  # unpacking was constant-folded at load
+    inits = {i.name: i for i in opt.initializer}
+    for n in opt.node:
+        if n.op_type == "QAttention":
+            assert inits[n.input[1]].data_type == onnx.TensorProto.INT8 and list(inits[n.input[1]].dims) == [64, 192]
+            assert list(inits[n.input[4]].dims) == [192]  # per-column weight scales
+
+
+@pytest.mark.parametrize("bits,group,symmetric", [(4, None, True), (4, 16, False), (2, 16, False), (1, None, True)])
+def test_matmul_nbits_kernel(tiny_classifier, tmp_path, bits, group, symmetric):
+    """The MatMulNBits encoding reads the same packed codes; int8 activations (accuracy_level 4) bound the error."""
+    clf, _ = tiny_classifier
+    linears, embedding = prepare(clf, masked_quantized(clf, bits, group, symmetric))
+    res = export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(kernel="nbits"), sample())
+    assert res.parity_max_abs_diff < 1e-4 and res.deployed_max_abs_diff < 0.05  # as for the int8 kernel
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node)
+    assert ops["MatMulNBits"] == len(linears) and ops["Attention"] == 0
 
 
 def test_float_kernel_and_fp32_export(tiny_classifier, tmp_path):

@@ -26,6 +26,38 @@ def test_round_trip_error_bounds(bits, group):
     assert rel_rmse(w, qt.dequantize()) < REL_RMSE[bits]
 
 
+@pytest.mark.parametrize("bits", [4, 2])
+@pytest.mark.parametrize("group", [None, 16])
+def test_asymmetric_uses_every_level_and_keeps_zero_exact(bits, group):
+    torch.manual_seed(0)
+    w = torch.randn(48, 64) + 0.3  # skewed rows: a zero point pays
+    qt = quantize_tensor(w, bits, group, symmetric=False)
+    stored = qt.q.reshape(48, -1, group or 64).to(torch.int16) + qt.zero[..., None]
+    assert qt.zero.dtype == torch.uint8 and int(stored.min()) == 0 and int(stored.max()) == 2 ** bits - 1
+    assert rel_rmse(w, qt.dequantize()) < rel_rmse(w, quantize_tensor(w, bits, group).dequantize())
+    # a pruned weight (q = 0) dequantizes to exactly 0: code == zero point
+    assert torch.all(qt.dequantize()[qt.q == 0] == 0)
+
+
+def test_asymmetric_2bit_groups_beat_ternary():
+    torch.manual_seed(0)
+    w = torch.randn(64, 256)
+    err = {sym: rel_rmse(w, quantize_tensor(w, 2, 32, symmetric=sym).dequantize()) for sym in (True, False)}
+    assert err[False] < 0.85 * err[True], err
+
+
+@pytest.mark.parametrize("bits,symmetric", [(8, True), (4, False), (2, False), (1, True)])
+def test_scales_are_float16_values(bits, symmetric):
+    qt = quantize_tensor(torch.randn(16, 64), bits, 16, symmetric=symmetric)
+    assert torch.equal(qt.scale.half().float(), qt.scale) and torch.all(qt.scale > 0)
+
+
+def test_default_config_for_2_bits_is_asymmetric_groups():
+    assert quantize.default_config(2) == QuantConfig(bits=2, group_size=32, symmetric=False, method="gptq")
+    assert quantize.default_config(2, 64, True, "rtn") == QuantConfig(bits=2, group_size=64, symmetric=True)
+    assert quantize.default_config(4) == QuantConfig(bits=4)
+
+
 def test_groups_beat_channels_at_4_bits():
     torch.manual_seed(0)
     w = torch.randn(32, 256) * torch.linspace(0.1, 3, 256)  # input-dependent ranges favour groups
@@ -57,6 +89,8 @@ def test_signed_unsigned_round_trip(bits):
 def test_bad_config():
     with pytest.raises(QuantConfigError, match="bits=3"):
         QuantConfig(bits=3)
+    with pytest.raises(QuantConfigError, match="asymmetric"):
+        QuantConfig(bits=8, symmetric=False)
     with pytest.raises(QuantConfigError, match="power of two"):
         QuantConfig(group_size=48)
     with pytest.raises(QuantConfigError, match="not divisible"):
