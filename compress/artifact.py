@@ -1,7 +1,8 @@
 """The artifact directory: the contract between stages.
 
     model.onnx         the shipped graph (packed low-bit weights, int8 kernels)
-    mask.npz           the learned binary masks, 1 bit per weight
+    mask.npz           the learned binary masks (bit-packed or gap-coded, whichever is smaller)
+    calibration.npz    GPTQ only: the calibration tokens, so that a re-export quantizes alike
     trainable.safetensors  what the task trained (head; every weight in mode=weights)
     tokenizer files    tokenizer.json, vocab, configs
     manifest.json      schema version, model, task, resolved config, per-layer bits and density,

@@ -16,9 +16,11 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from compress.exporters.weights import WeightMatchError
     from compress.models import ModelLoadError
     from compress.quantize import QuantConfigError
+    from compress.runtimes.providers import ProviderUnavailableError
     from compress.tasks import TaskDataError
 
-    return (ArtifactError, ExportValidationError, WeightMatchError, ModelLoadError, QuantConfigError, TaskDataError, ValueError)
+    return (ArtifactError, ExportValidationError, WeightMatchError, ModelLoadError, QuantConfigError, TaskDataError,
+            ProviderUnavailableError, ValueError)
 
 
 def _fail(e: BaseException):
@@ -74,9 +76,7 @@ def run(**o):
     from compress.exporters.export import ExportConfig
     from compress.pipeline import RunConfig, run as run_pipeline
 
-    def pick(cls, **kw):
-        return cls(**{k: v for k, v in kw.items() if v is not None})
-
+    pick = _pick
     try:
         bits = int(o["bits"])
         quant = quantize.default_config(bits, o["group_size"], o["symmetric"], o["quantizer"])
@@ -123,27 +123,109 @@ def export_cmd(artifact_dir, kernel, fmt):
 @click.option("--batch", "batches", type=int, multiple=True, default=(1, 32), show_default=True, help="Batch sizes to time.")
 @click.option("--seq-len", type=int, default=128, show_default=True)
 @click.option("--threads", type=int, default=None)
-def bench(artifact_dir, provider, batches, seq_len, threads):
+@click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Also measure the dev metric (GLUE-layout directory).")
+@click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results to this file (bench.json).")
+def bench(artifact_dir, provider, batches, seq_len, threads, data_dir, json_path):
     """Time an artifact's model.onnx in ONNX Runtime (reads only ARTIFACT_DIR)."""
-    from pathlib import Path
 
-    from compress import artifact
-    from compress.runtimes import bench as rbench
-    from compress.runtimes.providers import get
-    from compress.runtimes.session import open_session
+    from compress.pipeline import bench as run_bench
 
     try:
-        manifest = artifact.read(Path(artifact_dir))
-        p = get(provider)
-        if not p.available:
-            raise click.ClickException(f"provider {provider} skipped: {p.reason}")
-        sess = open_session(Path(artifact_dir) / "model.onnx", p, threads=threads)
+        r = run_bench(artifact_dir, provider, batches, seq_len, threads, data_dir)
     except _user_errors() as e:
         _fail(e)
-    click.echo(f"{artifact_dir}: {manifest['model']['name']} {manifest['task']['name']} on {provider}")
-    for b in batches:
-        r = rbench.latency(sess, batch=b, seq_len=seq_len)
-        click.echo(f"  batch {b} x {seq_len}: median {r['median_ms']:.2f} ms, p90 {r['p90_ms']:.2f} ms, {r['throughput_seq_s']:.0f} seq/s")
+    click.echo(f"{artifact_dir}: {r['model']} {r['task']} on {provider}")
+    for x in r["latency"]:
+        click.echo(f"  batch {x['batch']} x {x['seq_len']}: median {x['median_ms']:.2f} ms, p90 {x['p90_ms']:.2f} ms, "
+                   f"{x['throughput_seq_s']:.0f} seq/s")
+    for k, v in r.get("metrics", {}).get("onnx", {}).items():
+        click.echo(f"  dev {k}: {v:.4f}")
+    if json_path:
+        _write_json(json_path, r)
+
+
+@main.command()
+@click.argument("report", type=click.Path())
+@click.option("--baseline", required=True, type=click.Path(), help="Committed baseline: manifest, bench.json, sweep.json or {\"metrics\": {...}}.")
+@click.option("--max-drop", type=float, default=0.01, show_default=True, help="Tolerated drop below each baseline metric.")
+def check(report, baseline, max_drop):
+    """Compare REPORT's metrics with a baseline; exit 1 if one regressed by more than --max-drop."""
+    from compress import check as chk
+
+    try:
+        rows = chk.compare(chk.read_metrics(report), chk.read_metrics(baseline), max_drop)
+    except chk.CheckError as e:
+        _fail(e)
+    click.echo(chk.render(rows))
+    bad = [r.name for r in rows if not r.ok]
+    if bad:
+        click.echo(f"Error: {len(bad)} of {len(rows)} metrics regressed or are missing against {baseline}: {', '.join(bad)}", err=True)
+        raise SystemExit(1)
+    click.echo(f"ok: {len(rows)} metrics within {max_drop} of {baseline}")
+
+
+def _pick(cls, **kw):
+    """cls(**kw) without the options the user left unset (their defaults live in the config class)."""
+    return cls(**{k: v for k, v in kw.items() if v is not None})
+
+
+def _int_list(value: str, option: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(v) for v in value.split(",") if v.strip())
+    except ValueError:
+        raise click.BadParameter(f"'{value}' is not a comma-separated list of integers, e.g. 32,8,4,2,1", param_hint=option) from None
+
+
+@main.command()
+@click.option("--model", default="minilm", show_default=True, help="Alias, hub id or local directory.")
+@click.option("--task", default="mrpc", show_default=True, help="GLUE task.")
+@click.option("--bits", default="32,8,4,2,1", show_default=True, help="Comma-separated bit widths (32: no quantization).")
+@click.option("--modes", default="weights,structure", show_default=True, help="Comma-separated: weights, structure.")
+@click.option("--seeds", type=int, default=3, show_default=True, help="Runs per cell (seeds SEED .. SEED+N-1).")
+@click.option("--seed", type=int, default=None, help="First seed.")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Sweep directory [runs/sweep-MODEL-TASK].")
+@click.option("--data-dir", type=click.Path(file_okay=False), envvar="GLUE_DIR", help="GLUE-layout directory (env GLUE_DIR).")
+@click.option("--epochs", type=int, default=None)
+@click.option("--batch-size", type=int, default=None)
+@click.option("--max-length", type=int, default=None)
+@click.option("--max-train-examples", type=int, default=None)
+@click.option("--max-eval-examples", type=int, default=None)
+@click.option("--parallel", type=click.Choice(["serial", "ray"]), default="serial", show_default=True,
+              help="ray: run cells as Ray tasks (pip install -e \".[ray]\"; RAY_ADDRESS joins a cluster).")
+@click.option("--cpus-per-cell", type=int, default=2, show_default=True, help="Ray: CPUs (and threads) per cell.")
+def sweep(**o):
+    """Every (mode, bits, seed) cell, resumable: sweep.json, table.md (mean ± SD) and plot.png."""
+    from compress import train
+    from compress.pipeline import RunConfig
+    from compress.sweep import SweepConfig, SweepError, sweep as run_sweep
+
+    try:
+        tr = _pick(train.TrainConfig, epochs=o["epochs"], batch_size=o["batch_size"], max_length=o["max_length"], seed=o["seed"],
+                   max_train_examples=o["max_train_examples"], max_eval_examples=o["max_eval_examples"])
+        out = o["out"] or f"runs/sweep-{o['model'].rstrip('/').split('/')[-1]}-{o['task']}"
+        cfg = SweepConfig(run=RunConfig(model=o["model"], task=o["task"], data_dir=o["data_dir"], train=tr),
+                          bits=_int_list(o["bits"], "--bits"), modes=tuple(m.strip() for m in o["modes"].split(",") if m.strip()),
+                          seeds=o["seeds"], out=out, parallel=o["parallel"], cpus_per_cell=o["cpus_per_cell"])
+        data = run_sweep(cfg, progress=True)
+    except (SweepError, *_user_errors()) as e:
+        _fail(e)
+    from compress.sweep import table
+
+    click.echo(f"\n{out}/sweep.json, table.md, plot.png\n")
+    click.echo(table(data))
+
+
+def _write_json(path, data) -> None:
+    """Write JSON atomically (temporary file, then rename)."""
+    import json
+    import os
+    from pathlib import Path
+
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2) + "\n")
+    os.replace(tmp, path)
 
 
 def _command_line() -> str:

@@ -35,6 +35,7 @@ class RunConfig:
     export: ExportConfig = field(default_factory=ExportConfig)
     bench: bool = True
     threads: int | None = None
+    init_from: str | None = None  # mode=weights: take the fine-tuned weights of this artifact, no training (PTQ at other bits)
 
 
 def _to_dict(cfg) -> dict:
@@ -125,7 +126,10 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
     model, tok, source, qtensors, calibration = build(cfg, task, train_split)
     stages.update()
     stages.set_description(f"train ({cfg.train.mode})")
-    history = train.fit(model, task, train_split, dev, tok, cfg.train, progress=progress)
+    if cfg.init_from:
+        history = _load_fine_tuned(Path(cfg.init_from), model, cfg)
+    else:
+        history = train.fit(model, task, train_split, dev, tok, cfg.train, progress=progress)
     trained = trainable_tensors(model, cfg.train.mode)  # before post-training quantization: re-export quantizes again
     if cfg.train.mode == "weights":
         qtensors = quantize.quantize_(model, cfg.quant, _calibration_batches(calibration))  # post-training quantization
@@ -165,7 +169,8 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
                        "export": _to_dict(cfg.export), "embedding_bits": quantize.embedding_bits(cfg.quant) if embedding else None},
             "density": density,
             "layers": layer_table(model, linears, embedding),
-            "training": {"history": history.history, "best_epoch": history.best_epoch, "seconds": history.seconds},
+            "training": {"history": history.history, "best_epoch": history.best_epoch, "seconds": history.seconds,
+                         "init_from": cfg.init_from},
             "metrics": {"majority": metrics.majority_baseline(task, splits["train"].labels, dev.labels), **validation["metrics"]},
             "validation": validation["checks"] | {"parity_max_abs_diff": res.parity_max_abs_diff, "parity_atol": cfg.export.parity_atol,
                                                    "sample_max_abs_diff": res.deployed_max_abs_diff},
@@ -179,6 +184,24 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
         (tmp / "report.md").write_text(report.render(manifest))
         manifest = artifact.write_manifest(tmp, manifest)
     return out, manifest
+
+
+def _load_fine_tuned(source: Path, model, cfg: RunConfig) -> train.TrainResult:
+    """Post-training quantization of an earlier dense fine-tuning: its weights, its training history."""
+    from safetensors.torch import load_file
+
+    m = artifact.read(source)
+    if cfg.train.mode != "weights" or m["config"]["train"]["mode"] != "weights":
+        raise artifact.ArtifactError(f"--init-from {source}: both it and this run must be --mode weights (it is "
+                                     f"{m['config']['train']['mode']}, this run {cfg.train.mode})")
+    if m["task"]["name"] != tasks.get_task(cfg.task).name:
+        raise artifact.ArtifactError(f"--init-from {source} was trained on {m['task']['name']}, not {cfg.task}")
+    try:
+        model.load_state_dict(load_file(str(source / "trainable.safetensors")))
+    except RuntimeError as e:
+        raise artifact.ArtifactError(f"--init-from {source} holds another model's weights ({m['model']['name']}): "
+                                     f"{str(e).splitlines()[0]}") from None
+    return train.TrainResult(m["training"]["history"], m["training"]["best_epoch"], 0.0)
 
 
 def trainable_tensors(model, mode: str) -> dict[str, torch.Tensor]:
@@ -215,6 +238,28 @@ def validate(directory: Path, task, dev, torch_logits, torch_metrics, cfg: RunCo
         for b in (1, 32):
             results[f"batch{b}"] = bench.latency(sess, batch=b, seq_len=128, runs=50 if b == 1 else 10)
     return {"metrics": {"torch": torch_metrics, "onnx": ort_metrics}, "checks": checks, "bench": results}
+
+
+def bench(directory: Path, provider: str = "cpu", batch_sizes=(1, 32), seq_len: int = 128, threads: int | None = None,
+          data_dir: str | None = None) -> dict:
+    """Time an artifact's model.onnx (and with data_dir, its dev metric) reading only the directory."""
+    from compress.runtimes import bench as rbench, evaluate
+    from compress.runtimes.providers import require
+    from compress.runtimes.session import open_session
+
+    directory = Path(directory)
+    manifest = artifact.read(directory)
+    sess = open_session(directory / "model.onnx", require(provider), threads=threads)
+    out = {"kind": "bench", "artifact": str(directory), "model": manifest["model"]["name"], "task": manifest["task"]["name"],
+           "provider": provider, "latency": [rbench.latency(sess, batch=b, seq_len=seq_len) for b in batch_sizes]}
+    if data_dir is not None:
+        task = tasks.get_task(manifest["task"]["name"])
+        dev = tasks.load_task(task, data_dir)["dev"]
+        logits = evaluate.texts_logits(sess, directory / "tokenizer.json", manifest["config"]["train"]["max_length"], dev.text_a,
+                                       dev.text_b, manifest["model"]["pad_token_id"])
+        out["metrics"] = {"onnx": metrics.compute(task, logits, dev.labels)}
+        out["dev_examples"] = len(dev)
+    return out
 
 
 def config_from_manifest(manifest: dict, **export_overrides) -> RunConfig:

@@ -8,6 +8,10 @@ import onnxruntime as ort
 ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
+class ProviderUnavailableError(RuntimeError):
+    """The execution provider is not in this onnxruntime build or has no device."""
+
+
 @dataclass(frozen=True)
 class Provider:
     name: str
@@ -32,6 +36,13 @@ def get(name: str) -> Provider:
     pkg = "onnxruntime-gpu" if name in ("cuda", "tensorrt") else "onnxruntime"
     return Provider(name, False, f"{ORT_NAMES[name]} is not in this onnxruntime build ({ort.__version__}, has {have}): "
                                  f"install {pkg} on a machine with an NVIDIA GPU")
+
+
+def require(name: str) -> Provider:
+    p = get(name)
+    if not p.available:
+        raise ProviderUnavailableError(f"provider {name} skipped: {p.reason}")
+    return p
 
 
 def all_providers() -> list[Provider]:

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from compress.runtimes.providers import Provider, get
+from compress.runtimes.providers import Provider, require
 
 log = logging.getLogger(__name__)
 
@@ -18,9 +18,9 @@ def open_session(model: str | Path | bytes, provider: Provider | str = "cpu", th
 
     optimized_path: also write the graph ONNX Runtime actually runs (to check which kernels fire).
     """
-    p = get(provider) if isinstance(provider, str) else provider
+    p = require(provider) if isinstance(provider, str) else provider
     if not p.available:
-        raise RuntimeError(p.reason)
+        require(p.name)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3

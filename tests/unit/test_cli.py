@@ -161,3 +161,45 @@ def test_other_glue_tasks(tiny_model_dir, glue_dir, tmp_path, task, metric):
     assert abs(m["validation"]["metric_drop"]) < 1e-3
     assert m["task"]["metric"] == metric and metric in m["metrics"]["onnx"]
     assert m["model"]["num_labels"] == (1 if task == "stsb" else 2)
+
+
+def test_bench_json_and_check_against_a_baseline(run_args, mini_glue, tmp_path):
+    out = tmp_path / "out"
+    assert invoke(*run_args).exit_code == 0
+    b = invoke("bench", str(out), "--batch", "1", "--data-dir", str(mini_glue), "--json", str(tmp_path / "bench.json"))
+    assert b.exit_code == 0, b.output
+    bench = json.loads((tmp_path / "bench.json").read_text())
+    m = json.loads((out / "manifest.json").read_text())
+    assert bench["kind"] == "bench" and bench["latency"][0]["batch"] == 1
+    assert bench["metrics"]["onnx"]["f1"] == pytest.approx(m["metrics"]["onnx"]["f1"])  # the same graph on the same dev set
+    f1 = m["metrics"]["onnx"]["f1"]
+    base = tmp_path / "baseline.json"
+    for report in (out, tmp_path / "bench.json"):
+        base.write_text(json.dumps({"metrics": {"onnx.f1": f1 + 0.005}}))
+        ok = invoke("check", str(report), "--baseline", str(base))  # within the default 0.01
+        assert ok.exit_code == 0 and "onnx.f1" in ok.output and "-0.0050" in ok.output, ok.output
+        base.write_text(json.dumps({"metrics": {"onnx.f1": f1 + 0.02}}))
+        bad = invoke("check", str(report), "--baseline", str(base))
+        assert bad.exit_code == 1 and "REGRESSED" in bad.output
+        assert invoke("check", str(report), "--baseline", str(base), "--max-drop", "0.03").exit_code == 0
+    base.write_text(json.dumps({"metrics": {"onnx.mcc": 0.5}}))
+    missing = invoke("check", str(out), "--baseline", str(base))
+    assert missing.exit_code == 1 and "MISSING" in missing.output
+    base.write_text("{not json")
+    broken = invoke("check", str(out), "--baseline", str(base))
+    assert broken.exit_code == 1 and "not valid JSON" in error_line(broken)
+
+
+def test_sweep_command_and_check_on_its_json(tiny_model_dir, mini_glue, tmp_path):
+    out = tmp_path / "sweep"
+    args = ["sweep", "--model", str(tiny_model_dir), "--data-dir", str(mini_glue), "--bits", "32,4", "--modes", "structure",
+            "--seeds", "1", "--epochs", "1", "--batch-size", "8", "--out", str(out)]
+    r = invoke(*args)
+    assert r.exit_code == 0, r.output
+    assert "| fine-tune structure" in r.output and (out / "table.md").read_text() in r.output
+    data = json.loads((out / "sweep.json").read_text())
+    (tmp_path / "base.json").write_text(json.dumps({"metrics": {"structure.4bit.f1": data["summary"][1]["metrics"]["f1"]["mean"]}}))
+    c = invoke("check", str(out / "sweep.json"), "--baseline", str(tmp_path / "base.json"))
+    assert c.exit_code == 0 and "structure.4bit.f1" in c.output, c.output
+    bad = invoke(*args[:-2], "--bits", "32,x", "--out", str(tmp_path / "x"))
+    assert bad.exit_code != 0 and "comma-separated list of integers" in bad.output

@@ -1,0 +1,252 @@
+"""A grid of runs (mode x bits x seed) in the layout of Wang 2020, Table 1: one command, resumable.
+
+Every cell is an ordinary `compress run` artifact under OUT/cells/<mode>-<bits>bit-seed<k>/; a cell
+whose artifact is complete (manifest.json verifies) is not run again, so an interrupted sweep resumes
+where it stopped. Dense fine-tuning does not depend on the bit width: a `weights` cell below 32 bits
+reuses its seed's 32-bit fine-tuning (`init_from`) and only quantizes and exports.
+
+Outputs, each written atomically: sweep.json (every cell and the mean/SD per mode and bits),
+table.md (mean +- SD over seeds, modes as rows, bits as columns, majority-class baseline) and
+plot.png (metric vs bits, one line per mode, the majority baseline dashed).
+
+Cells are independent: `parallel="ray"` runs them as Ray tasks (`pip install -e ".[ray]"`; a
+cluster is joined via RAY_ADDRESS), the default runs them one after another.
+"""
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import statistics
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+from compress import artifact, quantize
+
+if TYPE_CHECKING:
+    from compress.pipeline import RunConfig
+
+log = logging.getLogger(__name__)
+MODES = ("weights", "structure")
+PARALLEL = ("serial", "ray")
+
+
+class SweepError(ValueError):
+    """A sweep that cannot run as configured."""
+
+
+@dataclass(frozen=True)
+class SweepConfig:
+    run: RunConfig  # model, task, data and training options shared by every cell
+    bits: tuple[int, ...] = (32, 8, 4, 2, 1)
+    modes: tuple[str, ...] = MODES
+    seeds: int = 3
+    out: str = "runs/sweep"
+    parallel: str = "serial"
+    cpus_per_cell: int = 2  # Ray: CPUs reserved per cell (and torch / ORT threads)
+
+    def __post_init__(self):
+        bad = [m for m in self.modes if m not in MODES]
+        if bad or not self.modes:
+            raise SweepError(f"modes {bad or '(none)'}: use a comma-separated subset of {','.join(MODES)}")
+        for b in self.bits:
+            quantize.QuantConfig(bits=b)  # raises with the allowed values
+        if self.seeds < 1:
+            raise SweepError(f"seeds={self.seeds}: run at least 1")
+        if self.parallel not in PARALLEL:
+            raise SweepError(f"parallel '{self.parallel}' is not one of {PARALLEL}")
+
+
+@dataclass(frozen=True, order=True)
+class Cell:
+    mode: str
+    bits: int
+    seed: int
+
+    @property
+    def name(self) -> str:
+        return f"{self.mode}-{self.bits}bit-seed{self.seed}"
+
+
+def cells(cfg: SweepConfig) -> list[Cell]:
+    """Every cell; a weights cell below 32 bits comes after the 32-bit one it quantizes."""
+    out = [Cell(m, b, s) for m in cfg.modes for s in range(cfg.seeds) for b in sorted(set(cfg.bits), reverse=True)]
+    if "weights" in cfg.modes and 32 not in cfg.bits and any(b < 32 for b in cfg.bits):
+        out = [Cell("weights", 32, s) for s in range(cfg.seeds)] + out  # the fine-tuning the PTQ cells start from
+    return out
+
+
+def cell_dir(cfg: SweepConfig, cell: Cell) -> Path:
+    return Path(cfg.out) / "cells" / cell.name
+
+
+def cell_config(cfg: SweepConfig, cell: Cell):
+    base = cfg.run
+    init_from = None
+    if cell.mode == "weights" and cell.bits < 32:
+        init_from = str(cell_dir(cfg, Cell("weights", 32, cell.seed)))
+    return dataclasses.replace(
+        base, out=str(cell_dir(cfg, cell)), overwrite=True, bench=False, init_from=init_from,
+        quant=quantize.default_config(cell.bits) if cell.bits <= 8 else quantize.QuantConfig(bits=cell.bits),
+        train=dataclasses.replace(base.train, mode=cell.mode, seed=base.train.seed + cell.seed))
+
+
+def done(cfg: SweepConfig, cell: Cell) -> dict | None:
+    """The cell's manifest if its artifact is complete, else None."""
+    d = cell_dir(cfg, cell)
+    if not (d / artifact.MANIFEST).is_file():
+        return None
+    try:
+        return artifact.read(d)
+    except artifact.ArtifactError as e:
+        log.warning("%s is incomplete (%s): running it again", d, e)
+        return None
+
+
+def record(cell: Cell, manifest: dict) -> dict:
+    return {**dataclasses.asdict(cell), "dir": cell.name, "metrics": manifest["metrics"]["onnx"],
+            "torch_metrics": manifest["metrics"]["torch"], "density": manifest["density"],
+            "onnx_bytes": manifest["sizes"]["onnx_total"], "seconds": manifest["seconds"],
+            "majority": manifest["metrics"]["majority"]}
+
+
+def run_cell(cfg: SweepConfig, cell: Cell, progress: bool = False) -> dict:
+    from compress import pipeline
+
+    if (m := done(cfg, cell)) is not None:
+        return record(cell, m)
+    _, manifest = pipeline.run(cell_config(cfg, cell), command=f"compress sweep (cell {cell.name})", progress=progress)
+    return record(cell, manifest)
+
+
+def _run_ray(cfg: SweepConfig, todo: list[Cell], bar) -> list[dict]:
+    try:
+        import ray
+    except ImportError:
+        raise SweepError("parallel 'ray' needs Ray: pip install -e \".[ray]\" (or run serially)") from None
+    ray.init(address=os.environ.get("RAY_ADDRESS"), ignore_reinit_error=True, log_to_driver=False)
+    run_cfg = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, threads=cfg.cpus_per_cell))
+    remote = ray.remote(num_cpus=cfg.cpus_per_cell)(run_cell)
+    out = []
+    # PTQ cells wait for their fine-tuning: two waves
+    for wave in ([c for c in todo if c.mode != "weights" or c.bits >= 32], [c for c in todo if c.mode == "weights" and c.bits < 32]):
+        pending = [remote.remote(run_cfg, c) for c in wave]
+        while pending:
+            ready, pending = ray.wait(pending, num_returns=1)
+            out.append(ray.get(ready[0]))
+            bar.update()
+    return out
+
+
+def summarize(records: list[dict]) -> list[dict]:
+    """Mean and SD over seeds of every metric, per (mode, bits)."""
+    groups: dict[tuple, list[dict]] = {}
+    for r in records:
+        groups.setdefault((r["mode"], r["bits"]), []).append(r)
+    out = []
+    for (mode, bits), rs in sorted(groups.items(), key=lambda kv: (MODES.index(kv[0][0]), -kv[0][1])):
+        names = rs[0]["metrics"].keys()
+        out.append({"mode": mode, "bits": bits, "n": len(rs), "metrics": {
+            k: {"mean": statistics.fmean(r["metrics"][k] for r in rs),
+                "sd": statistics.stdev(r["metrics"][k] for r in rs) if len(rs) > 1 else 0.0} for k in names},
+            "density": statistics.fmean(r["density"] for r in rs), "onnx_mb": statistics.fmean(r["onnx_bytes"] for r in rs) / 1e6})
+    return out
+
+
+ROW_NAMES = {"weights": "fine-tune weights (dense; post-training quantized below 32 bits)",
+             "structure": "fine-tune structure (mask on frozen quantized weights)"}
+
+
+def table(data: dict) -> str:
+    """Markdown: modes as rows, bits as columns, mean +- SD of the task metric over seeds."""
+    metric, summary = data["metric"], data["summary"]
+    bits = sorted({s["bits"] for s in summary}, reverse=True)
+    cells_ = {(s["mode"], s["bits"]): s for s in summary}
+    lines = [f"{data['model']} on {data['task']}: dev {metric} through ONNX Runtime, mean ± SD over {data['seeds']} seeds", "",
+             "| | " + " | ".join(f"{b}-bit" if b <= 8 else "fp32" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
+    for mode in [m for m in MODES if any(k[0] == m for k in cells_)]:
+        row = []
+        for b in bits:
+            s = cells_.get((mode, b))
+            row.append("" if s is None else f"{s['metrics'][metric]['mean']:.3f} ± {s['metrics'][metric]['sd']:.3f}")
+        lines.append(f"| {ROW_NAMES[mode]} | " + " | ".join(row) + " |")
+    lines.append(f"| majority class | {data['majority']:.3f} |" + " |" * (len(bits) - 1))
+    return "\n".join(lines) + "\n"
+
+
+def plot(data: dict, path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    metric = data["metric"]
+    fig, ax = plt.subplots(figsize=(6, 4))
+    for mode in MODES:
+        rows = sorted((s for s in data["summary"] if s["mode"] == mode), key=lambda s: s["bits"])
+        if rows:
+            xs = [min(s["bits"], 16) for s in rows]  # fp32 drawn at 16 on the log axis
+            ax.errorbar(xs, [s["metrics"][metric]["mean"] for s in rows], yerr=[s["metrics"][metric]["sd"] for s in rows],
+                        marker="o", capsize=3, label=ROW_NAMES[mode].split(" (")[0])
+    ax.axhline(data["majority"], color="grey", linestyle="--", label="majority class")
+    ticks = sorted({min(s["bits"], 16) for s in data["summary"]})
+    ax.set_xscale("log", base=2)
+    ax.set_xticks(ticks, [("fp32" if t == 16 else str(t)) for t in ticks])
+    ax.set_xlabel("bits of the frozen weights")
+    ax.set_ylabel(f"dev {metric}")
+    ax.set_title(f"{data['model']} / {data['task']}, {data['seeds']} seeds")
+    ax.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120, format="png")
+    plt.close(fig)
+
+
+def _atomic_write(path: Path, write) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
+
+
+def write_outputs(cfg: SweepConfig, records: list[dict]) -> dict:
+    from compress import tasks
+
+    task = tasks.get_task(cfg.run.task)
+    records = sorted(records, key=lambda r: (MODES.index(r["mode"]), -r["bits"], r["seed"]))
+    data = {"kind": "sweep", "model": cfg.run.model, "task": task.name, "metric": task.metric, "seeds": cfg.seeds,
+            "majority": records[0]["majority"][task.metric], "cells": records, "summary": summarize(records),
+            "config": {"bits": list(cfg.bits), "modes": list(cfg.modes), "seeds": cfg.seeds, "run": _jsonable(cfg.run)}}
+    out = Path(cfg.out)
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(out / "sweep.json", lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
+    _atomic_write(out / "table.md", lambda p: p.write_text(table(data)))
+    _atomic_write(out / "plot.png", lambda p: plot(data, p))
+    return data
+
+
+def _jsonable(run) -> dict:
+    d = dataclasses.asdict(run)
+    for k in ("out", "overwrite", "bench", "init_from"):
+        d.pop(k, None)
+    return d
+
+
+def sweep(cfg: SweepConfig, progress: bool = False) -> dict:
+    from tqdm.auto import tqdm
+
+    all_cells = cells(cfg)
+    finished = {c: m for c in all_cells if (m := done(cfg, c)) is not None}
+    records = [record(c, m) for c, m in finished.items()]
+    todo = [c for c in all_cells if c not in finished]
+    log.info("sweep: %d cells, %d already done", len(all_cells), len(finished))
+    with tqdm(total=len(all_cells), initial=len(finished), desc="sweep", unit="cell", disable=not progress) as bar:
+        if cfg.parallel == "ray" and todo:
+            records += _run_ray(cfg, todo, bar)
+        else:
+            for c in todo:
+                bar.set_postfix_str(c.name)
+                records.append(run_cell(cfg, c, progress=progress))
+                bar.update()
+                write_outputs(cfg, records)  # partial results are readable while the sweep runs
+    return write_outputs(cfg, records)
