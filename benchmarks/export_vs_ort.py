@@ -36,7 +36,7 @@ def build_anchors(dense_dir: Path, work: Path) -> dict[str, Path]:
     if manifest["config"]["train"]["mode"] != "weights":
         raise SystemExit(f"--dense {dense_dir} is not a `--mode weights` artifact")
     cfg = dataclasses.replace(pipeline.config_from_manifest(manifest), quant=quantize.QuantConfig(bits=32))
-    model, _, _ = pipeline.restore(dense_dir, manifest, cfg)  # the fp32 fine-tuned weights
+    model, _, _, _ = pipeline.restore(dense_dir, manifest, cfg)  # the fp32 fine-tuned weights
     fp32 = onnx.load(str(onnx_graph.export_fp32(model, work / "raw.onnx")))
     fused, _ = fusions.optimize(fp32, manifest["model"]["num_heads"], manifest["model"]["hidden_size"],
                                 keep_embeddings=False, keep_matmuls=False)

@@ -14,31 +14,20 @@ import logging
 
 import torch
 
-from compress import quantize
+from compress import calibration, quantize
 
 log = logging.getLogger(__name__)
 
 
-@torch.no_grad()
 def input_hessians(model: torch.nn.Module, names: list[str], batches) -> dict[str, torch.Tensor]:
     """H = sum x x^T over the non-padding tokens reaching each named Linear (float64 [in, in])."""
     hessians: dict[str, torch.Tensor] = {}
-    keep: dict[str, torch.Tensor] = {}
 
-    def hook(name):
-        def record(module, inputs, output):
-            x = inputs[0][keep["mask"]].double()
-            hessians[name] = hessians.get(name, 0) + x.T @ x
-        return record
+    def update(name, x):
+        x = x.double()
+        hessians[name] = hessians.get(name, 0) + x.T @ x
 
-    handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]
-    try:
-        for batch in batches:
-            keep["mask"] = batch["attention_mask"].bool()
-            model(**batch)
-    finally:
-        for h in handles:
-            h.remove()
+    calibration.collect_inputs(model, names, batches, update)
     if len(hessians) != len(names):
         raise quantize.QuantConfigError("GPTQ calibration reached no tokens: give it non-empty calibration batches")
     return hessians

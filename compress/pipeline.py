@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from compress import artifact, masking, metrics, models, quantize, report, tasks, train
+from compress import artifact, calibration, masking, metrics, models, quantize, report, tasks, train
 from compress.exporters.export import ExportConfig, export
 from compress.exporters.onnx_graph import input_names
 from compress.exporters.verify import AccuracyDriftError
@@ -52,40 +52,22 @@ def prepare(model: torch.nn.Module, qtensors: dict) -> tuple[dict[str, IntWeight
     return linears, embedding
 
 
-CALIBRATION_FILE = "calibration.npz"
-
-
-def calibration_inputs(tok, split: tasks.Split, cfg: RunConfig) -> dict[str, np.ndarray] | None:
-    """GPTQ's calibration tokens: the first N training examples, padded (saved in the artifact so that
-    `compress export DIR` quantizes exactly alike without the data)."""
-    if cfg.quant.method != "gptq" or not cfg.quant.enabled:
-        return None
-    enc = train.encode(tok, split.subset(cfg.quant.calibration_examples), cfg.train.max_length)
-    return {k: v.astype(np.int32) for k, v in next(batches(enc, len(enc["input_ids"]), tok.pad_token_id or 0)).items()}
-
-
-def _calibration_batches(arrays: dict[str, np.ndarray] | None, batch_size: int = 32):
-    if arrays is None:
-        return None
-    n = len(arrays["input_ids"])
-    return [{k: torch.from_numpy(v[s:s + batch_size].astype(np.int64)) for k, v in arrays.items()} for s in range(0, n, batch_size)]
-
-
-def build(cfg: RunConfig, task: tasks.Task, calibration: tasks.Split | dict[str, np.ndarray] | None = None):
+def build(cfg: RunConfig, task: tasks.Task, calib: tasks.Split | dict[str, np.ndarray] | None = None):
     """Model with quantized frozen weights and (mode=structure) masks.
 
-    calibration: GPTQ's calibration texts (a Split) or tokens (arrays from an artifact).
-    -> (model, tokenizer, source, qtensors, calibration arrays or None)
+    calib: calibration texts (a Split: the first cfg.quant.calibration_examples are tokenized) or
+    tokens (arrays from an artifact), for GPTQ and the export's activation smoothing.
+    -> (model, tokenizer, source, qtensors, calibration tokens or None when nothing is quantized)
     """
     clf, tok, source = models.build_classifier(cfg.model, task.num_labels, cfg.pooling, seed=cfg.train.seed)
-    if isinstance(calibration, tasks.Split):
-        calibration = calibration_inputs(tok, calibration, cfg)
+    if isinstance(calib, tasks.Split):
+        calib = calibration.tokens(tok, calib, cfg.quant.calibration_examples, cfg.train.max_length) if cfg.quant.enabled else None
     qtensors = {}
     if cfg.train.mode == "structure":
-        qtensors = quantize.quantize_(clf, cfg.quant, _calibration_batches(calibration))  # the mask is learned on the weights that ship
+        qtensors = quantize.quantize_(clf, cfg.quant, calibration.batches(calib))  # the mask is learned on the weights that ship
         torch.manual_seed(cfg.train.seed)
         masking.apply_masks_(clf, cfg.mask)
-    return clf, tok, source, qtensors, calibration
+    return clf, tok, source, qtensors, calib
 
 
 def layer_table(model, linears: dict[str, IntWeight], embedding) -> list[dict]:
@@ -123,7 +105,7 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
     stages.update()
 
     stages.set_description("quantize + mask")
-    model, tok, source, qtensors, calibration = build(cfg, task, train_split)
+    model, tok, source, qtensors, calib = build(cfg, task, train_split)
     stages.update()
     stages.set_description(f"train ({cfg.train.mode})")
     if cfg.init_from:
@@ -132,7 +114,7 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
         history = train.fit(model, task, train_split, dev, tok, cfg.train, progress=progress)
     trained = trainable_tensors(model, cfg.train.mode)  # before post-training quantization: re-export quantizes again
     if cfg.train.mode == "weights":
-        qtensors = quantize.quantize_(model, cfg.quant, _calibration_batches(calibration))  # post-training quantization
+        qtensors = quantize.quantize_(model, cfg.quant, calibration.batches(calib))  # post-training quantization
     linears, embedding = prepare(model, qtensors)
     stages.update()
 
@@ -146,10 +128,10 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
         tok.save_pretrained(tmp)
         mask_bytes = masking.save_masks(tmp / "mask.npz", model) if cfg.train.mode == "structure" else 0
         _save_tensors(trained, tmp / "trainable.safetensors")
-        if calibration is not None:
-            np.savez_compressed(tmp / CALIBRATION_FILE, **calibration)
+        if calib is not None:
+            np.savez_compressed(tmp / calibration.FILE, **calib)
         sample = next(iter(batches(dev_enc, 32, pad)))
-        res = export(model, linears, embedding, tmp / "model.onnx", cfg.export, sample)
+        res = export(model, linears, embedding, tmp / "model.onnx", cfg.export, sample, calibration.batches(calib))
         stages.update()
 
         stages.set_description("validate")
@@ -278,13 +260,13 @@ def restore(directory: Path, manifest: dict, cfg: RunConfig):
     from safetensors.torch import load_file
 
     task = tasks.get_task(cfg.task)
-    calibration = None
-    if cfg.quant.method == "gptq" and cfg.quant.enabled:
-        if not (directory / CALIBRATION_FILE).is_file():
-            raise artifact.ArtifactError(f"{directory / CALIBRATION_FILE} is missing: GPTQ needs its calibration tokens; rerun `compress run`")
-        with np.load(directory / CALIBRATION_FILE) as z:
-            calibration = {k: z[k] for k in z.files}
-    model, tok, source, qtensors, _ = build(cfg, task, calibration)
+    calib = None
+    if (directory / calibration.FILE).is_file():
+        with np.load(directory / calibration.FILE) as z:
+            calib = {k: z[k] for k in z.files}
+    elif cfg.quant.method == "gptq" and cfg.quant.enabled:
+        raise artifact.ArtifactError(f"{directory / calibration.FILE} is missing: GPTQ needs its calibration tokens; rerun `compress run`")
+    model, tok, source, qtensors, _ = build(cfg, task, calib)
     trained = load_file(str(directory / "trainable.safetensors"))
     if cfg.train.mode == "structure":
         masking.set_masks_(model, masking.load_masks(directory / "mask.npz"))
@@ -294,8 +276,8 @@ def restore(directory: Path, manifest: dict, cfg: RunConfig):
         train.load_parameters_(model, trained)
     else:
         model.load_state_dict(trained)
-        qtensors = quantize.quantize_(model, cfg.quant, _calibration_batches(calibration))
-    return model.eval(), tok, qtensors
+        qtensors = quantize.quantize_(model, cfg.quant, calibration.batches(calib))
+    return model.eval(), tok, qtensors, calib
 
 
 def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", command: str = "") -> dict:
@@ -322,9 +304,9 @@ def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", comm
                 shutil.copy2(f, tmp / f.name)
         if fmt == "onnx" or kernel is not None:
             cfg = config_from_manifest(manifest, kernel=kernel)
-            model, _, qtensors = restore(directory, manifest, cfg)
+            model, _, qtensors, calib = restore(directory, manifest, cfg)
             linears, embedding = prepare(model, qtensors)
-            res = export(model, linears, embedding, tmp / "model.onnx", cfg.export, sample)
+            res = export(model, linears, embedding, tmp / "model.onnx", cfg.export, sample, calibration.batches(calib))
             manifest["config"]["export"] = _to_dict(cfg.export)
             manifest["sizes"].update({**res.sizes, "onnx_total": (tmp / "model.onnx").stat().st_size})
             manifest["validation"].update({"parity_max_abs_diff": res.parity_max_abs_diff, "sample_max_abs_diff": res.deployed_max_abs_diff})

@@ -22,10 +22,13 @@ class ExportConfig:
     opset: int = onnx_graph.OPSET
     parity_atol: float = 1e-4  # float-kernel graph vs PyTorch, logits (fp32 summation order only)
     max_metric_drop: float = 0.01  # deployed graph's dev metric may trail PyTorch's by at most this
+    smooth_alpha: float | None = 0.5  # int8 kernel: SmoothQuant-style migration of activation outlier channels (None: off)
 
     def __post_init__(self):
         if self.kernel not in weights.KERNELS:
             raise ValueError(f"kernel '{self.kernel}' is not one of {weights.KERNELS}")
+        if self.smooth_alpha is not None and not 0 < self.smooth_alpha < 1:
+            raise ValueError(f"smooth_alpha={self.smooth_alpha} must be in (0, 1), or None for no smoothing")
 
 
 @dataclass
@@ -38,8 +41,12 @@ class ExportResult:
 
 
 def export(model: torch.nn.Module, linears: dict[str, weights.IntWeight], embedding: tuple[str, weights.IntWeight] | None,
-           path: Path, config: ExportConfig, sample: dict[str, np.ndarray]) -> ExportResult:
-    """Write the graph to `path` and verify it; `sample` are padded inputs for the parity check."""
+           path: Path, config: ExportConfig, sample: dict[str, np.ndarray], calibration=None) -> ExportResult:
+    """Write the graph to `path` and verify it; `sample` are padded inputs for the parity check.
+
+    calibration: batches whose input-channel ranges set the int8 kernel's activation smoothing
+    (compress.calibration.batches); without them the graph is not smoothed.
+    """
     from compress.runtimes.session import open_session, run_logits
 
     cfg = model.encoder.config
@@ -59,7 +66,12 @@ def export(model: torch.nn.Module, linears: dict[str, weights.IntWeight], embedd
         exact, _ = weights.quantize_graph(exact, linears, embedding, kernel="float")
     got = {"logits": run_logits(open_session(exact.SerializeToString()), sample)}
     parity = verify.compare(ref, got, config.parity_atol, "float-kernel graph")["logits"]
-    shipped, sizes = (weights.quantize_graph(fp32, linears, embedding, kernel=config.kernel) if (linears or embedding)
+    smooth = None
+    if config.kernel == "int8" and config.smooth_alpha and calibration and linears:
+        from compress.calibration import input_absmax
+
+        smooth = weights.Smoothing(input_absmax(model, list(linears), calibration), config.smooth_alpha)
+    shipped, sizes = (weights.quantize_graph(fp32, linears, embedding, kernel=config.kernel, smooth=smooth) if (linears or embedding)
                       else (fp32, {"weights": 0, "scales": 0, "embeddings": 0}))
     verify.check_graph(shipped)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -82,19 +82,49 @@ def int_weight(qt, mask: np.ndarray | None = None) -> IntWeight:
     return IntWeight(codes, qt.scale.numpy().astype(np.float32), qt.bits, qt.group_size, zero)
 
 
+@dataclass
+class Smoothing:
+    """SmoothQuant (Xiao et al. 2023) for the int8 kernel: activations are quantized per tensor at run
+    time, so a few outlier input channels (MiniLM: up to 15x the median channel's range ahead of the
+    FFN) cost every other channel its resolution. Dividing input channel j by s_j and multiplying
+    the weight's column j by s_j leaves the product unchanged and evens the ranges out:
+    s_j = max|x_j|^alpha / max|W_j|^(1 - alpha), x's ranges from calibration text. The weight is then
+    rounded to int8 per output channel at load (<= 1/254 of the row's range); the file keeps the
+    low-bit codes and stores s (one float per input channel)."""
+
+    input_absmax: dict[str, np.ndarray]  # linear name -> max |x| per input channel
+    alpha: float = 0.5
+
+    def factors(self, names: list[str], weights_: list[np.ndarray]) -> np.ndarray | None:
+        """One s for linears sharing their input (Q/K/V): from their inputs' and columns' ranges."""
+        if any(n not in self.input_absmax for n in names):
+            return None
+        x = np.max([self.input_absmax[n] for n in names], axis=0).astype(np.float64)
+        w = np.max([np.abs(w).max(0) for w in weights_], axis=0).astype(np.float64)
+        s = np.where((x > 0) & (w > 0), x ** self.alpha / np.maximum(w, 1e-12) ** (1 - self.alpha), 1.0)
+        return np.clip(s, 1e-3, 1e3).astype(np.float16).astype(np.float32)  # stored as float16
+
+
 class _Builder:
     """Appends nodes and initializers to a graph, with unique names."""
 
     def __init__(self):
         self.nodes, self.inits, self.n = [], [], 0
+        self.small: dict[tuple, str] = {}  # shapes, shifts, ...: one initializer per value
 
     def name(self, base: str) -> str:
         self.n += 1
-        return f"{base}__q{self.n}"
+        return f"{base.removeprefix('encoder.encoder.')}~{self.n}"
 
     def const(self, base: str, array: np.ndarray) -> str:
-        name = self.name(base)
-        self.inits.append(numpy_helper.from_array(np.ascontiguousarray(array), name))
+        array = np.ascontiguousarray(array)
+        key = (array.dtype.str, array.shape, array.tobytes()) if array.nbytes <= 64 else None
+        if key in self.small:
+            return self.small[key]
+        name = self.name(base if key is None else "const")
+        self.inits.append(numpy_helper.from_array(array, name))
+        if key is not None:
+            self.small[key] = name
         return name
 
     def scale(self, base: str, scale: np.ndarray) -> str:
@@ -120,8 +150,9 @@ class _Builder:
         return self.node("Reshape", [x, self.const(base, np.array(stored.shape, np.int64))], base)[0]
 
     def node(self, op: str, inputs: list[str], base: str, outputs: list[str] | None = None, domain: str = "", **attrs) -> list[str]:
-        outs = outputs or [self.name(f"{base}_{op}")]
-        self.nodes.append(helper.make_node(op, inputs, outs, name=self.name(f"{base}/{op}"), domain=domain or None, **attrs))
+        outs = outputs or [self.name(f"{base}/{op}")]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=outs[0] if not outputs else self.name(f"{base}/{op}"),
+                                           domain=domain or None, **attrs))
         return outs
 
     def unpack_int32(self, base: str, w: IntWeight) -> str:
@@ -164,16 +195,23 @@ class _Builder:
         self.node("MatMulNBits", inputs, base, outputs=[y], domain="com.microsoft", K=cols, N=rows, bits=bits, block_size=block,
                   accuracy_level=NBITS_ACCURACY_LEVEL)
 
-    def int8_weight(self, base: str, w: IntWeight) -> tuple[str, np.ndarray]:
-        """-> (int8 [rows, cols] tensor name, per-row float scale) for an integer matmul."""
-        if w.groups == 1:
+    def int8_weight(self, base: str, w: IntWeight, smooth: str | None = None) -> tuple[str, str]:
+        """-> (int8 [rows, cols], float [rows] per-row scale) graph tensors for an integer matmul of
+        W * diag(s), smooth = the graph tensor holding s. Per-channel codes are used as they are;
+        group-wise or smoothed weights are re-rounded to int8 per row, all folded at load."""
+        rows = w.codes.shape[0]
+        if w.groups == 1 and smooth is None:
             codes = self.unpack_int32(base, w)
-            return self.node("Cast", [codes], base, to=TensorProto.INT8)[0], w.scale.reshape(-1).astype(np.float32)
-        # float16 rounding moves the scale by <= 2^-11, so |W| / scale <= 127.07 still rounds into int8
-        row_scale = (np.maximum(np.abs(w.dequantize()).max(1), 2.0**-14) / 127.0).astype(np.float16).astype(np.float32)
-        x = self.node("Div", [self.dequant_float(base, w), self.scale(base, row_scale.reshape(-1, 1))], base)[0]
-        x = self.node("Round", [x], base)[0]
-        return self.node("Cast", [x], base, to=TensorProto.INT8)[0], row_scale
+            return self.node("Cast", [codes], base, to=TensorProto.INT8)[0], self.scale(base, w.scale.reshape(-1))
+        wf = self.dequant_float(base, w)
+        if smooth is not None:
+            wf = self.node("Mul", [wf, smooth], base)[0]
+        absmax = self.node("ReduceMax", [self.node("Abs", [wf], base)[0]], base, axes=[1], keepdims=1)[0]
+        absmax = self.node("Max", [absmax, self.const(base, np.array(2.0**-14, np.float32))], base)[0]
+        row_scale = self.node("Div", [absmax, self.const(base, np.array(127.0, np.float32))], base)[0]
+        x = self.node("Round", [self.node("Div", [wf, row_scale], base)[0]], base)[0]
+        flat = self.node("Reshape", [row_scale, self.const(base, np.array([rows], np.int64))], base)[0]
+        return self.node("Cast", [x], base, to=TensorProto.INT8)[0], flat
 
 
 def _key(a: np.ndarray) -> tuple:
@@ -206,7 +244,7 @@ def _find(idx, expected: np.ndarray, what: str) -> tuple:
 
 
 def quantize_graph(model: onnx.ModelProto, linears: dict[str, IntWeight], embedding: tuple[str, IntWeight] | None,
-                   kernel: str = "int8") -> tuple[onnx.ModelProto, dict[str, int]]:
+                   kernel: str = "int8", smooth: Smoothing | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
     """Replace every matched weight by its integer encoding: fused Attention -> QAttention with the
     packed int8 Q/K/V weight, MatMul -> integer matmul, word-embedding Gather -> int8 Gather.
 
@@ -222,10 +260,16 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, IntWeight], embedd
             consumers.setdefault(i, []).append(node)
     bld, drop_nodes, drop_inits, dql = _Builder(), set(), set(), {}
 
-    def quantized_input(x: str, base: str) -> list[str]:
-        if x not in dql:  # one DynamicQuantizeLinear per activation, shared by its consumers
-            dql[x] = bld.node("DynamicQuantizeLinear", [x], base, outputs=[bld.name(f"{x}_q"), bld.name(f"{x}_scale"), bld.name(f"{x}_zp")])
-        return dql[x]
+    def quantized_input(x: str, base: str, sm: str | None = None) -> list[str]:
+        key = (x, sm)
+        if key not in dql:  # one DynamicQuantizeLinear per activation (and smoothing), shared by its consumers
+            xs = x if sm is None else bld.node("Div", [x, sm], base)[0]
+            dql[key] = bld.node("DynamicQuantizeLinear", [xs], base, outputs=[bld.name(f"{x}_q"), bld.name(f"{x}_scale"), bld.name(f"{x}_zp")])
+        return dql[key]
+
+    def smoothing(names: list[str]) -> str | None:
+        s = None if smooth is None else smooth.factors(names, [linears[n].dequantize() for n in names])
+        return None if s is None else bld.scale(f"{names[0]}.smooth", s)
 
     attentions: dict[int, tuple[onnx.NodeProto, list]] = {}
     for name, w in linears.items():
@@ -245,12 +289,13 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, IntWeight], embedd
             elif kernel == "nbits":
                 bld.matmul_nbits(name, x, y, w)
             else:
-                w8, s8 = bld.int8_weight(name, w)
+                sm = smoothing([name])
+                w8, s8 = bld.int8_weight(name, w, sm)
                 wt = bld.node("Transpose", [w8], name, perm=[1, 0])[0]
-                xq, xs, xzp = quantized_input(x, name)
+                xq, xs, xzp = quantized_input(x, name, sm)
                 acc = bld.node("MatMulInteger", [xq, wt, xzp], name)[0]
                 accf = bld.node("Cast", [acc], name, to=TensorProto.FLOAT)[0]
-                scale = bld.node("Mul", [xs, bld.scale(name, s8)], name)[0]
+                scale = bld.node("Mul", [xs, s8], name)[0]
                 bld.node("Mul", [accf, scale], name, outputs=[y])
             drop_nodes.add(id(mm))
         drop_inits.add(init.name)
@@ -267,10 +312,11 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, IntWeight], embedd
                                    list(att.output), name=bld.name(base), domain="com.microsoft")
             new.attribute.extend(att.attribute)
         else:
-            int8 = [bld.int8_weight(n, linears[n]) for n in names]
+            sm = smoothing(names)
+            int8 = [bld.int8_weight(n, linears[n], sm) for n in names]
             parts = [bld.node("Transpose", [w8], n, perm=[1, 0])[0] for n, (w8, _) in zip(names, int8)]
-            col_scale = bld.scale(base, np.concatenate([s8 for _, s8 in int8]))  # per column of the packed weight
-            xq, xs, xzp = quantized_input(att.input[0], base)
+            col_scale = bld.node("Concat", [s8 for _, s8 in int8], base, axis=0)[0]  # per column of the packed weight
+            xq, xs, xzp = quantized_input(att.input[0], base, sm)
             mask_index = att.input[3] if len(att.input) > 3 else ""
             new = helper.make_node("QAttention", [xq, bld.node("Concat", parts, base, axis=1)[0], att.input[2], xs, col_scale,
                                                   mask_index, xzp], list(att.output), name=bld.name(base), domain="com.microsoft")
@@ -303,7 +349,7 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, IntWeight], embedd
     emb_name = embedding[0] if embedding else None
     for i in bld.inits:
         n = len(i.raw_data) if i.raw_data else numpy_helper.to_array(i).nbytes
-        key = ("embeddings" if emb_name and i.name.startswith(emb_name) else "scales" if (".scale" in i.name or ".zero" in i.name)
+        key = ("embeddings" if emb_name and i.name.startswith(emb_name) else "scales" if any(t in i.name for t in (".scale", ".zero", ".smooth"))
                else "weights")
         sizes[key] += n
     return model, sizes

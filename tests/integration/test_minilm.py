@@ -26,5 +26,5 @@ def test_minilm_mrpc_4bit_end_to_end(glue_dir, tmp_path):
     assert m["sizes"]["onnx_total"] < 16e6 and m["sizes"]["embeddings"] < 6.5e6
     assert m["bench"]["batch1"]["median_ms"] > 0 and m["bench"]["batch32"]["throughput_seq_s"] > 0
     ops = {n.op_type for n in onnx.load(str(out / "model.onnx")).graph.node}
-    assert {"DynamicQuantizeLinear", "MatMulInteger", "BitShift", "SkipLayerNormalization"} <= ops
+    assert {"DynamicQuantizeLinear", "MatMulInteger", "QAttention", "BitShift", "SkipLayerNormalization"} <= ops
     assert "f1" in (out / "report.md").read_text()

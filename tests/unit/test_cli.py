@@ -28,7 +28,7 @@ def test_tiny_run_writes_a_complete_artifact(run_args, tmp_path):
     assert r.exit_code == 0, r.output
     out = tmp_path / "out"
     names = {p.name for p in out.iterdir()}
-    assert {"model.onnx", "mask.npz", "trainable.safetensors", "tokenizer.json", "manifest.json", "report.md"} <= names
+    assert {"model.onnx", "mask.npz", "calibration.npz", "trainable.safetensors", "tokenizer.json", "manifest.json", "report.md"} <= names
     m = json.loads((out / "manifest.json").read_text())
     assert m["config"]["quant"]["bits"] == 4 and m["task"]["name"] == "mrpc" and m["model"]["pooling"] == "pooler"
     assert m["validation"]["parity_max_abs_diff"] < 1e-4 and set(m["files"]) >= {"model.onnx", "mask.npz"}
