@@ -40,7 +40,7 @@ def main(verbose: bool):
 @click.option("--model", default="minilm", show_default=True, help="Alias (minilm, bert-base, roberta-base, ...), hub id or local directory.")
 @click.option("--task", default="mrpc", show_default=True, help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte wnli.")
 @click.option("--bits", type=click.Choice(BITS), default="4", show_default=True, help="Bits of the frozen weights (16/32: none).")
-@click.option("--group-size", type=int, default=None, help="Scale per group of N inputs [per output channel; 2 bits: 32].")
+@click.option("--group-size", type=int, default=None, help="Scale per group of N inputs [per output channel; 2 bits: 16].")
 @click.option("--symmetric/--asymmetric", default=None, help="Grid without / with a zero point per group [symmetric; 2 bits: asymmetric].")
 @click.option("--quantizer", type=click.Choice(["rtn", "gptq"]), default=None,
               help="Round to nearest, or GPTQ calibrated on training text [rtn; 2 bits: gptq].")

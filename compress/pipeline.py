@@ -165,6 +165,9 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
         }
         (tmp / "report.md").write_text(report.render(manifest))
         manifest = artifact.write_manifest(tmp, manifest)
+    if not manifest["validation"]["passed"]:  # kept, so that hours of training are not lost; but it fails
+        raise AccuracyDriftError(f"{manifest['validation']['failure']}: the artifact is kept at {out} with validation.passed = false; "
+                                 f"`compress export {out} --kernel float` ships the exact graph without retraining")
     return out, manifest
 
 
@@ -211,10 +214,10 @@ def validate(directory: Path, task, dev, torch_logits, torch_metrics, cfg: RunCo
     drop = torch_metrics[task.metric] - ort_metrics[task.metric]
     checks = {"agreement": agreement, "metric_drop": drop, "max_metric_drop": cfg.export.max_metric_drop,
               "dev_max_abs_diff": float(np.max(np.abs(ort_logits - torch_logits)))}
-    if drop > cfg.export.max_metric_drop:
-        raise AccuracyDriftError(f"ONNX Runtime dev {task.metric} {ort_metrics[task.metric]:.4f} trails PyTorch's "
-                                 f"{torch_metrics[task.metric]:.4f} by {drop:.4f} > {cfg.export.max_metric_drop}: "
-                                 "export with --kernel float (exact) or raise --max-metric-drop")
+    checks["passed"] = bool(drop <= cfg.export.max_metric_drop)
+    if not checks["passed"]:
+        checks["failure"] = (f"ONNX Runtime dev {task.metric} {ort_metrics[task.metric]:.4f} trails PyTorch's "
+                             f"{torch_metrics[task.metric]:.4f} by {drop:.4f} > {cfg.export.max_metric_drop}")
     results = {}
     if cfg.bench:
         for b in (1, 32):
@@ -309,7 +312,8 @@ def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", comm
             res = export(model, linears, embedding, tmp / "model.onnx", cfg.export, sample, calibration.batches(calib))
             manifest["config"]["export"] = _to_dict(cfg.export)
             manifest["sizes"].update({**res.sizes, "onnx_total": (tmp / "model.onnx").stat().st_size})
-            manifest["validation"].update({"parity_max_abs_diff": res.parity_max_abs_diff, "sample_max_abs_diff": res.deployed_max_abs_diff})
+            manifest["validation"].update({"parity_max_abs_diff": res.parity_max_abs_diff, "sample_max_abs_diff": res.deployed_max_abs_diff,
+                                           "passed": None})  # a new graph: its dev metric is measured by `compress bench DIR --data-dir`
             manifest["fusions"] = res.fusions
             for stale in (tmp / "model.ort", tmp / "model.required_operators.config"):  # made from the old graph
                 stale.unlink(missing_ok=True)

@@ -65,10 +65,10 @@ def embedding_bits(config: QuantConfig) -> int:
 
 def default_config(bits: int, group_size: int | None = None, symmetric: bool | None = None, method: str | None = None,
                    **kw) -> QuantConfig:
-    """The recommended config for a bit width: 2 bits is GPTQ, asymmetric, in groups of 32, unless told
-    otherwise (per-channel ternary 2-bit weights lose the task; see benchmarks/results)."""
+    """The recommended config for a bit width: 2 bits is GPTQ, asymmetric, in groups of 16, unless told
+    otherwise (per-channel ternary 2-bit weights lose the task; see benchmarks/results/export_vs_ort.md)."""
     if bits == 2:
-        group_size = 32 if group_size is None else group_size
+        group_size = 16 if group_size is None else group_size
         symmetric = False if symmetric is None else symmetric
         method = method or "gptq"
     return QuantConfig(bits=bits, group_size=group_size, symmetric=True if symmetric is None else symmetric,

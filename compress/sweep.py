@@ -109,16 +109,21 @@ def record(cell: Cell, manifest: dict) -> dict:
     return {**dataclasses.asdict(cell), "dir": cell.name, "metrics": manifest["metrics"]["onnx"],
             "torch_metrics": manifest["metrics"]["torch"], "density": manifest["density"],
             "onnx_bytes": manifest["sizes"]["onnx_total"], "seconds": manifest["seconds"],
-            "majority": manifest["metrics"]["majority"]}
+            "majority": manifest["metrics"]["majority"], "validation_passed": manifest["validation"].get("passed", True)}
 
 
 def run_cell(cfg: SweepConfig, cell: Cell, progress: bool = False) -> dict:
     from compress import pipeline
 
-    if (m := done(cfg, cell)) is not None:
-        return record(cell, m)
-    _, manifest = pipeline.run(cell_config(cfg, cell), command=f"compress sweep (cell {cell.name})", progress=progress)
-    return record(cell, manifest)
+    from compress.exporters.verify import AccuracyDriftError
+
+    if (m := done(cfg, cell)) is None:
+        try:
+            pipeline.run(cell_config(cfg, cell), command=f"compress sweep (cell {cell.name})", progress=progress)
+        except AccuracyDriftError as e:  # the artifact is kept and its metrics count; the sweep goes on
+            log.warning("%s: %s", cell.name, e)
+        m = artifact.read(cell_dir(cfg, cell))
+    return record(cell, m)
 
 
 def _run_ray(cfg: SweepConfig, todo: list[Cell], bar) -> list[dict]:

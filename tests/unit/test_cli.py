@@ -82,7 +82,7 @@ def test_two_bits_default_to_gptq_asymmetric_groups(run_args, tmp_path):
     r = invoke(*run_args, "--bits", "2")
     assert r.exit_code == 0, r.output
     m = json.loads((out / "manifest.json").read_text())
-    assert m["config"]["quant"] | {"clip_search": True} == {"bits": 2, "group_size": 32, "symmetric": False, "method": "gptq",
+    assert m["config"]["quant"] | {"clip_search": True} == {"bits": 2, "group_size": 16, "symmetric": False, "method": "gptq",
                                                             "clip_search": True, "embeddings": True, "calibration_examples": 128}
     assert "calibration.npz" in m["files"] and m["validation"]["parity_max_abs_diff"] < 1e-4
     assert m["sizes"]["masks"] == (out / "mask.npz").stat().st_size and m["sizes"]["head"] > 0
@@ -203,3 +203,14 @@ def test_sweep_command_and_check_on_its_json(tiny_model_dir, mini_glue, tmp_path
     assert c.exit_code == 0 and "structure.4bit.f1" in c.output, c.output
     bad = invoke(*args[:-2], "--bits", "32,x", "--out", str(tmp_path / "x"))
     assert bad.exit_code != 0 and "comma-separated list of integers" in bad.output
+
+
+def test_accuracy_drift_fails_but_keeps_the_trained_artifact(run_args, tmp_path):
+    out = tmp_path / "out"
+    r = invoke(*run_args, "--max-metric-drop", "-1")  # an impossible guard: every export "drifts"
+    assert r.exit_code == 1 and "trails PyTorch's" in error_line(r) and "--kernel float" in error_line(r)
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["validation"]["passed"] is False and "trails" in m["validation"]["failure"]
+    e = invoke("export", str(out), "--kernel", "float")  # no retraining needed
+    assert e.exit_code == 0, e.output
+    assert json.loads((out / "manifest.json").read_text())["validation"]["passed"] is None

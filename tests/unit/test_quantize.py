@@ -53,7 +53,7 @@ def test_scales_are_float16_values(bits, symmetric):
 
 
 def test_default_config_for_2_bits_is_asymmetric_groups():
-    assert quantize.default_config(2) == QuantConfig(bits=2, group_size=32, symmetric=False, method="gptq")
+    assert quantize.default_config(2) == QuantConfig(bits=2, group_size=16, symmetric=False, method="gptq")
     assert quantize.default_config(2, 64, True, "rtn") == QuantConfig(bits=2, group_size=64, symmetric=True)
     assert quantize.default_config(4) == QuantConfig(bits=4)
 
