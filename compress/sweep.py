@@ -71,8 +71,10 @@ class Cell:
 
 
 def cells(cfg: SweepConfig) -> list[Cell]:
-    """Every cell; a weights cell below 32 bits comes after the 32-bit one it quantizes."""
-    out = [Cell(m, b, s) for m in cfg.modes for s in range(cfg.seeds) for b in sorted(set(cfg.bits), reverse=True)]
+    """Every cell, seed by seed (a complete table for one seed comes first); a weights cell below
+    32 bits comes after the 32-bit one it quantizes."""
+    modes = [m for m in MODES if m in cfg.modes]  # weights first: its PTQ cells need the seed's fine-tuning
+    out = [Cell(m, b, s) for s in range(cfg.seeds) for m in modes for b in sorted(set(cfg.bits), reverse=True)]
     if "weights" in cfg.modes and 32 not in cfg.bits and any(b < 32 for b in cfg.bits):
         out = [Cell("weights", 32, s) for s in range(cfg.seeds)] + out  # the fine-tuning the PTQ cells start from
     return out
