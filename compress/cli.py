@@ -70,6 +70,8 @@ def main(verbose: bool):
 @click.option("--no-bench", is_flag=True, help="Skip the latency benchmark.")
 @click.option("--no-bf16", is_flag=True, help="Train in fp32 instead of bf16 autocast.")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime.")
+@click.option("--init-from", type=click.Path(file_okay=False), default=None,
+              help="--mode weights: quantize the fine-tuned weights of this artifact instead of training (PTQ at other --bits).")
 def run(**o):
     """Quantize, learn the task mask, export ONNX and validate it: one artifact directory."""
     from compress import masking, quantize, train
@@ -90,7 +92,8 @@ def run(**o):
         model_tag = o["model"].rstrip("/").split("/")[-1]
         out = o["out"] or f"runs/{model_tag}-{o['task']}-{o['mode']}-{bits}bit"
         cfg = RunConfig(model=o["model"], task=o["task"], out=out, data_dir=o["data_dir"], overwrite=o["overwrite"],
-                        pooling=o["pooling"], quant=quant, mask=mask, train=tr, export=exp, bench=not o["no_bench"], threads=o["threads"])
+                        pooling=o["pooling"], quant=quant, mask=mask, train=tr, export=exp, bench=not o["no_bench"], threads=o["threads"],
+                        init_from=o["init_from"])
         path, manifest = run_pipeline(cfg, command=_command_line(), progress=True)
     except _user_errors() as e:
         _fail(e)

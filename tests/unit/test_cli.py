@@ -214,3 +214,15 @@ def test_accuracy_drift_fails_but_keeps_the_trained_artifact(run_args, tmp_path)
     e = invoke("export", str(out), "--kernel", "float")  # no retraining needed
     assert e.exit_code == 0, e.output
     assert json.loads((out / "manifest.json").read_text())["validation"]["passed"] is None
+
+
+def test_init_from_quantizes_a_fine_tuned_artifact_without_training(run_args, tmp_path):
+    dense = tmp_path / "out"
+    assert invoke(*run_args, "--mode", "weights", "--bits", "32").exit_code == 0
+    ptq = tmp_path / "ptq"
+    r = invoke(*run_args[:-2], "--out", str(ptq), "--mode", "weights", "--bits", "4", "--init-from", str(dense))
+    assert r.exit_code == 0, r.output
+    m = json.loads((ptq / "manifest.json").read_text())
+    assert m["training"]["seconds"] == 0 and m["training"]["init_from"] == str(dense) and m["sizes"]["weights"] > 0
+    bad = invoke(*run_args[:-2], "--out", str(tmp_path / "x"), "--init-from", str(dense))  # structure mode
+    assert bad.exit_code != 0 and "--mode weights" in error_line(bad)
