@@ -17,6 +17,8 @@ class Classifier:
     def __init__(self, artifact_dir: str | Path):
         d = Path(artifact_dir)
         manifest = json.loads((d / "manifest.json").read_text())
+        if manifest["validation"].get("passed") is False:  # kept by `compress run` after failing its accuracy guard
+            raise ValueError(f"{d}: {manifest['validation']['failure']}; re-export it with `compress export {d} --kernel float`")
         self.task = manifest["task"]["name"]
         self.inputs = manifest["model"]["inputs"]
         self.tokenizer = Tokenizer.from_file(str(d / "tokenizer.json"))
