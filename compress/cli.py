@@ -69,6 +69,7 @@ def main(verbose: bool):
 @click.option("--max-eval-examples", type=int, default=None, help="Use only the first N dev examples.")
 @click.option("--no-bench", is_flag=True, help="Skip the latency benchmark.")
 @click.option("--no-bf16", is_flag=True, help="Train in fp32 instead of bf16 autocast.")
+@click.option("--device", type=str, default=None, help="Training device: auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:N [auto].")
 @click.option("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime.")
 @click.option("--init-from", type=click.Path(file_okay=False), default=None,
               help="--mode weights: quantize the fine-tuned weights of this artifact instead of training (PTQ at other --bits).")
@@ -87,7 +88,7 @@ def run(**o):
         tr = pick(train.TrainConfig, mode=o["mode"], epochs=o["epochs"], batch_size=o["batch_size"], max_length=o["max_length"],
                   mask_lr=o["mask_lr"], head_lr=o["head_lr"], lr=o["lr"], select=o["select"], seed=o["seed"],
                   max_train_examples=o["max_train_examples"], max_eval_examples=o["max_eval_examples"],
-                  bf16=False if o["no_bf16"] else None)
+                  bf16=False if o["no_bf16"] else None, device=o["device"])
         exp = pick(ExportConfig, kernel=o["kernel"], max_metric_drop=o["max_metric_drop"])
         model_tag = o["model"].rstrip("/").split("/")[-1]
         out = o["out"] or f"runs/{model_tag}-{o['task']}-{o['mode']}-{bits}bit"
@@ -193,6 +194,8 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
 @click.option("--max-length", type=int, default=None)
 @click.option("--max-train-examples", type=int, default=None)
 @click.option("--max-eval-examples", type=int, default=None)
+@click.option("--device", type=str, default=None, help="Training device: auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:N [auto].")
+@click.option("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime in each cell.")
 @click.option("--parallel", type=click.Choice(["serial", "ray"]), default="serial", show_default=True,
               help="ray: run cells as Ray tasks (pip install -e \".[ray]\"; RAY_ADDRESS joins a cluster).")
 @click.option("--cpus-per-cell", type=int, default=2, show_default=True, help="Ray: CPUs (and threads) per cell.")
@@ -204,9 +207,9 @@ def sweep(**o):
 
     try:
         tr = _pick(train.TrainConfig, epochs=o["epochs"], batch_size=o["batch_size"], max_length=o["max_length"], seed=o["seed"],
-                   max_train_examples=o["max_train_examples"], max_eval_examples=o["max_eval_examples"])
+                   max_train_examples=o["max_train_examples"], max_eval_examples=o["max_eval_examples"], device=o["device"])
         out = o["out"] or f"runs/sweep-{o['model'].rstrip('/').split('/')[-1]}-{o['task']}"
-        cfg = SweepConfig(run=RunConfig(model=o["model"], task=o["task"], data_dir=o["data_dir"], train=tr),
+        cfg = SweepConfig(run=RunConfig(model=o["model"], task=o["task"], data_dir=o["data_dir"], train=tr, threads=o["threads"]),
                           bits=_int_list(o["bits"], "--bits"), modes=tuple(m.strip() for m in o["modes"].split(",") if m.strip()),
                           seeds=o["seeds"], out=out, parallel=o["parallel"], cpus_per_cell=o["cpus_per_cell"])
         data = run_sweep(cfg, progress=True)
@@ -226,7 +229,7 @@ def _write_json(path, data) -> None:
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     tmp.write_text(json.dumps(data, indent=2) + "\n")
     os.replace(tmp, path)
 

@@ -74,10 +74,17 @@ def cells(cfg: SweepConfig) -> list[Cell]:
     """Every cell, seed by seed (a complete table for one seed comes first); a weights cell below
     32 bits comes after the 32-bit one it quantizes."""
     modes = [m for m in MODES if m in cfg.modes]  # weights first: its PTQ cells need the seed's fine-tuning
-    out = [Cell(m, b, s) for s in range(cfg.seeds) for m in modes for b in sorted(set(cfg.bits), reverse=True)]
+    seeds = seeds_of(cfg)
+    out = [Cell(m, b, s) for s in seeds for m in modes for b in sorted(set(cfg.bits), reverse=True)]
     if "weights" in cfg.modes and 32 not in cfg.bits and any(b < 32 for b in cfg.bits):
-        out = [Cell("weights", 32, s) for s in range(cfg.seeds)] + out  # the fine-tuning the PTQ cells start from
+        out = [Cell("weights", 32, s) for s in seeds] + out  # the fine-tuning the PTQ cells start from
     return out
+
+
+def seeds_of(cfg: SweepConfig) -> range:
+    """The training seeds: --seed, --seed + 1, ... (a cell's directory names its seed, so sweeps over
+    disjoint seed ranges can share one OUT and a later sweep over the union collects them)."""
+    return range(cfg.run.train.seed, cfg.run.train.seed + cfg.seeds)
 
 
 def cell_dir(cfg: SweepConfig, cell: Cell) -> Path:
@@ -92,7 +99,7 @@ def cell_config(cfg: SweepConfig, cell: Cell):
     return dataclasses.replace(
         base, out=str(cell_dir(cfg, cell)), overwrite=True, bench=False, init_from=init_from,
         quant=quantize.default_config(cell.bits) if cell.bits <= 8 else quantize.QuantConfig(bits=cell.bits),
-        train=dataclasses.replace(base.train, mode=cell.mode, seed=base.train.seed + cell.seed))
+        train=dataclasses.replace(base.train, mode=cell.mode, seed=cell.seed))
 
 
 def done(cfg: SweepConfig, cell: Cell) -> dict | None:
@@ -211,7 +218,7 @@ def plot(data: dict, path: Path) -> None:
 
 
 def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: sweeps over other seeds may share OUT
     write(tmp)
     os.replace(tmp, path)
 

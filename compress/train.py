@@ -10,6 +10,7 @@ import copy
 import logging
 import math
 import random
+import re
 import time
 from dataclasses import dataclass, field
 
@@ -38,7 +39,8 @@ class TrainConfig:
     warmup_ratio: float = 0.1
     head_warmup_steps: int = 0  # train the head alone for this many steps before the scores move
     select: str = "best"  # "best": keep the epoch with the best dev metric; "last": the final epoch
-    bf16: bool = True  # bf16 autocast for training steps (CPU AMX/AVX-512 BF16)
+    bf16: bool = True  # bf16 autocast for training steps (CPU AMX/AVX-512 BF16, or a GPU that has bf16)
+    device: str = "auto"  # where training runs: "auto" (a CUDA GPU when torch sees one, else CPU), "cpu", "cuda", "cuda:N"
     seed: int = 0
     max_train_examples: int | None = None
     max_eval_examples: int | None = None
@@ -50,6 +52,8 @@ class TrainConfig:
             raise ValueError(f"select '{self.select}' must be 'best' or 'last'")
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
             raise ValueError("epochs and batch_size must be >= 1 and max_length >= 8")
+        if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
+            raise ValueError(f"device '{self.device}' is not one of auto, cpu, cuda, cuda:N")
 
 
 @dataclass
@@ -59,14 +63,32 @@ class TrainResult:
     seconds: float = 0.0
 
 
+# ---------------------------------------------------------------- device
+def resolve_device(name: str) -> torch.device:
+    """The torch device for TrainConfig.device; asking for CUDA without one is an error that names the fix."""
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise ValueError(f"device '{name}': this torch build sees no CUDA GPU (torch {torch.__version__}); "
+                         "pass --device cpu, or install a CUDA build of torch")
+    return torch.device(name)
+
+
+def _autocast(device: torch.device, bf16: bool):
+    """bf16 autocast where the device has bf16 (CPU: AMX/AVX-512; CUDA: Ampere and newer), else a no-op."""
+    if device.type == "cuda" and bf16 and not torch.cuda.is_bf16_supported():
+        bf16 = False
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16)
+
+
 # ---------------------------------------------------------------- data
 def encode(tokenizer, split: Split, max_length: int) -> dict[str, list]:
     enc = tokenizer(split.text_a, split.text_b, truncation=True, max_length=max_length)
     return {k: enc[k] for k in ("input_ids", "attention_mask", "token_type_ids") if k in enc}
 
 
-def collate(enc: dict[str, list], idx, pad_id: int) -> dict[str, torch.Tensor]:
-    return {k: torch.from_numpy(v) for k, v in pad(enc, idx, pad_id).items()}
+def collate(enc: dict[str, list], idx, pad_id: int, device: torch.device | str = "cpu") -> dict[str, torch.Tensor]:
+    return {k: torch.from_numpy(v).to(device, non_blocking=True) for k, v in pad(enc, idx, pad_id).items()}
 
 
 def labels_tensor(task: Task, labels) -> torch.Tensor:
@@ -76,13 +98,14 @@ def labels_tensor(task: Task, labels) -> torch.Tensor:
 @torch.no_grad()
 def predict(model, enc, pad_id: int, batch_size: int = 64, bf16: bool = False) -> np.ndarray:
     model.eval()
+    device = next(model.parameters()).device
     n = len(enc["input_ids"])
     outs = []
     for s in range(0, n, batch_size):
-        b = collate(enc, range(s, min(n, s + batch_size)), pad_id)
-        with torch.autocast("cpu", dtype=torch.bfloat16, enabled=bf16):
+        b = collate(enc, range(s, min(n, s + batch_size)), pad_id, device)
+        with _autocast(device, bf16):
             outs.append(model(**b).float())
-    return torch.cat(outs).numpy()
+    return torch.cat(outs).cpu().numpy()
 
 
 # ---------------------------------------------------------------- optimisation
@@ -130,16 +153,26 @@ def load_parameters_(model, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfig, progress: bool = False) -> TrainResult:
-    """Train in place; on return the model holds the selected epoch's parameters.
+    """Train in place on cfg.device; on return the model holds the selected epoch's parameters, on the CPU.
 
     The caller passes the splits to use (``RunConfig`` applies max_train/eval_examples).
     """
+    device = resolve_device(cfg.device)
+    log.info("training on %s", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    model.to(device)
+    try:
+        return _fit(model, task, train, dev, tokenizer, cfg, device, progress)
+    finally:
+        model.to("cpu")  # quantized tensors, export and ONNX validation live on the CPU
+
+
+def _fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResult:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
     pad_id = tokenizer.pad_token_id or 0
     tr_enc, dev_enc = encode(tokenizer, train, cfg.max_length), encode(tokenizer, dev, cfg.max_length)
-    y = labels_tensor(task, train.labels)
+    y = labels_tensor(task, train.labels).to(device)
     groups, scores = _param_groups(model, cfg)
     opt = torch.optim.AdamW(groups)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
@@ -157,12 +190,12 @@ def fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfig
         bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=True, unit="step")
         for b in range(steps_per_epoch):
             idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
-            batch = collate(tr_enc, idx, pad_id)
+            batch = collate(tr_enc, idx, pad_id, device)
             for s in scores:  # head warm-up: scores frozen for the first steps
                 s.requires_grad_(step >= cfg.head_warmup_steps)
-            with torch.autocast("cpu", dtype=torch.bfloat16, enabled=cfg.bf16):
+            with _autocast(device, cfg.bf16):
                 out = model(**batch).float()
-            target = y[idx]
+            target = y[torch.from_numpy(idx).to(device)]
             loss = loss_fn(out.squeeze(-1), target) if task.is_regression else loss_fn(out, target)
             opt.zero_grad(set_to_none=True)
             loss.backward()

@@ -73,3 +73,21 @@ def test_sweep_on_ray(tiny_model_dir, mini_glue, tmp_path):
     finally:
         ray.shutdown()
     assert sorted((c["mode"], c["bits"]) for c in data["cells"]) == [("weights", 4), ("weights", 32)]
+
+
+def test_sweeps_over_disjoint_seeds_share_out(tiny_model_dir, mini_glue, tmp_path, monkeypatch):
+    """One process per seed (e.g. on one GPU), then a sweep over the union only collects."""
+    import dataclasses
+
+    from compress import pipeline
+
+    base = config(tiny_model_dir, mini_glue, tmp_path, modes=("structure",), bits=(4,), seeds=1)
+    for seed in (3, 4):
+        sweep.sweep(dataclasses.replace(base, run=dataclasses.replace(base.run, train=dataclasses.replace(base.run.train, seed=seed))))
+    assert sorted(p.name for p in (tmp_path / "sweep" / "cells").iterdir()) == ["structure-4bit-seed3", "structure-4bit-seed4"]
+    monkeypatch.setattr(pipeline, "run", lambda c, **kw: pytest.fail(f"{c.out} was run again"))
+    union = dataclasses.replace(base, seeds=2, run=dataclasses.replace(base.run, train=dataclasses.replace(base.run.train, seed=3)))
+    data = sweep.sweep(union)
+    assert [c["seed"] for c in data["cells"]] == [3, 4] and data["summary"][0]["n"] == 2
+    m = json.loads((tmp_path / "sweep" / "cells" / "structure-4bit-seed4" / "manifest.json").read_text())
+    assert m["config"]["train"]["seed"] == 4
