@@ -43,7 +43,7 @@ def main(verbose: bool):
 @click.option("--group-size", type=int, default=None, help="Scale per group of N inputs [per output channel; 2 bits: 16].")
 @click.option("--symmetric/--asymmetric", default=None, help="Grid without / with a zero point per group [symmetric; 2 bits: asymmetric].")
 @click.option("--quantizer", type=click.Choice(["rtn", "gptq"]), default=None,
-              help="Round to nearest, or GPTQ calibrated on training text [rtn; 2 bits: gptq].")
+              help="Round to nearest, or GPTQ calibrated on training text [gptq at 2 and 4 bits, else rtn].")
 @click.option("--mode", type=click.Choice(["structure", "weights"]), default="structure", show_default=True,
               help="structure: learn a mask; weights: dense fine-tuning (then post-training quantization).")
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="GLUE_DIR", help="GLUE-layout directory (env GLUE_DIR); else `datasets` online.")
@@ -215,10 +215,10 @@ def sweep(**o):
         data = run_sweep(cfg, progress=True)
     except (SweepError, *_user_errors()) as e:
         _fail(e)
-    from compress.sweep import table
+    from compress.sweep import tables
 
     click.echo(f"\n{out}/sweep.json, table.md, plot.png\n")
-    click.echo(table(data))
+    click.echo(tables(data))
 
 
 def _write_json(path, data) -> None:

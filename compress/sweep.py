@@ -161,33 +161,43 @@ def summarize(records: list[dict]) -> list[dict]:
         groups.setdefault((r["mode"], r["bits"]), []).append(r)
     out = []
     for (mode, bits), rs in sorted(groups.items(), key=lambda kv: (MODES.index(kv[0][0]), -kv[0][1])):
-        names = rs[0]["metrics"].keys()
-        out.append({"mode": mode, "bits": bits, "n": len(rs), "metrics": {
-            k: {"mean": statistics.fmean(r["metrics"][k] for r in rs),
-                "sd": statistics.stdev(r["metrics"][k] for r in rs) if len(rs) > 1 else 0.0} for k in names},
-            "density": statistics.fmean(r["density"] for r in rs), "onnx_mb": statistics.fmean(r["onnx_bytes"] for r in rs) / 1e6})
+        out.append({"mode": mode, "bits": bits, "n": len(rs), "metrics": _mean_sd(rs, "metrics"),
+                    "torch_metrics": _mean_sd(rs, "torch_metrics"), "density": statistics.fmean(r["density"] for r in rs), "onnx_mb": statistics.fmean(r["onnx_bytes"] for r in rs) / 1e6})
     return out
 
 
+def _mean_sd(records: list[dict], key: str) -> dict[str, dict[str, float]]:
+    names = records[0][key].keys()
+    return {k: {"mean": statistics.fmean(r[key][k] for r in records),
+                "sd": statistics.stdev(r[key][k] for r in records) if len(records) > 1 else 0.0} for k in names}
+
+
+SOURCES = {"metrics": "through ONNX Runtime (the exported model.onnx)", "torch_metrics": "in PyTorch (the paper's protocol)"}
 ROW_NAMES = {"weights": "fine-tune weights (dense; post-training quantized below 32 bits)",
              "structure": "fine-tune structure (mask on frozen quantized weights)"}
 
 
-def table(data: dict) -> str:
-    """Markdown: modes as rows, bits as columns, mean +- SD of the task metric over seeds."""
+def table(data: dict, source: str = "metrics") -> str:
+    """Markdown: modes as rows, bits as columns, mean +- SD of the task metric over seeds, as measured
+    through ONNX Runtime (source="metrics") or in PyTorch ("torch_metrics")."""
     metric, summary = data["metric"], data["summary"]
     bits = sorted({s["bits"] for s in summary}, reverse=True)
     cells_ = {(s["mode"], s["bits"]): s for s in summary}
-    lines = [f"{data['model']} on {data['task']}: dev {metric} through ONNX Runtime, mean ± SD over {data['seeds']} seeds", "",
+    lines = [f"{data['model']} on {data['task']}: dev {metric} {SOURCES[source]}, mean ± SD over {data['seeds']} seeds", "",
              "| | " + " | ".join(f"{b}-bit" if b <= 8 else "fp32" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
     for mode in [m for m in MODES if any(k[0] == m for k in cells_)]:
         row = []
         for b in bits:
             s = cells_.get((mode, b))
-            row.append("" if s is None else f"{s['metrics'][metric]['mean']:.3f} ± {s['metrics'][metric]['sd']:.3f}")
+            row.append("" if s is None else f"{s[source][metric]['mean']:.3f} ± {s[source][metric]['sd']:.3f}")
         lines.append(f"| {ROW_NAMES[mode]} | " + " | ".join(row) + " |")
     lines.append(f"| majority class | {data['majority']:.3f} |" + " |" * (len(bits) - 1))
     return "\n".join(lines) + "\n"
+
+
+def tables(data: dict) -> str:
+    """table.md: the table through ONNX Runtime, then the same cells in PyTorch."""
+    return table(data) + "\n" + table(data, "torch_metrics")
 
 
 def plot(data: dict, path: Path) -> None:
@@ -234,7 +244,7 @@ def write_outputs(cfg: SweepConfig, records: list[dict]) -> dict:
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(out / "sweep.json", lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
-    _atomic_write(out / "table.md", lambda p: p.write_text(table(data)))
+    _atomic_write(out / "table.md", lambda p: p.write_text(tables(data)))
     _atomic_write(out / "plot.png", lambda p: plot(data, p))
     return data
 

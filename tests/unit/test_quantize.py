@@ -52,10 +52,12 @@ def test_scales_are_float16_values(bits, symmetric):
     assert torch.equal(qt.scale.half().float(), qt.scale) and torch.all(qt.scale > 0)
 
 
-def test_default_config_for_2_bits_is_asymmetric_groups():
+def test_default_configs_per_bit_width():
     assert quantize.default_config(2) == QuantConfig(bits=2, group_size=16, symmetric=False, method="gptq")
     assert quantize.default_config(2, 64, True, "rtn") == QuantConfig(bits=2, group_size=64, symmetric=True)
-    assert quantize.default_config(4) == QuantConfig(bits=4)
+    assert quantize.default_config(4) == QuantConfig(bits=4, method="gptq")
+    assert quantize.default_config(4, method="rtn") == QuantConfig(bits=4)
+    assert quantize.default_config(8) == QuantConfig(bits=8)
 
 
 def test_groups_beat_channels_at_4_bits():

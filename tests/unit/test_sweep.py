@@ -44,15 +44,21 @@ def test_sweep_runs_every_cell_and_resumes(tiny_model_dir, mini_glue, tmp_path, 
 
 
 def test_table_layout():
-    summary = [{"mode": m, "bits": b, "n": 3, "metrics": {"f1": {"mean": mean, "sd": 0.0123}}, "density": 1, "onnx_mb": 1}
+    summary = [{"mode": m, "bits": b, "n": 3, "metrics": {"f1": {"mean": mean, "sd": 0.0123}},
+                "torch_metrics": {"f1": {"mean": mean + 0.001, "sd": 0.01}}, "density": 1, "onnx_mb": 1}
                for m, b, mean in [("weights", 32, 0.8664), ("structure", 32, 0.87), ("structure", 2, 0.8412)]]
-    text = sweep.table({"metric": "f1", "summary": summary, "model": "minilm", "task": "mrpc", "seeds": 3, "majority": 0.8122})
+    data = {"metric": "f1", "summary": summary, "model": "minilm", "task": "mrpc", "seeds": 3, "majority": 0.8122}
+    text = sweep.table(data)
     assert text.splitlines() == [
-        "minilm on mrpc: dev f1 through ONNX Runtime, mean ± SD over 3 seeds", "",
+        "minilm on mrpc: dev f1 through ONNX Runtime (the exported model.onnx), mean ± SD over 3 seeds", "",
         "| | fp32 | 2-bit |", "|---|---|---|",
         "| fine-tune weights (dense; post-training quantized below 32 bits) | 0.866 ± 0.012 |  |",
         "| fine-tune structure (mask on frozen quantized weights) | 0.870 ± 0.012 | 0.841 ± 0.012 |",
         "| majority class | 0.812 | |"]
+    torch_rows = sweep.table(data, "torch_metrics").splitlines()
+    assert torch_rows[0].endswith("in PyTorch (the paper's protocol), mean ± SD over 3 seeds")
+    assert torch_rows[5] == "| fine-tune structure (mask on frozen quantized weights) | 0.871 ± 0.010 | 0.842 ± 0.010 |"
+    assert sweep.tables(data) == text + "\n" + sweep.table(data, "torch_metrics")
 
 
 def test_bad_sweep_config(tiny_model_dir, mini_glue, tmp_path):
