@@ -240,7 +240,7 @@ def write_outputs(cfg: SweepConfig, records: list[dict]) -> dict:
     records = sorted(records, key=lambda r: (MODES.index(r["mode"]), -r["bits"], r["seed"]))
     data = {"kind": "sweep", "model": cfg.run.model, "task": task.name, "metric": task.metric, "seeds": cfg.seeds,
             "majority": records[0]["majority"][task.metric], "cells": records, "summary": summarize(records),
-            "config": {"bits": list(cfg.bits), "modes": list(cfg.modes), "seeds": cfg.seeds, "run": _jsonable(cfg.run)}}
+            "config": {"bits": list(cfg.bits), "modes": list(cfg.modes), "seeds": cfg.seeds, "run": _jsonable(cfg)}}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     _atomic_write(out / "sweep.json", lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
@@ -249,10 +249,12 @@ def write_outputs(cfg: SweepConfig, records: list[dict]) -> dict:
     return data
 
 
-def _jsonable(run) -> dict:
-    d = dataclasses.asdict(run)
-    for k in ("out", "overwrite", "bench", "init_from"):
+def _jsonable(cfg: SweepConfig) -> dict:
+    """The shared run config, with the quantization each bit width's cells use instead of the base's."""
+    d = dataclasses.asdict(cfg.run)
+    for k in ("out", "overwrite", "bench", "init_from", "quant"):
         d.pop(k, None)
+    d["quant_by_bits"] = {str(b): dataclasses.asdict(cell_config(cfg, Cell("structure", b, 0)).quant) for b in cfg.bits}
     return d
 
 

@@ -22,7 +22,8 @@ class ExportConfig:
     opset: int = onnx_graph.OPSET
     parity_atol: float = 1e-4  # float-kernel graph vs PyTorch, logits (fp32 summation order only)
     max_metric_drop: float = 0.01  # deployed graph's dev metric may trail PyTorch's by at most this
-    smooth_alpha: float | None = 0.5  # int8 kernel: SmoothQuant-style migration of activation outlier channels (None: off)
+    smooth_alpha: float | None = 0.75  # int8 kernel: SmoothQuant-style migration of activation outliers (None: off)
+    smooth_max_bits: int = 4  # smooth only weights of this many bits or fewer (8-bit codes stay exact; see weights.Smoothing)
 
     def __post_init__(self):
         if self.kernel not in weights.KERNELS:
@@ -70,7 +71,7 @@ def export(model: torch.nn.Module, linears: dict[str, weights.IntWeight], embedd
     if config.kernel == "int8" and config.smooth_alpha and calibration and linears:
         from compress.calibration import input_absmax
 
-        smooth = weights.Smoothing(input_absmax(model, list(linears), calibration), config.smooth_alpha)
+        smooth = weights.Smoothing(input_absmax(model, list(linears), calibration), config.smooth_alpha, config.smooth_max_bits)
     shipped, sizes = (weights.quantize_graph(fp32, linears, embedding, kernel=config.kernel, smooth=smooth) if (linears or embedding)
                       else (fp32, {"weights": 0, "scales": 0, "embeddings": 0}))
     verify.check_graph(shipped)

@@ -105,6 +105,7 @@ def test_two_bits_default_to_gptq_asymmetric_groups(run_args, tmp_path):
     (["--bits", "3"], "'3' is not one of"),
     (["--group-size", "48"], "power of two"),
     (["--data-dir", "/nonexistent/glue"], "does not exist"),
+    (["--device", "gpu"], "is not one of auto, cpu, cuda, cuda:N"),
 ])
 def test_bad_input_one_line(run_args, tmp_path, extra, message):
     r = invoke(*run_args, *extra)

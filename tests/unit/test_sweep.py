@@ -25,6 +25,7 @@ def test_sweep_runs_every_cell_and_resumes(tiny_model_dir, mini_glue, tmp_path, 
     ptq = json.loads((out / "cells" / "weights-4bit-seed1" / "manifest.json").read_text())
     assert ptq["training"]["init_from"].endswith("weights-32bit-seed1") and ptq["training"]["seconds"] == 0
     assert ptq["config"]["train"]["seed"] == 1 and cells[("structure", 4, 0)]["density"] < 1
+    assert data["config"]["run"]["quant_by_bits"]["4"]["method"] == "gptq" and data["config"]["run"]["quant_by_bits"]["32"]["bits"] == 32
     s = {(r["mode"], r["bits"]): r for r in data["summary"]}
     vals = [cells[("structure", 4, k)]["metrics"]["f1"] for k in (0, 1)]
     assert s[("structure", 4)]["n"] == 2 and s[("structure", 4)]["metrics"]["f1"]["mean"] == pytest.approx(sum(vals) / 2)
