@@ -162,7 +162,8 @@ def summarize(records: list[dict]) -> list[dict]:
     out = []
     for (mode, bits), rs in sorted(groups.items(), key=lambda kv: (MODES.index(kv[0][0]), -kv[0][1])):
         out.append({"mode": mode, "bits": bits, "n": len(rs), "metrics": _mean_sd(rs, "metrics"),
-                    "torch_metrics": _mean_sd(rs, "torch_metrics"), "density": statistics.fmean(r["density"] for r in rs), "onnx_mb": statistics.fmean(r["onnx_bytes"] for r in rs) / 1e6})
+                    "torch_metrics": _mean_sd(rs, "torch_metrics"), "density": statistics.fmean(r["density"] for r in rs),
+                    "onnx_mb": statistics.fmean(r["onnx_bytes"] for r in rs) / 1e6})
     return out
 
 
