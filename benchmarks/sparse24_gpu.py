@@ -18,7 +18,6 @@ graph; this benchmark measures what the sparse tensor cores give on the same mas
 from __future__ import annotations
 
 import argparse
-import copy
 import statistics
 import sys
 
@@ -59,43 +58,35 @@ class SemiStructuredLinear(torch.nn.Module):
         return y.reshape(*x.shape[:-1], self.out_features)
 
 
-def masked_weights(model: str, artifact: str | None) -> tuple[torch.nn.Module, dict[str, torch.Tensor]]:
-    """The classifier (fp32, CPU) and a 2:4 mask per target linear."""
+def masked_classifier(model: str, artifact: str | None) -> torch.nn.Module:
+    """The classifier (fp32, CPU) with a 2:4 MaskedLinear per target linear."""
     from compress import masking
     from compress.models import build_classifier
 
     clf, _, _ = build_classifier(model, 2)
-    layers = masking.apply_masks_(clf, masking.MaskConfig(nm=(2, 4)))
+    masking.apply_masks_(clf, masking.MaskConfig(nm=(2, 4)))
     if artifact:
         from pathlib import Path
 
-        saved = masking.load_masks(Path(artifact) / "mask.npz")
-        masks = {n: torch.from_numpy(saved[n]).bool() for n in layers}
-    else:
-        masks = masking.masks(clf)
-    for n, m in masks.items():
-        g = m.reshape(m.shape[0], -1, 4).sum(-1)
-        if not bool((g == 2).all()):
+        masking.set_masks_(clf, masking.load_masks(Path(artifact) / "mask.npz"))
+    for n, m in masking.masks(clf).items():
+        if not bool((m.reshape(m.shape[0], -1, 4).sum(-1) == 2).all()):
             raise SystemExit(f"{n}: the mask is not 2:4 along the input dimension")
-    return clf, masks
+    return clf
 
 
-def fold_(clf, masks: dict[str, torch.Tensor], sparse: bool) -> None:
-    """Replace each MaskedLinear by a dense Linear (mask folded) or a SemiStructuredLinear."""
+def fp16_cuda(clf, sparse: bool) -> torch.nn.Module:
+    """fp16 copy on the GPU with masks folded (masking.folded); sparse: the folded linears as SemiStructuredLinear."""
     from compress import masking
 
-    for name, layer in masking.masked_layers(clf).items():
-        w = (layer.weight * masks[name].to(layer.weight.dtype))
-        parent, _, attr = name.rpartition(".")
-        if sparse:
-            new = SemiStructuredLinear(w, layer.bias)
-        else:
-            new = torch.nn.Linear(w.shape[1], w.shape[0], bias=layer.bias is not None, device=w.device, dtype=w.dtype)
-            with torch.no_grad():
-                new.weight.copy_(w)
-                if layer.bias is not None:
-                    new.bias.copy_(layer.bias)
-        setattr(clf.get_submodule(parent), attr, new)
+    names = list(masking.masked_layers(clf))
+    m = masking.folded(clf).half().cuda().eval()
+    if sparse:
+        for name in names:
+            lin = m.get_submodule(name)
+            parent, _, attr = name.rpartition(".")
+            setattr(m.get_submodule(parent), attr, SemiStructuredLinear(lin.weight.detach(), lin.bias))
+    return m
 
 
 BACKENDS = ["cusparselt", "cutlass"]  # those that fail to run here are dropped (and said so) in main()
@@ -158,7 +149,7 @@ def main(argv=None) -> None:
             BACKENDS.remove(backend)
     if not BACKENDS:
         raise SystemExit("no semi-structured sparse backend runs on this GPU / torch build")
-    clf, masks = masked_weights(a.model, a.artifact)
+    clf = masked_classifier(a.model, a.artifact)
     hidden = clf.encoder.config.hidden_size
     ffn = clf.encoder.config.intermediate_size
     shapes = [(hidden, hidden, f"{a.model} attention"), (ffn, hidden, f"{a.model} FFN1"), (hidden, ffn, f"{a.model} FFN2")]
@@ -173,8 +164,7 @@ def main(argv=None) -> None:
     for variant in ("dense", *BACKENDS):
         if variant != "dense":
             use_backend(variant)
-        m = copy.deepcopy(clf).half().cuda().eval()
-        fold_(m, {n: v.cuda() for n, v in masks.items()}, variant != "dense")
+        m = fp16_cuda(clf, variant != "dense")
         with torch.inference_mode():
             outs[variant] = m(input_ids=ids, attention_mask=att).float()
             times[variant] = time_cuda(lambda: m(input_ids=ids, attention_mask=att), a.rounds)

@@ -17,6 +17,7 @@ import contextlib
 import hashlib
 import json
 import logging
+import os
 import platform
 import shutil
 import tempfile
@@ -65,6 +66,16 @@ def sha256(path: Path) -> str:
         for chunk in iter(lambda: f.read(1 << 20), b""):
             h.update(chunk)
     return h.hexdigest()
+
+
+def atomic_write(path: Path, write) -> None:
+    """write(tmp) to a temporary file beside `path`, then rename it into place (never half written).
+    The temporary name carries the process id: several processes (e.g. per-seed sweeps) may share a folder."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
+    write(tmp)
+    os.replace(tmp, path)
 
 
 def versions() -> dict[str, str]:

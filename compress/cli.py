@@ -7,6 +7,8 @@ import shlex
 import click
 
 BITS = ("1", "2", "4", "8", "16", "32")
+DEVICE = click.option("--device", type=str, default=None,
+                      help="Training device: auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:N [auto].")
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -69,7 +71,7 @@ def main(verbose: bool):
 @click.option("--max-eval-examples", type=int, default=None, help="Use only the first N dev examples.")
 @click.option("--no-bench", is_flag=True, help="Skip the latency benchmark.")
 @click.option("--no-bf16", is_flag=True, help="Train in fp32 instead of bf16 autocast.")
-@click.option("--device", type=str, default=None, help="Training device: auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:N [auto].")
+@DEVICE
 @click.option("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime.")
 @click.option("--init-from", type=click.Path(file_okay=False), default=None,
               help="--mode weights: quantize the fine-tuned weights of this artifact instead of training (PTQ at other --bits).")
@@ -194,7 +196,7 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
 @click.option("--max-length", type=int, default=None)
 @click.option("--max-train-examples", type=int, default=None)
 @click.option("--max-eval-examples", type=int, default=None)
-@click.option("--device", type=str, default=None, help="Training device: auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:N [auto].")
+@DEVICE
 @click.option("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime in each cell.")
 @click.option("--parallel", type=click.Choice(["serial", "ray"]), default="serial", show_default=True,
               help="ray: run cells as Ray tasks (pip install -e \".[ray]\"; RAY_ADDRESS joins a cluster).")
@@ -224,14 +226,10 @@ def sweep(**o):
 def _write_json(path, data) -> None:
     """Write JSON atomically (temporary file, then rename)."""
     import json
-    import os
-    from pathlib import Path
 
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    tmp.write_text(json.dumps(data, indent=2) + "\n")
-    os.replace(tmp, path)
+    from compress.artifact import atomic_write
+
+    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def _command_line() -> str:

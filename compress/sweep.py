@@ -228,12 +228,6 @@ def plot(data: dict, path: Path) -> None:
     plt.close(fig)
 
 
-def _atomic_write(path: Path, write) -> None:
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")  # per process: sweeps over other seeds may share OUT
-    write(tmp)
-    os.replace(tmp, path)
-
-
 def write_outputs(cfg: SweepConfig, records: list[dict]) -> dict:
     from compress import tasks
 
@@ -244,9 +238,9 @@ def write_outputs(cfg: SweepConfig, records: list[dict]) -> dict:
             "config": {"bits": list(cfg.bits), "modes": list(cfg.modes), "seeds": cfg.seeds, "run": _jsonable(cfg)}}
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(out / "sweep.json", lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
-    _atomic_write(out / "table.md", lambda p: p.write_text(tables(data)))
-    _atomic_write(out / "plot.png", lambda p: plot(data, p))
+    artifact.atomic_write(out / "sweep.json", lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
+    artifact.atomic_write(out / "table.md", lambda p: p.write_text(tables(data)))
+    artifact.atomic_write(out / "plot.png", lambda p: plot(data, p))
     return data
 
 
