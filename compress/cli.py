@@ -9,6 +9,38 @@ import click
 BITS = ("1", "2", "4", "8", "16", "32")
 DEVICE = click.option("--device", type=str, default=None,
                       help="Training device: auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:N [auto].")
+LEARNING = (  # how the mask (and the head, or the weights) are learned: shared by run and sweep
+    click.option("--mask-lr", type=float, default=None, help="Learning rate of the mask scores."),
+    click.option("--head-lr", type=float, default=None, help="Learning rate of the classifier (and pooler) in structure mode."),
+    click.option("--lr", type=float, default=None, help="Learning rate in weights mode."),
+    click.option("--score-init", type=(float, float), default=None, help="Scores ~ Uniform(LOW, HIGH) [0.01 0.61: nothing pruned at the start]."),
+    click.option("--threshold", type=float, default=None, help="Mask = score > threshold [0.01]."),
+    click.option("--sparsity", type=click.Choice(["unstructured", "2:4"]), default="unstructured", show_default=True,
+                 help="2:4: keep the best 2 of every 4 inputs (NVIDIA sparse tensor cores)."),
+    click.option("--select", type=click.Choice(["best", "last"]), default=None, help="Keep the best dev epoch or the last."),
+)
+
+
+def learning_options(f):
+    for option in reversed(LEARNING):
+        f = option(f)
+    return f
+
+
+def _mask_config(o: dict):
+    from compress import masking
+
+    low, high = o["score_init"] or (None, None)
+    return _pick(masking.MaskConfig, threshold=o["threshold"], nm=(2, 4) if o["sparsity"] == "2:4" else None, init_low=low, init_high=high)
+
+
+def _train_config(o: dict, **kw):
+    """TrainConfig from the options run and sweep share, plus the command's own (kw)."""
+    from compress import train
+
+    return _pick(train.TrainConfig, epochs=o["epochs"], batch_size=o["batch_size"], max_length=o["max_length"], mask_lr=o["mask_lr"],
+                 head_lr=o["head_lr"], lr=o["lr"], select=o["select"], seed=o["seed"], max_train_examples=o["max_train_examples"],
+                 max_eval_examples=o["max_eval_examples"], device=o["device"], **kw)
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
@@ -54,14 +86,7 @@ def main(verbose: bool):
 @click.option("--epochs", type=int, default=None, help="Training epochs.")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--max-length", type=int, default=None, help="Tokens per example.")
-@click.option("--mask-lr", type=float, default=None, help="Learning rate of the mask scores.")
-@click.option("--head-lr", type=float, default=None, help="Learning rate of the classifier (and pooler) in structure mode.")
-@click.option("--lr", type=float, default=None, help="Learning rate in weights mode.")
-@click.option("--score-init", type=(float, float), default=None, help="Scores ~ Uniform(LOW, HIGH).")
-@click.option("--threshold", type=float, default=None, help="Mask = score > threshold.")
-@click.option("--sparsity", type=click.Choice(["unstructured", "2:4"]), default="unstructured", show_default=True,
-              help="2:4: keep the best 2 of every 4 inputs (NVIDIA sparse tensor cores).")
-@click.option("--select", type=click.Choice(["best", "last"]), default=None, help="Keep the best dev epoch or the last.")
+@learning_options
 @click.option("--seed", type=int, default=None)
 @click.option("--pooling", type=click.Choice(["mean", "cls", "pooler"]), default=None, help="Override the checkpoint's pooling.")
 @click.option("--kernel", type=click.Choice(["int8", "float", "nbits"]), default="int8", show_default=True,
@@ -77,21 +102,16 @@ def main(verbose: bool):
               help="--mode weights: quantize the fine-tuned weights of this artifact instead of training (PTQ at other --bits).")
 def run(**o):
     """Quantize, learn the task mask, export ONNX and validate it: one artifact directory."""
-    from compress import masking, quantize, train
+    from compress import quantize
     from compress.exporters.export import ExportConfig
     from compress.pipeline import RunConfig, run as run_pipeline
 
-    pick = _pick
     try:
         bits = int(o["bits"])
         quant = quantize.default_config(bits, o["group_size"], o["symmetric"], o["quantizer"])
-        mask = pick(masking.MaskConfig, threshold=o["threshold"], nm=(2, 4) if o["sparsity"] == "2:4" else None,
-                    init_low=o["score_init"][0] if o["score_init"] else None, init_high=o["score_init"][1] if o["score_init"] else None)
-        tr = pick(train.TrainConfig, mode=o["mode"], epochs=o["epochs"], batch_size=o["batch_size"], max_length=o["max_length"],
-                  mask_lr=o["mask_lr"], head_lr=o["head_lr"], lr=o["lr"], select=o["select"], seed=o["seed"],
-                  max_train_examples=o["max_train_examples"], max_eval_examples=o["max_eval_examples"],
-                  bf16=False if o["no_bf16"] else None, device=o["device"])
-        exp = pick(ExportConfig, kernel=o["kernel"], max_metric_drop=o["max_metric_drop"])
+        mask = _mask_config(o)
+        tr = _train_config(o, mode=o["mode"], bf16=False if o["no_bf16"] else None)
+        exp = _pick(ExportConfig, kernel=o["kernel"], max_metric_drop=o["max_metric_drop"])
         model_tag = o["model"].rstrip("/").split("/")[-1]
         out = o["out"] or f"runs/{model_tag}-{o['task']}-{o['mode']}-{bits}bit"
         cfg = RunConfig(model=o["model"], task=o["task"], out=out, data_dir=o["data_dir"], overwrite=o["overwrite"],
@@ -196,6 +216,7 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
 @click.option("--max-length", type=int, default=None)
 @click.option("--max-train-examples", type=int, default=None)
 @click.option("--max-eval-examples", type=int, default=None)
+@learning_options
 @DEVICE
 @click.option("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime in each cell.")
 @click.option("--parallel", type=click.Choice(["serial", "ray"]), default="serial", show_default=True,
@@ -203,15 +224,14 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
 @click.option("--cpus-per-cell", type=int, default=2, show_default=True, help="Ray: CPUs (and threads) per cell.")
 def sweep(**o):
     """Every (mode, bits, seed) cell, resumable: sweep.json, table.md (mean ± SD) and plot.png."""
-    from compress import train
     from compress.pipeline import RunConfig
     from compress.sweep import SweepConfig, SweepError, sweep as run_sweep
 
     try:
-        tr = _pick(train.TrainConfig, epochs=o["epochs"], batch_size=o["batch_size"], max_length=o["max_length"], seed=o["seed"],
-                   max_train_examples=o["max_train_examples"], max_eval_examples=o["max_eval_examples"], device=o["device"])
         out = o["out"] or f"runs/sweep-{o['model'].rstrip('/').split('/')[-1]}-{o['task']}"
-        cfg = SweepConfig(run=RunConfig(model=o["model"], task=o["task"], data_dir=o["data_dir"], train=tr, threads=o["threads"]),
+        run_cfg = RunConfig(model=o["model"], task=o["task"], data_dir=o["data_dir"], mask=_mask_config(o), train=_train_config(o),
+                            threads=o["threads"])
+        cfg = SweepConfig(run=run_cfg,
                           bits=_int_list(o["bits"], "--bits"), modes=tuple(m.strip() for m in o["modes"].split(",") if m.strip()),
                           seeds=o["seeds"], out=out, parallel=o["parallel"], cpus_per_cell=o["cpus_per_cell"])
         data = run_sweep(cfg, progress=True)

@@ -102,16 +102,40 @@ def cell_config(cfg: SweepConfig, cell: Cell):
         train=dataclasses.replace(base.train, mode=cell.mode, seed=cell.seed))
 
 
+# Settings that may differ between a finished cell and the sweep that collects it: where it trained
+# (GPU cells collected on a CPU machine), its seed and mode (its name fixes them), and what its mode ignores.
+_NOT_COMPARED = {"device", "seed", "mode"}
+_IGNORED_BY = {"weights": {"mask_lr", "head_lr", "head_warmup_steps"}, "structure": {"lr"}}
+
+
+def _differences(cfg: SweepConfig, cell: Cell, manifest: dict) -> list[str]:
+    """Mask, training and quantization settings in which a finished cell differs from this sweep."""
+    want = cell_config(cfg, cell)
+    sections = [("train", want.train), ("quant", want.quant)] + ([("mask", want.mask)] if cell.mode == "structure" else [])
+    skip = _NOT_COMPARED | _IGNORED_BY[cell.mode]
+    out = []
+    for section, obj in sections:
+        wanted = json.loads(json.dumps(dataclasses.asdict(obj)))  # tuples as lists, as the manifest has them
+        have = manifest.get("config", {}).get(section, {})
+        out += [f"{section}.{k} {have[k]!r} (sweep: {v!r})" for k, v in wanted.items()
+                if k not in skip and k in have and have[k] != v]
+    return out
+
+
 def done(cfg: SweepConfig, cell: Cell) -> dict | None:
-    """The cell's manifest if its artifact is complete, else None."""
+    """The cell's manifest if its artifact is complete, else None; a cell made with other settings is an error."""
     d = cell_dir(cfg, cell)
     if not (d / artifact.MANIFEST).is_file():
         return None
     try:
-        return artifact.read(d)
+        manifest = artifact.read(d)
     except artifact.ArtifactError as e:
         log.warning("%s is incomplete (%s): running it again", d, e)
         return None
+    if diff := _differences(cfg, cell, manifest):
+        raise SweepError(f"{d} was made with other settings ({'; '.join(diff[:3])}): "
+                         f"pass the settings it was made with, another --out, or delete {d}")
+    return manifest
 
 
 def record(cell: Cell, manifest: dict) -> dict:

@@ -23,8 +23,9 @@ def test_forward_uses_hard_mask_and_ste_gradient():
 
 def test_initial_density_matches_init_range():
     torch.manual_seed(0)
-    m = MaskedLinear(torch.nn.Linear(256, 256), MaskConfig())
-    assert abs(m.mask().mean().item() - 0.95) < 0.01  # Uniform(-.02, .58) > .01 keeps 95%
+    assert MaskedLinear(torch.nn.Linear(256, 256), MaskConfig()).mask().mean().item() == 1.0  # default: nothing pruned
+    m = MaskedLinear(torch.nn.Linear(256, 256), MaskConfig(init_low=-0.02, init_high=0.58))
+    assert abs(m.mask().mean().item() - 0.95) < 0.01  # Zhao et al.: Uniform(-.02, .58) > .01 keeps 95%
 
 
 def test_two_four_structure():
@@ -44,7 +45,7 @@ def test_two_four_structure():
 
 def test_apply_fold_save_load(tiny_classifier, tmp_path):
     clf, _ = tiny_classifier
-    layers = masking.apply_masks_(clf, MaskConfig())
+    layers = masking.apply_masks_(clf, MaskConfig(init_low=-0.02, init_high=0.58))  # 5% pruned: a mask with both values
     assert len(layers) == 2 * 6  # q, k, v, attention out, ffn in, ffn out per layer
     x = {"input_ids": torch.randint(1000, 2000, (2, 10)), "attention_mask": torch.ones(2, 10, dtype=torch.long)}
     folded = masking.folded(clf).eval()

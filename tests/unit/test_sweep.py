@@ -43,6 +43,20 @@ def test_sweep_runs_every_cell_and_resumes(tiny_model_dir, mini_glue, tmp_path, 
     assert [p.split("/")[-1] for p in ran] == ["structure-4bit-seed1"]
     assert len(again["cells"]) == 8
 
+    # a finished cell made with other settings is not silently reused; the settings a mode ignores do not count
+    import dataclasses
+
+    from compress.masking import MaskConfig
+
+    other_mask = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, mask=MaskConfig(init_low=-0.02, init_high=0.58)))
+    with pytest.raises(sweep.SweepError, match=r"structure-32bit-seed0 was made with other settings \(mask.init_low 0.01 \(sweep: -0.02\)"):
+        sweep.sweep(other_mask)
+    weights_only = dataclasses.replace(other_mask, modes=("weights",))
+    assert len(sweep.sweep(weights_only)["cells"]) == 4 and len(ran) == 1
+    other_lr = dataclasses.replace(cfg, run=dataclasses.replace(cfg.run, train=dataclasses.replace(cfg.run.train, mask_lr=1e-2)))
+    with pytest.raises(sweep.SweepError, match="train.mask_lr 0.002"):
+        sweep.sweep(other_lr)
+
 
 def test_table_layout():
     summary = [{"mode": m, "bits": b, "n": 3, "metrics": {"f1": {"mean": mean, "sd": 0.0123}},
