@@ -112,7 +112,9 @@ def main() -> int:
             m = json.loads((d / "manifest.json").read_text())
             q = m["config"]["quant"]
             name = (f"compress {q['bits']}-bit" + (f" g{q['group_size']}" if q["group_size"] else "") + ("" if q.get("symmetric", True) else " asym")
-                    + (" 2:4" if m["config"]["mask"].get("nm") else "") + f" {m['config']['train']['mode']}"
+                    + (" 2:4" if m["config"]["mask"].get("nm") else "")
+                    + (f" ffn-keep {m['config']['mask']['ffn_keep']}" if m["config"]["mask"].get("ffn_keep") else "")
+                    + f" {m['config']['train']['mode']}"
                     + ("" if kernel == m["config"]["export"]["kernel"] else f" ({kernel})"))
             if kernel != m["config"]["export"]["kernel"]:
                 d = reexported(d, kernel, Path(tmp))

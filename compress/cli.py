@@ -18,6 +18,8 @@ LEARNING = (  # how the mask (and the head, or the weights) are learned: shared 
     click.option("--sparsity", type=click.Choice(["unstructured", "2:4"]), default="unstructured", show_default=True,
                  help="2:4: keep the best 2 of every 4 inputs (NVIDIA sparse tensor cores)."),
     click.option("--select", type=click.Choice(["best", "last"]), default=None, help="Keep the best dev epoch or the last."),
+    click.option("--ffn-keep", type=float, default=None,
+                 help="Structured pruning: keep this fraction of every FFN's neurons (e.g. 0.6); the rest leave the graph (faster)."),
 )
 
 
@@ -31,7 +33,8 @@ def _mask_config(o: dict):
     from compress import masking
 
     low, high = o["score_init"] or (None, None)
-    return _pick(masking.MaskConfig, threshold=o["threshold"], nm=(2, 4) if o["sparsity"] == "2:4" else None, init_low=low, init_high=high)
+    return _pick(masking.MaskConfig, threshold=o["threshold"], nm=(2, 4) if o["sparsity"] == "2:4" else None, init_low=low, init_high=high,
+                 ffn_keep=o["ffn_keep"])
 
 
 def _train_config(o: dict, **kw):

@@ -5,6 +5,12 @@ buffers, and a real-valued score per weight is the only thing learned. The forwa
 hard mask ``scores > threshold``; the backward pass is straight-through (d mask / d score = 1).
 With ``nm=(2, 4)`` the mask keeps the 2 highest scores in every group of 4 along the input
 dimension (NVIDIA 2:4 structured sparsity).
+
+With ``ffn_keep=f`` each FFN also learns one score per intermediate neuron and keeps the best
+fraction f of them (top-k, straight-through): a dropped neuron's column of the FFN's second
+projection is masked entirely, so the exporter can remove the neuron from both projections and the
+exported matmuls get smaller (faster on any runtime). The kept fraction falls from 1 to f along a
+cubic schedule over the first ``ffn_ramp`` of training, so the pretrained network is not cut at once.
 """
 from __future__ import annotations
 
@@ -31,12 +37,25 @@ class MaskConfig:
     init_high: float = 0.61
     threshold: float = 0.01  # mask = scores > threshold
     nm: tuple[int, int] | None = None  # (n, m): keep the n best scores of every m inputs, e.g. (2, 4); threshold unused
+    ffn_keep: float | None = None  # structured: keep this fraction of every FFN's intermediate neurons (None: all)
+    ffn_ramp: float = 0.5  # fraction of the training steps over which the kept fraction falls from 1 to ffn_keep
 
     def __post_init__(self):
         if not self.init_low < self.init_high:
             raise ValueError(f"mask init range ({self.init_low}, {self.init_high}) is empty: init_low must be < init_high")
         if self.nm is not None and not (0 < self.nm[0] < self.nm[1]):
             raise ValueError(f"nm={self.nm}: need 0 < n < m, e.g. (2, 4)")
+        if self.ffn_keep is not None and not 0 < self.ffn_keep <= 1:
+            raise ValueError(f"ffn_keep={self.ffn_keep}: the kept fraction of FFN neurons must be in (0, 1], e.g. 0.6")
+        if not 0 <= self.ffn_ramp <= 1:
+            raise ValueError(f"ffn_ramp={self.ffn_ramp}: the fraction of training for the pruning schedule must be in [0, 1]")
+
+    def ffn_keep_at(self, progress: float) -> float:
+        """The kept fraction of FFN neurons after `progress` (0..1) of training: cubic from 1 to ffn_keep."""
+        if self.ffn_keep is None:
+            return 1.0
+        t = 1.0 if self.ffn_ramp == 0 else min(1.0, progress / self.ffn_ramp)
+        return self.ffn_keep + (1 - self.ffn_keep) * (1 - t) ** 3
 
 
 def _binarize(scores: torch.Tensor, threshold: float, nm: tuple[int, int] | None) -> torch.Tensor:
@@ -49,8 +68,16 @@ def _binarize(scores: torch.Tensor, threshold: float, nm: tuple[int, int] | None
     return keep.reshape(rows, cols)
 
 
+def _top_k(scores: torch.Tensor, keep: float) -> torch.Tensor:
+    k = max(1, round(keep * scores.numel()))
+    if k >= scores.numel():
+        return torch.ones_like(scores)
+    return torch.zeros_like(scores).scatter_(0, scores.detach().topk(k).indices, 1.0)
+
+
 class MaskedLinear(torch.nn.Module):
-    def __init__(self, linear: torch.nn.Linear, config: MaskConfig):
+    def __init__(self, linear: torch.nn.Linear, config: MaskConfig, neurons: bool = False):
+        """neurons: also learn one score per input (an FFN's intermediate neuron) and keep the top fraction `keep`."""
         super().__init__()
         self.config = config
         if config.nm and linear.in_features % config.nm[1]:
@@ -63,25 +90,48 @@ class MaskedLinear(torch.nn.Module):
             mag = self.weight.abs() / self.weight.abs().amax(1, keepdim=True).clamp(min=1e-12)
             init = config.init_low + (config.init_high - config.init_low) * mag
         self.scores = torch.nn.Parameter(init)
+        self.neuron_scores = None
+        self.keep = 1.0  # kept fraction of the inputs (neurons); set by set_ffn_keep_ along the schedule
+        if neurons:  # start ranked by the neuron's output-weight norm; learning reorders them
+            norms = self.weight.float().norm(dim=0)
+            self.neuron_scores = torch.nn.Parameter(norms / norms.max().clamp(min=1e-12))
+
+    def neuron_mask(self) -> torch.Tensor | None:
+        return None if self.neuron_scores is None else _top_k(self.neuron_scores, self.keep)
 
     def mask(self) -> torch.Tensor:
-        return _binarize(self.scores, self.config.threshold, self.config.nm)
+        hard = _binarize(self.scores, self.config.threshold, self.config.nm)
+        neurons = self.neuron_mask()
+        return hard if neurons is None else hard * neurons
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        hard = self.mask()
-        m = hard + self.scores - self.scores.detach()  # straight-through estimator
+        m = _binarize(self.scores, self.config.threshold, self.config.nm)
+        m = m + self.scores - self.scores.detach()  # straight-through estimator
+        if self.neuron_scores is not None:
+            n = self.neuron_mask()
+            m = m * (n + self.neuron_scores - self.neuron_scores.detach())
         return F.linear(x, self.weight * m.to(self.weight.dtype), self.bias)
 
     def extra_repr(self) -> str:
         return f"in={self.weight.shape[1]}, out={self.weight.shape[0]}, nm={self.config.nm}"
 
 
+def intermediate_size(model: torch.nn.Module) -> int:
+    cfg = model.encoder.config
+    size = getattr(cfg, "intermediate_size", None) or getattr(cfg, "hidden_dim", None)
+    if not size:
+        raise ValueError(f"{cfg.model_type}: its config names no FFN intermediate size, so FFN neurons cannot be pruned; drop ffn_keep")
+    return size
+
+
 def apply_masks_(model: torch.nn.Module, config: MaskConfig) -> dict[str, MaskedLinear]:
-    """Replace every target Linear by a MaskedLinear; freeze everything else in those layers."""
+    """Replace every target Linear by a MaskedLinear; freeze everything else in those layers.
+    With config.ffn_keep, the FFNs' second projections (inputs = the intermediate neurons) also score neurons."""
     replaced = {}
+    ffn = intermediate_size(model) if config.ffn_keep is not None else None
     for name, lin in target_linears(model).items():
         parent_name, _, attr = name.rpartition(".")
-        masked = MaskedLinear(lin, config)
+        masked = MaskedLinear(lin, config, neurons=lin.in_features == ffn)
         setattr(model.get_submodule(parent_name), attr, masked)
         replaced[name] = masked
     return replaced
@@ -89,6 +139,26 @@ def apply_masks_(model: torch.nn.Module, config: MaskConfig) -> dict[str, Masked
 
 def masked_layers(model: torch.nn.Module) -> dict[str, MaskedLinear]:
     return {n: m for n, m in model.named_modules() if isinstance(m, MaskedLinear)}
+
+
+def score_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
+    """What mask learning trains: every weight score, and the neuron scores of pruned FFNs."""
+    layers = masked_layers(model).values()
+    return [m.scores for m in layers] + [m.neuron_scores for m in layers if m.neuron_scores is not None]
+
+
+def ffn_keep_target(model: torch.nn.Module) -> float:
+    """The kept fraction of FFN neurons the schedule ends at (1.0 without ffn_keep)."""
+    return min((m.config.ffn_keep for m in masked_layers(model).values() if m.neuron_scores is not None), default=1.0)
+
+
+def set_ffn_keep_(model: torch.nn.Module, progress: float) -> float:
+    """Move the FFN neuron schedule to `progress` (0..1) of training; returns the kept fraction (1.0 without ffn_keep)."""
+    keep = 1.0
+    for m in masked_layers(model).values():
+        if m.neuron_scores is not None:
+            m.keep = keep = m.config.ffn_keep_at(progress)
+    return keep
 
 
 @torch.no_grad()
@@ -119,6 +189,7 @@ def set_masks_(model: torch.nn.Module, mask_by_name: dict[str, np.ndarray | torc
             raise ValueError(f"mask for {name} has shape {tuple(m.shape)}, layer has {tuple(layer.weight.shape)}")
         t = layer.config.threshold
         layer.scores.copy_(torch.where(m, t + 1.0, t - 1.0))
+        layer.keep = 1.0  # the loaded masks already hold any dropped neurons (their columns are all pruned)
 
 
 # ---------------------------------------------------------------- mask file (bit-packed, 1 bit per weight)

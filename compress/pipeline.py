@@ -157,6 +157,7 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
             "validation": validation["checks"] | {"parity_max_abs_diff": res.parity_max_abs_diff, "parity_atol": cfg.export.parity_atol,
                                                    "sample_max_abs_diff": res.deployed_max_abs_diff},
             "fusions": res.fusions,
+            "ffn_neurons": res.ffn_neurons,
             "sizes": {**res.sizes, "onnx_total": (tmp / "model.onnx").stat().st_size, "masks": mask_bytes,
                       "head": (tmp / "trainable.safetensors").stat().st_size},
             "bench": validation["bench"],
@@ -315,6 +316,7 @@ def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", comm
             manifest["validation"].update({"parity_max_abs_diff": res.parity_max_abs_diff, "sample_max_abs_diff": res.deployed_max_abs_diff,
                                            "passed": None})  # a new graph: its dev metric is measured by `compress bench DIR --data-dir`
             manifest["fusions"] = res.fusions
+            manifest["ffn_neurons"] = res.ffn_neurons
             for stale in (tmp / "model.ort", tmp / "model.required_operators.config"):  # made from the old graph
                 stale.unlink(missing_ok=True)
             manifest["sizes"].pop("ort_total", None)

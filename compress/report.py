@@ -16,6 +16,8 @@ def summary_rows(m: dict) -> list[tuple[str, str]]:
         ("prediction agreement", f"{v['agreement']:.4f}"),
         ("max abs logit diff, float kernel / shipped", f"{v['parity_max_abs_diff']:.2e} / {v['dev_max_abs_diff']:.2e}"),
         ("mask density", f"{m['density']:.4f}"),
+        *([("FFN neurons kept", "{} of {} (the rest removed from the graph)".format(*map(sum, zip(*m["ffn_neurons"].values()))))]
+          if m.get("ffn_neurons") else []),
         ("model.onnx", _mb(m["sizes"]["onnx_total"])),
     ]
     for key, b in m.get("bench", {}).items():

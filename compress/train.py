@@ -122,7 +122,7 @@ def _param_groups(model, cfg: TrainConfig):
     layers = masking.masked_layers(model)
     if not layers:
         raise ValueError("mode='structure' needs masks: call masking.apply_masks_(model, MaskConfig()) first")
-    scores = [m.scores for m in layers.values()]
+    scores = masking.score_parameters(model)
     head = list(model.head_parameters().values())
     for p in scores + head:
         p.requires_grad_(True)
@@ -193,6 +193,7 @@ def _fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfi
             batch = collate(tr_enc, idx, pad_id, device)
             for s in scores:  # head warm-up: scores frozen for the first steps
                 s.requires_grad_(step >= cfg.head_warmup_steps)
+            masking.set_ffn_keep_(model, step / total)
             with _autocast(device, cfg.bf16):
                 out = model(**batch).float()
             target = y[torch.from_numpy(idx).to(device)]
@@ -206,16 +207,20 @@ def _fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfi
             bar.update()
             if b % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+        ffn_keep = masking.set_ffn_keep_(model, step / total)  # where the neuron schedule stands after this epoch
         logits = predict(model, dev_enc, pad_id, bf16=cfg.bf16)
         dev_metrics = metrics.compute(task, logits, dev.labels)
         density = masking.densities(model)[1] if cfg.mode == "structure" else 1.0
         rec = {"epoch": epoch, "loss": float(np.mean(losses)), "dev": dev_metrics, "density": density,
                "seconds": time.perf_counter() - t0}
+        if masking.ffn_keep_target(model) < 1.0:
+            rec["ffn_keep"] = ffn_keep
+        pruning = ffn_keep > masking.ffn_keep_target(model) + 1e-9  # an epoch before the schedule's end is not selectable
         result.history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", **{f"dev_{task.metric}": f"{dev_metrics[task.metric]:.4f}"}, density=f"{density:.3f}")
         bar.close()
         log.info("epoch %d: loss %.4f dev %s density %.4f (%.0f s)", epoch, rec["loss"], dev_metrics, density, rec["seconds"])
-        if cfg.select == "last" or dev_metrics[task.metric] > best_metric:
+        if not pruning and (cfg.select == "last" or dev_metrics[task.metric] > best_metric):  # only epochs at the final sparsity
             best_metric, result.best_epoch = dev_metrics[task.metric], epoch
             best_state = _trainable_state(model, cfg)
     if best_state is not None and result.best_epoch != cfg.epochs:

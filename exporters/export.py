@@ -10,7 +10,7 @@ import numpy as np
 import onnx
 import torch
 
-from compress.exporters import fusions, onnx_graph, verify, weights
+from compress.exporters import fusions, neurons, onnx_graph, verify, weights
 
 log = logging.getLogger(__name__)
 
@@ -39,6 +39,7 @@ class ExportResult:
     fusions: dict[str, int] = field(default_factory=dict)
     parity_max_abs_diff: float = 0.0  # float-kernel graph vs PyTorch
     deployed_max_abs_diff: float = 0.0  # shipped graph vs PyTorch (int8 activations add rounding)
+    ffn_neurons: dict[str, list[int]] = field(default_factory=dict)  # FFN with dead neurons removed -> [kept, total]
 
 
 def export(model: torch.nn.Module, linears: dict[str, weights.IntWeight], embedding: tuple[str, weights.IntWeight] | None,
@@ -50,6 +51,7 @@ def export(model: torch.nn.Module, linears: dict[str, weights.IntWeight], embedd
     """
     from compress.runtimes.session import open_session, run_logits
 
+    model, linears, ffn_neurons = neurons.drop_dead(model, linears)  # folded; dead FFN neurons removed (exact)
     cfg = model.encoder.config
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = onnx.load(str(onnx_graph.export_fp32(model, Path(tmp) / "fp32.onnx", config.opset)))
@@ -80,6 +82,6 @@ def export(model: torch.nn.Module, linears: dict[str, weights.IntWeight], embedd
     total = path.stat().st_size
     sizes["other"] = max(0, total - sum(sizes.values()))
     deployed = run_logits(open_session(path), sample)
-    res = ExportResult(path, sizes, stats, parity, float(np.max(np.abs(deployed - ref["logits"]))))
+    res = ExportResult(path, sizes, stats, parity, float(np.max(np.abs(deployed - ref["logits"]))), ffn_neurons)
     log.info("exported %s (%.2f MB): %s", path, total / 1e6, sizes)
     return res

@@ -1,5 +1,6 @@
 """The CLI through click's CliRunner: bad input gives one clear line and a non-zero exit; a tiny run works."""
 import json
+import re
 
 import pytest
 from click.testing import CliRunner
@@ -142,6 +143,22 @@ def test_two_four_sparsity(run_args, tmp_path):
     assert all(l["density"] == 0.5 for l in m["layers"][:-1]) and m["density"] == 0.5
     e = invoke("export", str(tmp_path / "out"))  # the manifest's nm round-trips into MaskConfig
     assert e.exit_code == 0, e.output
+
+
+def test_ffn_keep_removes_neurons_from_the_graph(run_args, tmp_path):
+    r = invoke(*run_args, "--ffn-keep", "0.5", "--epochs", "2")
+    assert r.exit_code == 0, r.output
+    assert re.search(r"FFN neurons kept +128 of 256 \(the rest removed from the graph\)", r.output)
+    out = tmp_path / "out"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["ffn_neurons"] == {f"encoder.encoder.layer.{i}.output.dense": [64, 128] for i in range(2)}
+    assert [h["ffn_keep"] for h in m["training"]["history"]][-1] == 0.5 and m["config"]["mask"]["ffn_keep"] == 0.5
+    before = (out / "model.onnx").read_bytes()
+    e = invoke("export", str(out))  # restored from mask.npz alone: the same neurons leave the same graph
+    assert e.exit_code == 0, e.output
+    assert json.loads((out / "manifest.json").read_text())["ffn_neurons"] == m["ffn_neurons"]
+    assert (out / "model.onnx").read_bytes() == before
+    assert "ffn_keep=1.5" in error_line(invoke(*run_args, "--ffn-keep", "1.5"))
 
 
 def test_bench_needs_an_artifact(tmp_path):

@@ -81,3 +81,33 @@ def test_mask_file_is_entropy_coded(tmp_path, density, max_bits):
 def test_bad_mask_config():
     with pytest.raises(ValueError, match="init_low"):
         MaskConfig(init_low=1, init_high=0)
+
+
+def test_ffn_neuron_schedule_and_mask():
+    cfg = MaskConfig(ffn_keep=0.5, ffn_ramp=0.5)
+    assert cfg.ffn_keep_at(0) == 1.0 and 0.5 < cfg.ffn_keep_at(0.25) < 1.0 and cfg.ffn_keep_at(0.5) == cfg.ffn_keep_at(1) == 0.5
+    assert MaskConfig().ffn_keep_at(0.7) == 1.0
+    torch.manual_seed(0)
+    lin = torch.nn.Linear(16, 4)
+    m = MaskedLinear(lin, cfg, neurons=True)
+    assert m.mask().all()  # keep = 1.0 until the schedule moves
+    m.keep = 0.25
+    dead = ~m.mask().bool().any(0)
+    assert int(dead.sum()) == 12 and m.mask()[:, ~dead].all()  # 4 of 16 neurons (input columns) kept, their weights intact
+    # the neurons first dropped are those with the smallest output-weight norm
+    assert set(torch.nonzero(~dead).flatten().tolist()) == set(lin.weight.norm(dim=0).topk(4).indices.tolist())
+    m(torch.randn(3, 16)).sum().backward()
+    assert m.neuron_scores.grad is not None and m.neuron_scores.grad.abs().sum() > 0  # straight-through to every neuron score
+    with pytest.raises(ValueError, match="ffn_keep"):
+        MaskConfig(ffn_keep=0)
+
+
+def test_ffn_keep_scores_only_the_ffn_outputs(tiny_classifier):
+    clf, _ = tiny_classifier
+    layers = masking.apply_masks_(clf, MaskConfig(ffn_keep=0.5))
+    scored = sorted(n for n, m in layers.items() if m.neuron_scores is not None)
+    assert scored == [f"encoder.encoder.layer.{i}.output.dense" for i in range(2)]
+    assert len(masking.score_parameters(clf)) == len(layers) + 2
+    assert masking.set_ffn_keep_(clf, 1.0) == 0.5 == masking.ffn_keep_target(clf)
+    for name in scored:
+        assert int(masking.masks(clf)[name].any(0).sum()) == 64  # of 128 intermediate neurons

@@ -38,6 +38,19 @@ def test_fit_records_history_and_returns_on_cpu(tiny_classifier, mrpc, mode):
         assert any("encoder" in n for n in moved)
 
 
+def test_ffn_pruning_schedule_and_best_epoch(tiny_classifier, mrpc):
+    clf, tok = copy.deepcopy(tiny_classifier[0]), tiny_classifier[1]
+    masking.apply_masks_(clf, masking.MaskConfig(ffn_keep=0.5, ffn_ramp=0.7))
+    task, splits = mrpc
+    res = train.fit(clf, task, splits["train"], splits["dev"], tok, train.TrainConfig(epochs=3, batch_size=8, max_length=32))
+    keeps = [h["ffn_keep"] for h in res.history]
+    assert keeps[0] > keeps[1] > keeps[2] == 0.5  # cubic from 1 to 0.5 over the first 70% of the steps
+    assert res.best_epoch == 3  # the only epoch at the final sparsity
+    for name, m in masking.masks(clf).items():
+        if name.endswith("output.dense"):
+            assert int(m.any(0).sum()) == 64
+
+
 def test_device_option():
     with pytest.raises(ValueError, match="cuda:N"):
         train.TrainConfig(device="gpu")

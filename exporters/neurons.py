@@ -1,0 +1,99 @@
+"""Remove dead FFN neurons before export, so that structured sparsity makes the graph smaller and faster.
+
+An FFN computes W2 · act(W1 x + b1) + b2. When the mask prunes the whole column j of W2 (as
+`MaskConfig.ffn_keep` learns to), intermediate neuron j contributes nothing: row j of W1, b1[j] and
+column j of W2 are removed, exactly. Zeros inside a matrix never speed up ONNX Runtime's kernels;
+a smaller matrix does.
+"""
+from __future__ import annotations
+
+import dataclasses
+import logging
+import re
+
+import numpy as np
+import torch
+
+from compress import masking
+from compress.exporters.weights import IntWeight
+
+log = logging.getLogger(__name__)
+PAD = 16
+
+
+def ffn_pairs(model: torch.nn.Module) -> list[tuple[str, str]]:
+    """(first, second) projection names of every FFN: the linear into the intermediate size and the one
+    out of it, within the same transformer layer."""
+    try:
+        size = masking.intermediate_size(model)
+    except ValueError:
+        return []
+    linears = {n: m for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, masking.MaskedLinear))
+               and n.startswith("encoder.")}
+    shape = {n: tuple(m.weight.shape) for n, m in linears.items()}  # [out, in]
+    pairs = []
+    for second, (out_f, in_f) in shape.items():
+        if in_f != size or out_f == size:
+            continue
+        layer = re.match(r"(.*\.\d+)\.", second)
+        firsts = [n for n, (o, _) in shape.items() if o == size and layer and n.startswith(layer.group(1) + ".")]
+        if len(firsts) == 1:
+            pairs.append((firsts[0], second))
+    return pairs
+
+
+def _rows(w: IntWeight, keep: np.ndarray) -> IntWeight:
+    return dataclasses.replace(w, codes=w.codes[keep], scale=w.scale[keep], zero=None if w.zero is None else w.zero[keep])
+
+
+def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
+    lin = torch.nn.Linear(weight.shape[1], weight.shape[0], bias=bias is not None)
+    with torch.no_grad():
+        lin.weight.copy_(weight)
+        if bias is not None:
+            lin.bias.copy_(bias)
+    return lin
+
+
+def drop_dead(model: torch.nn.Module, linears: dict[str, IntWeight]) -> tuple[torch.nn.Module, dict[str, IntWeight], dict[str, list[int]]]:
+    """-> (folded model with the dead neurons removed, integer weights to match, {second projection: [neurons left, total]}).
+
+    The model is returned folded (masks multiplied in, plain Linear layers); `model` is not changed.
+    A second projection quantized in groups along its inputs keeps its dead columns (as zeros): removing
+    columns would split its groups.
+    """
+    folded = masking.folded(model)
+    linears = dict(linears)
+    kept = {}
+    for first, second in ffn_pairs(folded):
+        w1, w2 = folded.get_submodule(first), folded.get_submodule(second)
+        q2 = linears.get(second)
+        alive = (q2.codes != 0).any(0) if q2 is not None else (w2.weight != 0).any(0).numpy()
+        if alive.all():
+            continue
+        if q2 is not None and q2.group_size is not None:
+            log.warning("%s: %d dead FFN neurons kept as zeros (its scales are per group of %d inputs; "
+                        "per-channel quantization lets the export remove them)", second, int((~alive).sum()), q2.group_size)
+            continue
+        # kept: the live neurons, padded with dead ones (zero columns) to a multiple of 16, which integer
+        # kernels like and MatMulNBits needs (blocks of >= 16 inputs)
+        live = int(alive.sum())
+        pad = (-live) % PAD if live else PAD  # an FFN with every neuron dead still needs a (zero) matmul
+        keep = np.sort(np.concatenate([np.flatnonzero(alive), np.flatnonzero(~alive)[:pad]]))
+        idx, padding = torch.from_numpy(keep), torch.from_numpy(~alive[keep])
+        parent1, _, a1 = first.rpartition(".")
+        parent2, _, a2 = second.rpartition(".")
+        # padding neurons get zero input weights and bias too: act(0) = 0 for GELU/ReLU, so they add nothing to the
+        # activation ranges that the int8 kernel quantizes with
+        w1_rows, b1 = w1.weight[idx].masked_fill(padding[:, None], 0.0), None if w1.bias is None else w1.bias[idx].masked_fill(padding, 0.0)
+        setattr(folded.get_submodule(parent1), a1, _linear(w1_rows, b1))
+        setattr(folded.get_submodule(parent2), a2, _linear(w2.weight[:, idx], w2.bias))
+        if first in linears:
+            linears[first] = _rows(linears[first], keep)
+            linears[first].codes[~alive[keep]] = 0
+        if q2 is not None:
+            linears[second] = dataclasses.replace(q2, codes=np.ascontiguousarray(q2.codes[:, keep]))
+        kept[second] = [int(keep.size), int(alive.size)]
+    if kept:
+        log.info("removed dead FFN neurons: %s", {k: f"{a}/{b}" for k, (a, b) in kept.items()})
+    return folded, linears, kept

@@ -1,0 +1,68 @@
+"""Dead FFN neurons leave the exported graph: smaller matmuls, the same logits."""
+import numpy as np
+import onnx
+import torch
+
+from compress import masking, quantize
+from compress.exporters import neurons
+from compress.exporters.export import ExportConfig, export
+from compress.pipeline import prepare
+from compress.runtimes.session import open_session, run_logits
+from test_export import sample
+
+
+def pruned(clf, bits=4, group_size=None):
+    qts = quantize.quantize_(clf, quantize.QuantConfig(bits=bits, group_size=group_size))
+    masking.apply_masks_(clf, masking.MaskConfig(ffn_keep=0.25))
+    masking.set_ffn_keep_(clf, 1.0)  # the end of the schedule: 32 of 128 neurons per FFN
+    return prepare(clf, qts)
+
+
+def test_ffn_pairs(tiny_classifier):
+    clf, _ = tiny_classifier
+    assert neurons.ffn_pairs(clf) == [(f"encoder.encoder.layer.{i}.intermediate.dense", f"encoder.encoder.layer.{i}.output.dense")
+                                      for i in range(2)]
+
+
+def test_dead_neurons_leave_the_graph(tiny_classifier, tmp_path):
+    clf, _ = tiny_classifier
+    linears, embedding = pruned(clf)
+    feeds = sample()
+    with torch.no_grad():
+        ref = clf(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()  # the unsliced masked model
+    for kernel in ("float", "int8"):
+        res = export(clf, linears, embedding, tmp_path / f"{kernel}.onnx", ExportConfig(kernel=kernel), feeds)
+        assert res.ffn_neurons == {f"encoder.encoder.layer.{i}.output.dense": [32, 128] for i in range(2)}
+        got = run_logits(open_session(tmp_path / f"{kernel}.onnx"), feeds)
+        # float kernel: removing a neuron whose output column is all zero is exact (fp32 summation order only);
+        # int8: activations rounded per tensor at run time, as in test_export
+        assert np.abs(got - ref).max() < (1e-4 if kernel == "float" else 0.05)
+    open_session(tmp_path / "int8.onnx", optimized_path=tmp_path / "opt.onnx")
+    graph = onnx.load(str(tmp_path / "opt.onnx")).graph
+    inits = {i.name: list(i.dims) for i in graph.initializer}
+    matmul_shapes = [inits[n.input[1]] for n in graph.node if n.op_type == "DynamicQuantizeMatMul"]
+    assert [64, 32] in matmul_shapes and [32, 64] in matmul_shapes and [64, 128] not in matmul_shapes  # FFN in and out, 32 neurons
+
+
+def test_grouped_second_projection_keeps_its_dead_columns(tiny_classifier, caplog):
+    clf, _ = tiny_classifier
+    linears, _ = pruned(clf, bits=2, group_size=16)
+    model, sliced, kept = neurons.drop_dead(clf, linears)
+    assert kept == {} and "kept as zeros" in caplog.text
+    assert all(sliced[n].codes.shape == linears[n].codes.shape for n in linears)
+    assert not masking.masked_layers(model)  # returned folded either way
+
+
+def test_neurons_left_are_padded_to_a_multiple_of_16(tiny_classifier):
+    clf, _ = tiny_classifier
+    pruned(clf)
+    name = "encoder.encoder.layer.0.output.dense"
+    with torch.no_grad():  # prune 5 more of its 32 live neurons' columns: 27 live, padded with 5 dead ones to 32
+        live = masking.masks(clf)[name].any(0).nonzero().flatten()
+        masking.masked_layers(clf)[name].scores[:, live[:5]] = -1.0
+    model, _, kept = neurons.drop_dead(clf, {})  # no integer weights: dead columns read from the folded weights
+    assert kept[name] == [32, 128] and kept["encoder.encoder.layer.1.output.dense"] == [32, 128]
+    assert model.get_submodule(name).weight.shape == (64, 32)
+    feeds = {k: torch.from_numpy(v) for k, v in sample().items()}
+    with torch.no_grad():
+        assert torch.allclose(model.eval()(**feeds), clf(**feeds), atol=1e-5)
