@@ -131,7 +131,7 @@ def apply_masks_(model: torch.nn.Module, config: MaskConfig) -> dict[str, Masked
     ffn = intermediate_size(model) if config.ffn_keep is not None else None
     for name, lin in target_linears(model).items():
         parent_name, _, attr = name.rpartition(".")
-        masked = MaskedLinear(lin, config, neurons=lin.in_features == ffn)
+        masked = MaskedLinear(lin, config, neurons=lin.in_features == ffn != lin.out_features)
         setattr(model.get_submodule(parent_name), attr, masked)
         replaced[name] = masked
     return replaced
