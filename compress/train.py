@@ -181,6 +181,7 @@ def _fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfi
     loss_fn = torch.nn.MSELoss() if task.is_regression else torch.nn.CrossEntropyLoss()
     result, best_metric, best_state = TrainResult(), -math.inf, None
     t_start, step = time.perf_counter(), 0
+    ffn_target = masking.ffn_keep_target(model)  # the FFN neuron schedule's end (1.0: no neuron pruning)
     rng = np.random.default_rng(cfg.seed)
     for epoch in range(1, cfg.epochs + 1):
         model.train()
@@ -213,9 +214,9 @@ def _fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfi
         density = masking.densities(model)[1] if cfg.mode == "structure" else 1.0
         rec = {"epoch": epoch, "loss": float(np.mean(losses)), "dev": dev_metrics, "density": density,
                "seconds": time.perf_counter() - t0}
-        if masking.ffn_keep_target(model) < 1.0:
+        if ffn_target < 1.0:
             rec["ffn_keep"] = ffn_keep
-        pruning = ffn_keep > masking.ffn_keep_target(model) + 1e-9  # an epoch before the schedule's end is not selectable
+        pruning = ffn_keep > ffn_target + 1e-9  # an epoch before the schedule's end is not selectable
         result.history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", **{f"dev_{task.metric}": f"{dev_metrics[task.metric]:.4f}"}, density=f"{density:.3f}")
         bar.close()
