@@ -26,24 +26,18 @@ import onnx
 
 
 def build_anchors(dense_dir: Path, work: Path) -> dict[str, Path]:
-    from onnxruntime.quantization import QuantType, quantize_dynamic
     from onnxruntime.quantization.matmul_nbits_quantizer import MatMulNBitsQuantizer
 
-    from compress import artifact, pipeline, quantize
-    from compress.exporters import fusions, onnx_graph
+    from compress import manifest as mf, pipeline, quantize
+    from compress.exporters.anchor import ort_int8
 
-    manifest = artifact.read(dense_dir)
-    if manifest["config"]["train"]["mode"] != "weights":
+    manifest = mf.read(dense_dir, mf.ArtifactManifest)
+    if manifest.config.train.mode != "weights":
         raise SystemExit(f"--dense {dense_dir} is not a `--mode weights` artifact")
     cfg = dataclasses.replace(pipeline.config_from_manifest(manifest), quant=quantize.QuantConfig(bits=32))
     model, _, _, _ = pipeline.restore(dense_dir, manifest, cfg)  # the fp32 fine-tuned weights
-    fp32 = onnx.load(str(onnx_graph.export_fp32(model, work / "raw.onnx")))
-    fused, _ = fusions.optimize(fp32, manifest["model"]["num_heads"], manifest["model"]["hidden_size"],
-                                keep_embeddings=False, keep_matmuls=False)
-    out = {"fp32 + fusions": work / "fp32.onnx", "ORT int8 dynamic": work / "int8.onnx", "ORT MatMulNBits 4-bit": work / "nbits4.onnx"}
-    onnx.save(fused, str(out["fp32 + fusions"]))
-    quantize_dynamic(out["fp32 + fusions"], out["ORT int8 dynamic"], per_channel=True, weight_type=QuantType.QInt8,
-                     extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # types behind fused com.microsoft ops
+    fp32, int8 = ort_int8(model, manifest.model.num_heads, manifest.model.hidden_size, work)
+    out = {"fp32 + fusions": fp32, "ORT int8 dynamic": int8, "ORT MatMulNBits 4-bit": work / "nbits4.onnx"}
     q = MatMulNBitsQuantizer(onnx.load(str(out["fp32 + fusions"])), bits=4, block_size=32, is_symmetric=True)
     q.process()
     q.model.save_model_to_file(str(out["ORT MatMulNBits 4-bit"]))

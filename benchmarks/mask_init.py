@@ -30,7 +30,7 @@ def pooled(model, enc) -> torch.Tensor:
 
 
 def main():
-    from compress import calibration, masking, models, quantize, tasks
+    from compress import backbone, calibration, masking, models, quantize, tasks
 
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--data-dir", required=True)
@@ -51,7 +51,7 @@ def main():
     for bits in args.bits:
         quantized = copy.deepcopy(clf)
         if bits <= 8:
-            quantize.quantize_(quantized, quantize.default_config(bits), calibration.batches(calib))
+            backbone.quantize_(quantized, quantize.default_config(bits), calibration.batches(calib))
         for name, kw in [("no mask", None), *INITS.items()]:
             model = copy.deepcopy(quantized)
             if kw is not None:

@@ -2,20 +2,22 @@
 
     model.onnx         the shipped graph (packed low-bit weights, int8 kernels)
     mask.npz           the learned binary masks (bit-packed or gap-coded, whichever is smaller)
-    calibration.npz    GPTQ only: the calibration tokens, so that a re-export quantizes alike
+    calibration.npz    the task's calibration tokens (activation smoothing; GPTQ on task text), so
+                       that a re-export quantizes alike without the data
     trainable.safetensors  what the task trained (head; every weight in mode=weights)
     tokenizer files    tokenizer.json, vocab, configs
-    manifest.json      schema version, model, task, resolved config, per-layer bits and density,
-                       metrics, sizes, SHA-256 of every file, versions, command line
+    manifest.json      compress.manifest.ArtifactManifest: schema version, model, task, resolved
+                       configs, backbone hash, per-layer bits and density, metrics, sizes, SHA-256 of
+                       every file, versions, command line
     report.md          the human summary
 
-Writes go to a temporary sibling directory that is renamed into place only when complete.
+Writes go to a temporary sibling directory that is renamed into place only when complete
+(``staging``); single files are written beside their target and renamed (``atomic_write``).
 """
 from __future__ import annotations
 
 import contextlib
 import hashlib
-import json
 import logging
 import os
 import platform
@@ -24,8 +26,6 @@ import tempfile
 from pathlib import Path
 
 log = logging.getLogger(__name__)
-SCHEMA_VERSION = 1
-MANIFEST = "manifest.json"
 
 
 class ArtifactError(RuntimeError):
@@ -88,37 +88,3 @@ def versions() -> dict[str, str]:
         except md.PackageNotFoundError:
             pass
     return out
-
-
-def write_manifest(directory: Path, manifest: dict) -> dict:
-    """Fill in schema_version, files (bytes + SHA-256 of every other file) and write manifest.json."""
-    files = {}
-    for p in sorted(directory.rglob("*")):
-        if p.is_file() and p.name != MANIFEST:
-            files[str(p.relative_to(directory))] = {"bytes": p.stat().st_size, "sha256": sha256(p)}
-    manifest = {"schema_version": SCHEMA_VERSION, **manifest, "files": files}
-    (directory / MANIFEST).write_text(json.dumps(manifest, indent=2, sort_keys=False) + "\n")
-    return manifest
-
-
-def read(directory: Path, verify: bool = True) -> dict:
-    """Load manifest.json and check every listed file's SHA-256."""
-    directory = Path(directory)
-    path = directory / MANIFEST
-    if not path.is_file():
-        raise ArtifactError(f"{directory} has no {MANIFEST}: pass a directory written by `compress run`")
-    try:
-        manifest = json.loads(path.read_text())
-    except json.JSONDecodeError as e:
-        raise ArtifactError(f"{path} is not valid JSON ({e}): rerun `compress run` to rewrite it") from e
-    if manifest.get("schema_version") != SCHEMA_VERSION:
-        raise ArtifactError(f"{path} has schema_version {manifest.get('schema_version')}, this compress reads {SCHEMA_VERSION}: "
-                            "re-create the artifact with this version")
-    if verify:
-        for name, meta in manifest.get("files", {}).items():
-            f = directory / name
-            if not f.is_file():
-                raise ArtifactError(f"{f} is listed in {MANIFEST} but missing: restore it or rerun `compress run`")
-            if sha256(f) != meta["sha256"]:
-                raise ArtifactError(f"{f} does not match its SHA-256 in {MANIFEST}: it was altered; restore it or rerun `compress run`")
-    return manifest

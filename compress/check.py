@@ -2,9 +2,11 @@
 
 Reports and baselines are read alike, from any of:
   an artifact directory or its manifest.json  -> "onnx.f1", "torch.f1", "onnx.accuracy", ...
+  a pack directory or its manifest.json       -> "mrpc.onnx.f1", "sst2.onnx.accuracy", ... (every task)
   bench.json (`compress bench DIR --json F`)   -> the same keys, when it was run with --data-dir
   sweep.json (`compress sweep`)                -> "structure.4bit.f1", ... (means over seeds)
   a plain {"metrics": {name: value}} file
+A directory (or its manifest.json) is verified first: every file's SHA-256.
 Every metric here is higher-is-better (GLUE's); a metric regresses when it falls more than
 `max_drop` below its baseline. A baseline metric missing from the report fails too.
 """
@@ -41,18 +43,29 @@ def _numbers(d: dict, prefix: str = "") -> dict[str, float]:
 
 def read_metrics(path: str | Path) -> dict[str, float]:
     """{metric name: value} from an artifact, manifest.json, bench.json, sweep.json or {"metrics": {...}}."""
+    from compress import manifest as mf
+
     path = Path(path)
     if path.is_dir():
-        path = path / "manifest.json"
+        path = path / mf.FILE
     try:
-        data = json.loads(path.read_text())
+        if path.name == mf.FILE and path.is_file():
+            data = mf.read(path.parent).to_dict()  # verified
+        else:
+            data = json.loads(path.read_text())
     except FileNotFoundError:
-        raise CheckError(f"{path} does not exist: pass an artifact directory, manifest.json, bench.json or sweep.json") from None
-    except json.JSONDecodeError as e:
+        raise CheckError(f"{path} does not exist: pass an artifact or pack directory, manifest.json, bench.json or sweep.json") from None
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise CheckError(f"{path} is not valid JSON ({e}): pass the file `compress run/bench/sweep` wrote") from None
+    except mf.ManifestError as e:
+        raise CheckError(str(e)) from None
     kind = data.get("kind") if isinstance(data, dict) else None
     if kind == "sweep":
         return {f"{c['mode']}.{c['bits']}bit.{k}": v["mean"] for c in data["summary"] for k, v in c["metrics"].items()}
+    if kind == "pack":
+        return {f"{name}.onnx.{k}": v for name, t in data["tasks"].items() for k, v in _numbers(t["metrics"]).items()}
+    if kind == "bench" and "tasks" in data:  # `compress bench PACK --data-dir D --json F`
+        return {f"{name}.onnx.{k}": v for name, t in data["tasks"].items() for k, v in _numbers(t.get("metrics", {}).get("onnx", {})).items()}
     metrics = data.get("metrics") if isinstance(data, dict) else None
     if isinstance(metrics, dict) and ("onnx" in metrics or "torch" in metrics):  # manifest.json or bench.json
         out = {}

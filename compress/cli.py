@@ -49,6 +49,7 @@ def _train_config(o: dict, **kw):
 def _user_errors() -> tuple[type[BaseException], ...]:
     """Error types that mean bad input or a failed check: one line, non-zero exit, no traceback."""
     from compress.artifact import ArtifactError
+    from compress.backbone import BackboneError
     from compress.exporters.verify import ExportValidationError
     from compress.exporters.weights import WeightMatchError
     from compress.models import ModelLoadError
@@ -56,7 +57,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from compress.runtimes.providers import ProviderUnavailableError
     from compress.tasks import TaskDataError
 
-    return (ArtifactError, ExportValidationError, WeightMatchError, ModelLoadError, QuantConfigError, TaskDataError,
+    return (ArtifactError, BackboneError, ExportValidationError, WeightMatchError, ModelLoadError, QuantConfigError, TaskDataError,
             ProviderUnavailableError, ValueError)
 
 
@@ -81,6 +82,10 @@ def main(verbose: bool):
 @click.option("--symmetric/--asymmetric", default=None, help="Grid without / with a zero point per group [symmetric; 2 bits: asymmetric].")
 @click.option("--quantizer", type=click.Choice(["rtn", "gptq"]), default=None,
               help="Round to nearest, or GPTQ calibrated on training text [gptq at 2 and 4 bits, else rtn].")
+@click.option("--calibration", type=click.Choice(["task", "general"]), default=None,
+              help="GPTQ's calibration text: the task's training texts, or the package's general text [task].")
+@click.option("--backbone", type=click.Path(file_okay=False), default=None,
+              help="Learn the mask on this `compress quantize` backbone's codes (shared by tasks; no quantization here).")
 @click.option("--mode", type=click.Choice(["structure", "weights"]), default="structure", show_default=True,
               help="structure: learn a mask; weights: dense fine-tuning (then post-training quantization).")
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="GLUE_DIR", help="GLUE-layout directory (env GLUE_DIR); else `datasets` online.")
@@ -111,19 +116,61 @@ def run(**o):
 
     try:
         bits = int(o["bits"])
-        quant = quantize.default_config(bits, o["group_size"], o["symmetric"], o["quantizer"])
+        if o["backbone"]:
+            _refuse_with_backbone("--model", "--bits", "--group-size", "--symmetric", "--quantizer", "--calibration", "--mode", "--init-from")
+        quant = quantize.default_config(bits, o["group_size"], o["symmetric"], o["quantizer"],
+                                        **({"calibration": o["calibration"]} if o["calibration"] else {}))
         mask = _mask_config(o)
         tr = _train_config(o, mode=o["mode"], bf16=False if o["no_bf16"] else None)
         exp = _pick(ExportConfig, kernel=o["kernel"], max_metric_drop=o["max_metric_drop"])
-        model_tag = o["model"].rstrip("/").split("/")[-1]
-        out = o["out"] or f"runs/{model_tag}-{o['task']}-{o['mode']}-{bits}bit"
+        model_tag = (o["backbone"] or o["model"]).rstrip("/").split("/")[-1]
+        out = o["out"] or (f"runs/{model_tag}-{o['task']}" if o["backbone"] else f"runs/{model_tag}-{o['task']}-{o['mode']}-{bits}bit")
         cfg = RunConfig(model=o["model"], task=o["task"], out=out, data_dir=o["data_dir"], overwrite=o["overwrite"],
                         pooling=o["pooling"], quant=quant, mask=mask, train=tr, export=exp, bench=not o["no_bench"], threads=o["threads"],
-                        init_from=o["init_from"])
+                        init_from=o["init_from"], backbone=o["backbone"])
         path, manifest = run_pipeline(cfg, command=_command_line(), progress=True)
     except _user_errors() as e:
         _fail(e)
     _print_summary(path, manifest)
+
+
+def _refuse_with_backbone(*options: str) -> None:
+    """With --backbone the model and its quantization are the backbone's: giving them again is an error."""
+    from click.core import ParameterSource
+
+    ctx = click.get_current_context()
+    given = [p.opts[0] for p in ctx.command.params if p.opts[0] in options and ctx.get_parameter_source(p.name) != ParameterSource.DEFAULT]
+    if given:
+        raise click.UsageError(f"{', '.join(given)} cannot be combined with --backbone: the model and its quantization are the backbone's "
+                               "(`compress quantize` makes another), and it learns a mask (--mode structure)")
+
+
+@main.command()
+@click.option("--model", default="minilm", show_default=True, help="Alias, hub id or local directory.")
+@click.option("--bits", type=click.Choice(["1", "2", "4", "8"]), default="4", show_default=True, help="Bits of the shared frozen weights.")
+@click.option("--group-size", type=int, default=None, help="Scale per group of N inputs [per output channel; 2 bits: 16].")
+@click.option("--symmetric/--asymmetric", default=None, help="Grid without / with a zero point per group [symmetric; 2 bits: asymmetric].")
+@click.option("--quantizer", type=click.Choice(["rtn", "gptq"]), default=None,
+              help="Round to nearest, or GPTQ calibrated on the package's general text [gptq at 2 and 4 bits, else rtn].")
+@click.option("--calibration-examples", type=int, default=None, help="GPTQ: general-text inputs to calibrate on [128].")
+@click.option("--out", type=click.Path(file_okay=False), default=None, help="Backbone directory [backbones/MODEL-BITSbit].")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def quantize(model, bits, group_size, symmetric, quantizer, calibration_examples, out, overwrite):
+    """Quantize a model once, without any task's data: a backbone that many task masks share."""
+    from compress import quantize as q
+    from compress.backbone import BackboneConfig, write
+
+    try:
+        quant = q.default_config(int(bits), group_size, symmetric, quantizer, calibration="general",
+                                 **({"calibration_examples": calibration_examples} if calibration_examples else {}))
+        out = out or f"backbones/{model.rstrip('/').split('/')[-1]}-{bits}bit"
+        path, m = write(BackboneConfig(model=model, quant=quant, out=out, overwrite=overwrite), command=_command_line())
+    except _user_errors() as e:
+        _fail(e)
+    how = "round to nearest" if quant.method == "rtn" else f"GPTQ on {m.calibration.examples} inputs of general text"
+    click.echo(f"{path}: {m.model.name}, {bits}-bit {'per channel' if not quant.group_size else f'groups of {quant.group_size}'}, {how}")
+    click.echo(f"  weights.safetensors {m.files['weights.safetensors'].bytes / 1e6:.2f} MB, SHA-256 {m.weights_sha256}")
+    click.echo(f"  next: compress run --backbone {path} --task TASK ...; then compress pack OUT ARTIFACT...")
 
 
 @main.command("export")
@@ -131,19 +178,21 @@ def run(**o):
 @click.option("--kernel", type=click.Choice(["int8", "float", "nbits"]), default=None, help="Matmul kernel (default: the artifact's).")
 @click.option("--format", "fmt", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
               help="onnx: rebuild model.onnx; ort: also write model.ort for ONNX Runtime mobile builds.")
-def export_cmd(artifact_dir, kernel, fmt):
+@click.option("--backbone", type=click.Path(file_okay=False), default=None,
+              help="Where the backbone the artifact was trained on is now [the path its manifest records].")
+def export_cmd(artifact_dir, kernel, fmt, backbone):
     """Re-export ARTIFACT_DIR from its mask and head, without retraining, and verify it."""
     from compress.pipeline import reexport
 
     try:
-        m = reexport(artifact_dir, kernel=kernel, fmt=fmt, command=_command_line())
+        m = reexport(artifact_dir, kernel=kernel, fmt=fmt, command=_command_line(), backbone_dir=backbone)
     except _user_errors() as e:
         _fail(e)
-    click.echo(f"{artifact_dir}/model.onnx: {m['sizes']['onnx_total'] / 1e6:.2f} MB, kernel {m['config']['export']['kernel']}, "
-               f"float-kernel parity {m['validation']['parity_max_abs_diff']:.2e}")
+    click.echo(f"{artifact_dir}/model.onnx: {m.sizes['onnx_total'] / 1e6:.2f} MB, kernel {m.config.export.kernel}, "
+               f"float-kernel parity {m.validation['parity_max_abs_diff']:.2e}")
     if fmt == "ort":
-        click.echo(f"{artifact_dir}/model.ort: {m['sizes']['ort_total'] / 1e6:.2f} MB, "
-                   f"max abs diff to model.onnx {m['validation']['ort_max_abs_diff']:.2e}")
+        click.echo(f"{artifact_dir}/model.ort: {m.sizes['ort_total'] / 1e6:.2f} MB, "
+                   f"max abs diff to model.onnx {m.validation['ort_max_abs_diff']:.2e}")
 
 
 @main.command()
@@ -155,27 +204,68 @@ def export_cmd(artifact_dir, kernel, fmt):
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Also measure the dev metric (GLUE-layout directory).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results to this file (bench.json).")
 def bench(artifact_dir, provider, batches, seq_len, threads, data_dir, json_path):
-    """Time an artifact's model.onnx in ONNX Runtime (reads only ARTIFACT_DIR)."""
-
-    from compress.pipeline import bench as run_bench
+    """Time an artifact's model.onnx, or every task of a pack, in ONNX Runtime (reads only ARTIFACT_DIR)."""
+    from compress import manifest as mf
 
     try:
+        if mf.kind_of(artifact_dir) == "pack":
+            from compress.pack import bench as run_bench
+        else:
+            from compress.pipeline import bench as run_bench
         r = run_bench(artifact_dir, provider, batches, seq_len, threads, data_dir)
     except _user_errors() as e:
         _fail(e)
-    click.echo(f"{artifact_dir}: {r['model']} {r['task']} on {provider}")
-    for x in r["latency"]:
-        click.echo(f"  batch {x['batch']} x {x['seq_len']}: median {x['median_ms']:.2f} ms, p90 {x['p90_ms']:.2f} ms, "
-                   f"{x['throughput_seq_s']:.0f} seq/s")
-    for k, v in r.get("metrics", {}).get("onnx", {}).items():
-        click.echo(f"  dev {k}: {v:.4f}")
+    for name, t in (r["tasks"].items() if "tasks" in r else [(r["task"], r)]):
+        click.echo(f"{artifact_dir}: {r['model']} {name} on {provider}")
+        for x in t["latency"]:
+            click.echo(f"  batch {x['batch']} x {x['seq_len']}: median {x['median_ms']:.2f} ms, p90 {x['p90_ms']:.2f} ms, "
+                       f"{x['throughput_seq_s']:.0f} seq/s")
+        for k, v in t.get("metrics", {}).get("onnx", {}).items():
+            click.echo(f"  dev {k}: {v:.4f}")
     if json_path:
         _write_json(json_path, r)
 
 
+@main.command("pack")
+@click.argument("out", type=click.Path(file_okay=False))
+@click.argument("artifacts", nargs=-1, required=True, type=click.Path(file_okay=False))
+@click.option("--backbone", type=click.Path(file_okay=False), default=None,
+              help="Where the artifacts' backbone is now [the path their manifests record].")
+@click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
+@click.option("--no-memory", is_flag=True, help="Skip measuring the memory of the task sessions open at once.")
+def pack_cmd(out, artifacts, backbone, overwrite, no_memory):
+    """Pack ARTIFACTS trained on one backbone into OUT: the backbone's weights once, a small graph per task."""
+    from compress.pack import PackConfig, PackError, pack, render
+
+    try:
+        path, m = pack(PackConfig(tuple(artifacts), out, backbone, overwrite, memory=not no_memory), command=_command_line())
+    except (PackError, *_user_errors()) as e:
+        _fail(e)
+    click.echo(f"\n{path}\n")
+    click.echo(render(m).split("## Storage", 1)[1].strip())
+
+
+@main.command()
+@click.argument("pack_dir", type=click.Path(file_okay=False))
+@click.argument("task")
+@click.option("--out", required=True, type=click.Path(file_okay=False), help="The standalone artifact directory to write.")
+@click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
+def materialize(pack_dir, task, out, overwrite):
+    """Write TASK of PACK_DIR as a standalone artifact (the same logits as in the pack)."""
+    from compress.pack import PackError, materialize as run
+
+    try:
+        path, m = run(pack_dir, task, out, overwrite, command=_command_line())
+    except (PackError, *_user_errors()) as e:
+        _fail(e)
+    click.echo(f"{path}/model.onnx: {m.sizes['onnx_total'] / 1e6:.2f} MB, {task}, max abs logit diff to the pack "
+               f"{m.validation['pack_max_abs_diff']:.1e}")
+
+
 @main.command()
 @click.argument("report", type=click.Path())
-@click.option("--baseline", required=True, type=click.Path(), help="Committed baseline: manifest, bench.json, sweep.json or {\"metrics\": {...}}.")
+@click.option("--baseline", required=True, type=click.Path(),
+              help="Committed baseline: artifact or pack, manifest, bench.json, sweep.json or {\"metrics\": {...}}.")
 @click.option("--max-drop", type=float, default=0.01, show_default=True, help="Tolerated drop below each baseline metric.")
 def check(report, baseline, max_drop):
     """Compare REPORT's metrics with a baseline; exit 1 if one regressed by more than --max-drop."""

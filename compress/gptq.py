@@ -6,7 +6,8 @@ the output error ||X (W - Q)^T||^2 / ||X W^T||^2 drops from 0.068 to 0.028, at 4
 from 0.0095 to 0.0034.
 
 Written here because the libraries that ship GPTQ (gptqmodel, llm-compressor, optimum) target
-decoder LLMs on CUDA; the algorithm itself is these ~40 lines.
+decoder LLMs on CUDA; the algorithm itself is these ~40 lines. Which text calibrates is the
+caller's choice (compress.backbone: the task's texts, or the package's general text).
 """
 from __future__ import annotations
 
@@ -15,6 +16,7 @@ import logging
 import torch
 
 from compress import calibration, quantize
+from compress.qweight import QWeight
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +43,8 @@ def _round_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | Non
 
 @torch.no_grad()
 def gptq_tensor(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None = None, clip_search: bool = True,
-                symmetric: bool = True, damp: float = 0.01) -> quantize.QTensor:
-    """Quantize W [rows, cols] with GPTQ given H [cols, cols]; returns the same QTensor as quantize_tensor."""
+                symmetric: bool = True, damp: float = 0.01) -> QWeight:
+    """Quantize W [rows, cols] with GPTQ given H [cols, cols]: the same grids as quantize.quantize_tensor."""
     W = w.detach().double().clone()
     rows, cols = W.shape
     g = cols if group_size is None else group_size
@@ -65,4 +67,4 @@ def gptq_tensor(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: i
         err = (W[:, i] - q[:, i] * scale.double()) / U[i, i]
         W[:, i:] -= err[:, None] * U[i, i:][None, :]
     zero = None if symmetric or bits == 1 else torch.stack(zeros, 1).to(torch.uint8)
-    return quantize.QTensor(q.to(torch.int8), torch.stack(scales, 1), bits, group_size, zero)
+    return quantize.qweight(q, torch.stack(scales, 1), bits, group_size, zero)

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from compress.quantize import pack_bits, target_linears, unpack_bits
+from compress.qweight import mask_decode, mask_encode
+from compress.quantize import target_linears
 
 log = logging.getLogger(__name__)
 
@@ -192,40 +193,26 @@ def set_masks_(model: torch.nn.Module, mask_by_name: dict[str, np.ndarray | torc
         layer.keep = 1.0  # the loaded masks already hold any dropped neurons (their columns are all pruned)
 
 
-# ---------------------------------------------------------------- mask file (bit-packed, 1 bit per weight)
 # ---------------------------------------------------------------- mask.npz: bit-packed or gap-coded
 # A layer's mask is stored whichever way is smaller: packed 1 bit per weight (e.g. 2:4 masks at density
-# 0.5), or the positions of its rarer value as gaps between them, one byte per gap (255 = "add 255 and
-# read on"), which at density 0.95 costs ~0.32 bits per weight against an entropy of 0.31. The .npz is
-# deflated on top. Plain numpy arrays: any numpy can read it.
-def _gaps(positions: np.ndarray) -> np.ndarray:
-    gaps = np.diff(positions, prepend=-1) - 1
-    escapes = gaps // 255
-    out = np.full(int(escapes.sum()) + gaps.size, 255, dtype=np.uint8)
-    out[np.cumsum(escapes + 1) - 1] = gaps % 255
-    return out
-
-
-def _positions(gaps: np.ndarray) -> np.ndarray:
-    total = np.cumsum(gaps.astype(np.int64))
-    ends = np.flatnonzero(gaps < 255)
-    gap = np.diff(total[ends], prepend=0)  # a gap is its escape bytes (255 each) plus its last byte
-    return np.cumsum(gap + 1) - 1
-
-
+# 0.5), or the positions of its rarer value as gaps between them (compress.qweight.gap_encode), which at
+# density 0.95 costs ~0.32 bits per weight against an entropy of 0.31. The .npz is deflated on top.
+# Plain numpy arrays: any numpy can read it.
 def save_masks(path, model: torch.nn.Module) -> int:
     """Write mask.npz; returns its size in bytes."""
+    return write_masks(path, {name: m.numpy() for name, m in masks(model).items()})
+
+
+def write_masks(path, masks_: dict[str, np.ndarray]) -> int:
     arrays = {}
-    for name, m in masks(model).items():
-        flat = m.numpy().reshape(-1)
-        rare = bool(flat.mean() < 0.5)  # the value whose positions are stored
-        gaps = _gaps(np.flatnonzero(flat == rare))
+    for name, m in masks_.items():
+        kind, data, rare = mask_encode(m)
         arrays[name + "::shape"] = np.array(m.shape, dtype=np.int64)
-        if gaps.size < flat.size / 8:
-            arrays[name + "::gaps"] = gaps
+        if kind == "gaps":
+            arrays[name + "::gaps"] = data
             arrays[name + "::rare"] = np.array(rare)
         else:
-            arrays[name] = pack_bits(flat.astype(np.uint8), 1)
+            arrays[name] = data
     with open(path, "wb") as f:
         np.savez_compressed(f, **arrays)
     return Path(path).stat().st_size
@@ -239,13 +226,10 @@ def load_masks(path) -> dict[str, np.ndarray]:
             if kind != "shape":
                 continue
             shape = tuple(z[key])
-            n = int(np.prod(shape))
             if name in z.files:
-                flat = unpack_bits(z[name], 1, n).astype(bool)
+                flat = mask_decode("bits", z[name], False, int(np.prod(shape)))
             else:
-                rare = bool(z[name + "::rare"])
-                flat = np.full(n, not rare)
-                flat[_positions(z[name + "::gaps"])] = rare
+                flat = mask_decode("gaps", z[name + "::gaps"], bool(z[name + "::rare"]), int(np.prod(shape)))
             out[name] = flat.reshape(shape)
     return out
 

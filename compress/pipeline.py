@@ -1,4 +1,4 @@
-"""run(RunConfig): load -> quantize -> learn mask -> export -> validate -> write the artifact directory."""
+"""run(RunConfig): load -> quantize (or take a backbone's codes) -> learn mask -> export -> validate -> write the artifact directory."""
 from __future__ import annotations
 
 import dataclasses
@@ -11,11 +11,10 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from compress import artifact, calibration, masking, metrics, models, quantize, report, tasks, train
+from compress import artifact, backbone, calibration, manifest as mf, masking, metrics, models, quantize, report, tasks, train
 from compress.exporters.export import ExportConfig, export
-from compress.exporters.onnx_graph import input_names
 from compress.exporters.verify import AccuracyDriftError
-from compress.exporters.weights import IntWeight, int_weight
+from compress.qweight import QWeight
 from compress.runtimes.evaluate import batches
 
 log = logging.getLogger(__name__)
@@ -36,76 +35,120 @@ class RunConfig:
     bench: bool = True
     threads: int | None = None
     init_from: str | None = None  # mode=weights: take the fine-tuned weights of this artifact, no training (PTQ at other bits)
+    backbone: str | None = None  # a `compress quantize` directory: learn the mask on its codes (no quantization here)
 
 
-def _to_dict(cfg) -> dict:
-    return dataclasses.asdict(cfg)
+@dataclass(frozen=True)
+class RunSettings:
+    """The resolved configs an artifact was made with (its manifest's "config")."""
+
+    quant: quantize.QuantConfig
+    mask: masking.MaskConfig
+    train: train.TrainConfig
+    export: ExportConfig
+    embedding_bits: int | None = None
+
+    @classmethod
+    def of(cls, cfg: RunConfig, embedding: bool) -> RunSettings:
+        return cls(cfg.quant, cfg.mask, cfg.train, cfg.export, quantize.embedding_bits(cfg.quant) if embedding else None)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSettings:
+        mask = dict(d["mask"])
+        mask["nm"] = tuple(mask["nm"]) if mask.get("nm") else None
+        return cls(quantize.QuantConfig(**d["quant"]), masking.MaskConfig(**mask), train.TrainConfig(**d["train"]),
+                   ExportConfig(**d["export"]), d.get("embedding_bits"))
 
 
-def prepare(model: torch.nn.Module, qtensors: dict) -> tuple[dict[str, IntWeight], tuple[str, IntWeight] | None]:
+def prepare(model: torch.nn.Module, qweights: dict[str, QWeight]) -> tuple[dict[str, QWeight], tuple[str, QWeight] | None]:
     """Split the quantized tensors into masked linears and the embedding table, masks folded in."""
     masks = {k: v.numpy() for k, v in masking.masks(model).items()}
     emb = quantize.word_embeddings(model)
     emb_name = emb[0] if emb else None
-    linears = {n: int_weight(qt, masks.get(n)) for n, qt in qtensors.items() if n != emb_name}
-    embedding = (emb_name, int_weight(qtensors[emb_name])) if emb_name in qtensors else None
+    linears = {n: qw.masked(masks.get(n)) for n, qw in qweights.items() if n != emb_name}
+    embedding = (emb_name, qweights[emb_name]) if emb_name in qweights else None
     return linears, embedding
+
+
+def resolve_backbone(cfg: RunConfig, expect_sha256: str | None = None) -> tuple[RunConfig, mf.BackboneRef | None]:
+    """With cfg.backbone: the quantization and model are the backbone's; returns the config and the reference to record."""
+    if not cfg.backbone:
+        return cfg, None
+    if cfg.train.mode != "structure" or cfg.init_from:
+        raise backbone.BackboneError("--backbone learns a task mask on the shared quantized weights: use --mode structure, without --init-from")
+    bb = backbone.load(cfg.backbone, expect_sha256)
+    ref = mf.BackboneRef(bb.sha256, str(Path(cfg.backbone).resolve()), bb.manifest.model.name)
+    return dataclasses.replace(cfg, quant=bb.manifest.quant, model=bb.manifest.model.name), ref
 
 
 def build(cfg: RunConfig, task: tasks.Task, calib: tasks.Split | dict[str, np.ndarray] | None = None):
     """Model with quantized frozen weights and (mode=structure) masks.
 
-    calib: calibration texts (a Split: the first cfg.quant.calibration_examples are tokenized) or
-    tokens (arrays from an artifact), for GPTQ and the export's activation smoothing.
-    -> (model, tokenizer, source, qtensors, calibration tokens or None when nothing is quantized)
+    calib: the task's calibration texts (a Split: its first cfg.quant.calibration_examples are
+    tokenized) or tokens (arrays from an artifact): the export's activation smoothing, and GPTQ when
+    cfg.quant.calibration is "task". With cfg.backbone the codes are the backbone's, not re-quantized.
+    -> (model, tokenizer, source, qweights, task calibration tokens or None when nothing is quantized)
     """
-    clf, tok, source = models.build_classifier(cfg.model, task.num_labels, cfg.pooling, seed=cfg.train.seed)
+    if cfg.backbone:
+        clf, tok, source, qweights = backbone.load(cfg.backbone).classifier(task.num_labels, cfg.pooling, seed=cfg.train.seed)
+    else:
+        clf, tok, source = models.build_classifier(cfg.model, task.num_labels, cfg.pooling, seed=cfg.train.seed)
+        qweights = {}
     if isinstance(calib, tasks.Split):
         calib = calibration.tokens(tok, calib, cfg.quant.calibration_examples, cfg.train.max_length) if cfg.quant.enabled else None
-    qtensors = {}
     if cfg.train.mode == "structure":
-        qtensors = quantize.quantize_(clf, cfg.quant, calibration.batches(calib))  # the mask is learned on the weights that ship
+        if not cfg.backbone:  # the mask is learned on the weights that ship
+            qweights = backbone.quantize_(clf, cfg.quant, calibration.batches(gptq_tokens(cfg, tok, calib)))
         torch.manual_seed(cfg.train.seed)
         masking.apply_masks_(clf, cfg.mask)
-    return clf, tok, source, qtensors, calib
+    return clf, tok, source, qweights, calib
 
 
-def layer_table(model, linears: dict[str, IntWeight], embedding) -> list[dict]:
+def gptq_tokens(cfg: RunConfig, tok, task_tokens: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
+    """What calibrates GPTQ: the task's tokens, or the package's general text (cfg.quant.calibration)."""
+    if not cfg.quant.enabled or cfg.quant.method != "gptq" or cfg.quant.calibration == "task":
+        return task_tokens
+    return calibration.general_tokens(tok, cfg.quant.calibration_examples, cfg.train.max_length)
+
+
+def layer_table(model, linears: dict[str, QWeight], embedding) -> list[dict]:
     """Per quantized/masked layer: shape, bits, group size, mask density."""
     dens = masking.densities(model)[0]
     rows = []
     for name in list(linears) or list(dens) or list(quantize.target_linears(model)):
         w = linears.get(name)
-        shape = w.codes.shape if w else model.get_submodule(name).weight.shape
+        shape = w.shape if w else model.get_submodule(name).weight.shape
         rows.append({"name": name, "shape": list(shape), "bits": w.bits if w else 32, "group_size": w.group_size if w else None,
                      "symmetric": w.zero is None if w else None, "masked": name in dens, "density": dens.get(name, 1.0)})
     if embedding:
         name, w = embedding
-        rows.append({"name": name, "shape": list(w.codes.shape), "bits": w.bits, "group_size": None, "symmetric": True,
+        rows.append({"name": name, "shape": list(w.shape), "bits": w.bits, "group_size": None, "symmetric": True,
                      "masked": False, "density": 1.0})
     return rows
 
 
-def run(cfg: RunConfig, command: str = "", progress: bool = False) -> tuple[Path, dict]:
+def run(cfg: RunConfig, command: str = "", progress: bool = False) -> tuple[Path, mf.ArtifactManifest]:
     t_start = time.perf_counter()
     out = Path(cfg.out)
     artifact.check_target(out, cfg.overwrite)  # fail before hours of training, not after
     if cfg.threads:
         torch.set_num_threads(cfg.threads)
     task = tasks.get_task(cfg.task)
+    cfg, ref = resolve_backbone(cfg)
     with tqdm(total=5, desc="pipeline", disable=not progress, unit="stage", leave=False) as stages:
-        return _run(cfg, task, out, command, progress, stages, t_start)
+        return _run(cfg, ref, task, out, command, progress, stages, t_start)
 
 
-def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, t_start: float) -> tuple[Path, dict]:
+def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: str, progress: bool, stages,
+         t_start: float) -> tuple[Path, mf.ArtifactManifest]:
     stages.set_description("data")
     splits = tasks.load_task(task, cfg.data_dir)
     train_split = splits["train"].subset(cfg.train.max_train_examples)
     dev = splits["dev"].subset(cfg.train.max_eval_examples)
     stages.update()
 
-    stages.set_description("quantize + mask")
-    model, tok, source, qtensors, calib = build(cfg, task, train_split)
+    stages.set_description("backbone + mask" if cfg.backbone else "quantize + mask")
+    model, tok, source, qweights, calib = build(cfg, task, train_split)
     stages.update()
     stages.set_description(f"train ({cfg.train.mode})")
     if cfg.init_from:
@@ -114,8 +157,8 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
         history = train.fit(model, task, train_split, dev, tok, cfg.train, progress=progress)
     trained = trainable_tensors(model, cfg.train.mode)  # before post-training quantization: re-export quantizes again
     if cfg.train.mode == "weights":
-        qtensors = quantize.quantize_(model, cfg.quant, calibration.batches(calib))  # post-training quantization
-    linears, embedding = prepare(model, qtensors)
+        qweights = backbone.quantize_(model, cfg.quant, calibration.batches(gptq_tokens(cfg, tok, calib)))  # post-training quantization
+    linears, embedding = prepare(model, qweights)
     stages.update()
 
     pad = tok.pad_token_id or 0
@@ -137,57 +180,50 @@ def _run(cfg: RunConfig, task, out: Path, command: str, progress: bool, stages, 
         stages.set_description("validate")
         validation = validate(tmp, task, dev, torch_logits, torch_metrics, cfg, pad)
         stages.update()
-        density = masking.densities(model)[1]
-        manifest = {
-            "command": command,
-            "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"),
-            "model": {"name": source.name, "location": source.location, "local": source.local, "pooling": model.pooling,
-                      "architecture": model.encoder.config.model_type, "num_labels": task.num_labels,
-                      "hidden_size": model.encoder.config.hidden_size, "num_heads": model.encoder.config.num_attention_heads,
-                      "inputs": input_names(model), "pad_token_id": pad},
-            "task": {"name": task.name, "metric": task.metric, "train_examples": len(train_split), "dev_examples": len(dev),
-                     "data": splits["train"].source},
-            "config": {"quant": _to_dict(cfg.quant), "mask": _to_dict(cfg.mask), "train": _to_dict(cfg.train),
-                       "export": _to_dict(cfg.export), "embedding_bits": quantize.embedding_bits(cfg.quant) if embedding else None},
-            "density": density,
-            "layers": layer_table(model, linears, embedding),
-            "training": {"history": history.history, "best_epoch": history.best_epoch, "seconds": history.seconds,
-                         "init_from": cfg.init_from},
-            "metrics": {"majority": metrics.majority_baseline(task, splits["train"].labels, dev.labels), **validation["metrics"]},
-            "validation": validation["checks"] | {"parity_max_abs_diff": res.parity_max_abs_diff, "parity_atol": cfg.export.parity_atol,
-                                                   "sample_max_abs_diff": res.deployed_max_abs_diff},
-            "fusions": res.fusions,
-            "ffn_neurons": res.ffn_neurons,
-            "sizes": {**res.sizes, "onnx_total": (tmp / "model.onnx").stat().st_size, "masks": mask_bytes,
-                      "head": (tmp / "trainable.safetensors").stat().st_size},
-            "bench": validation["bench"],
-            "seconds": time.perf_counter() - t_start,
-            "versions": artifact.versions(),
-        }
-        (tmp / "report.md").write_text(report.render(manifest))
-        manifest = artifact.write_manifest(tmp, manifest)
-    if not manifest["validation"]["passed"]:  # kept, so that hours of training are not lost; but it fails
-        raise AccuracyDriftError(f"{manifest['validation']['failure']}: the artifact is kept at {out} with validation.passed = false; "
+        m = mf.ArtifactManifest(
+            command=command,
+            model=mf.model_info(model, source, tok, task.num_labels),
+            task=mf.TaskInfo(task.name, task.metric, len(train_split), len(dev), splits["train"].source, list(task.labels)),
+            config=RunSettings.of(cfg, embedding is not None),
+            backbone=ref,
+            density=masking.densities(model)[1],
+            layers=layer_table(model, linears, embedding),
+            training=mf.Training(history.history, history.best_epoch, history.seconds, cfg.init_from),
+            metrics=mf.Metrics(validation["metrics"]["torch"], validation["metrics"]["onnx"],
+                               metrics.majority_baseline(task, splits["train"].labels, dev.labels)),
+            validation=validation["checks"] | {"parity_max_abs_diff": res.parity_max_abs_diff, "parity_atol": cfg.export.parity_atol,
+                                               "sample_max_abs_diff": res.deployed_max_abs_diff},
+            fusions=res.fusions,
+            ffn_neurons=res.ffn_neurons,
+            sizes={**res.sizes, "onnx_total": (tmp / "model.onnx").stat().st_size, "masks": mask_bytes,
+                   "head": (tmp / "trainable.safetensors").stat().st_size},
+            bench=validation["bench"],
+            seconds=time.perf_counter() - t_start,
+        )
+        (tmp / "report.md").write_text(report.render(m))
+        mf.write(tmp, m)
+    if not m.passed:  # kept, so that hours of training are not lost; but it fails
+        raise AccuracyDriftError(f"{m.validation['failure']}: the artifact is kept at {out} with validation.passed = false; "
                                  f"`compress export {out} --kernel float` ships the exact graph without retraining")
-    return out, manifest
+    return out, m
 
 
 def _load_fine_tuned(source: Path, model, cfg: RunConfig) -> train.TrainResult:
     """Post-training quantization of an earlier dense fine-tuning: its weights, its training history."""
     from safetensors.torch import load_file
 
-    m = artifact.read(source)
-    if cfg.train.mode != "weights" or m["config"]["train"]["mode"] != "weights":
+    m = mf.read(source, mf.ArtifactManifest)
+    if cfg.train.mode != "weights" or m.config.train.mode != "weights":
         raise artifact.ArtifactError(f"--init-from {source}: both it and this run must be --mode weights (it is "
-                                     f"{m['config']['train']['mode']}, this run {cfg.train.mode})")
-    if m["task"]["name"] != tasks.get_task(cfg.task).name:
-        raise artifact.ArtifactError(f"--init-from {source} was trained on {m['task']['name']}, not {cfg.task}")
+                                     f"{m.config.train.mode}, this run {cfg.train.mode})")
+    if m.task.name != tasks.get_task(cfg.task).name:
+        raise artifact.ArtifactError(f"--init-from {source} was trained on {m.task.name}, not {cfg.task}")
     try:
         model.load_state_dict(load_file(str(source / "trainable.safetensors")))
     except RuntimeError as e:
-        raise artifact.ArtifactError(f"--init-from {source} holds another model's weights ({m['model']['name']}): "
+        raise artifact.ArtifactError(f"--init-from {source} holds another model's weights ({m.model.name}): "
                                      f"{str(e).splitlines()[0]}") from None
-    return train.TrainResult(m["training"]["history"], m["training"]["best_epoch"], 0.0)
+    return train.TrainResult(m.training.history, m.training.best_epoch, 0.0)
 
 
 def trainable_tensors(model, mode: str) -> dict[str, torch.Tensor]:
@@ -234,43 +270,52 @@ def bench(directory: Path, provider: str = "cpu", batch_sizes=(1, 32), seq_len: 
     from compress.runtimes.session import open_session
 
     directory = Path(directory)
-    manifest = artifact.read(directory)
+    m = mf.read(directory, mf.ArtifactManifest)
     sess = open_session(directory / "model.onnx", require(provider), threads=threads)
-    out = {"kind": "bench", "artifact": str(directory), "model": manifest["model"]["name"], "task": manifest["task"]["name"],
+    out = {"kind": "bench", "artifact": str(directory), "model": m.model.name, "task": m.task.name,
            "provider": provider, "latency": [rbench.latency(sess, batch=b, seq_len=seq_len) for b in batch_sizes]}
     if data_dir is not None:
-        task = tasks.get_task(manifest["task"]["name"])
+        task = tasks.get_task(m.task.name)
         dev = tasks.load_task(task, data_dir)["dev"]
-        logits = evaluate.texts_logits(sess, directory / "tokenizer.json", manifest["config"]["train"]["max_length"], dev.text_a,
-                                       dev.text_b, manifest["model"]["pad_token_id"])
+        logits = evaluate.texts_logits(sess, directory / "tokenizer.json", m.config.train.max_length, dev.text_a, dev.text_b,
+                                       m.model.pad_token_id)
         out["metrics"] = {"onnx": metrics.compute(task, logits, dev.labels)}
         out["dev_examples"] = len(dev)
     return out
 
 
-def config_from_manifest(manifest: dict, **export_overrides) -> RunConfig:
-    c = manifest["config"]
-    mask = dict(c["mask"])
-    mask["nm"] = tuple(mask["nm"]) if mask.get("nm") else None
-    exp = {**c["export"], **{k: v for k, v in export_overrides.items() if v is not None}}
-    m = manifest["model"]
-    return RunConfig(model=m["name"] if m["name"] == models.EMBEDDED else m["location"], task=manifest["task"]["name"], pooling=m["pooling"],
-                     quant=quantize.QuantConfig(**c["quant"]), mask=masking.MaskConfig(**mask), train=train.TrainConfig(**c["train"]),
-                     export=ExportConfig(**exp))
+def config_from_manifest(m: mf.ArtifactManifest, backbone_dir: str | None = None, **export_overrides) -> RunConfig:
+    """The RunConfig that rebuilds an artifact; backbone_dir overrides where its backbone is now."""
+    c = m.config
+    exp = dataclasses.replace(c.export, **{k: v for k, v in export_overrides.items() if v is not None})
+    model = m.model.name if m.model.name == models.EMBEDDED else m.model.location
+    bb = None
+    if m.backbone is not None:
+        bb = backbone_dir or m.backbone.path
+        if not Path(bb).is_dir():
+            raise backbone.BackboneError(f"the backbone this artifact was trained on ({m.backbone.sha256[:12]}...) is not at {bb}: "
+                                         "pass --backbone DIR")
+    return RunConfig(model=model, task=m.task.name, pooling=m.model.pooling, quant=c.quant, mask=c.mask, train=c.train, export=exp,
+                     backbone=bb)
 
 
-def restore(directory: Path, manifest: dict, cfg: RunConfig):
-    """The trained torch model from an artifact: base model + quantization + mask.npz + trainable.safetensors."""
+def restore(directory: Path, m: mf.ArtifactManifest, cfg: RunConfig):
+    """The trained torch model from an artifact: base model (or its backbone) + quantization + mask.npz + trainable.safetensors."""
     from safetensors.torch import load_file
 
+    if m.materialized_from is not None and not (directory / calibration.FILE).is_file() and cfg.export.kernel == "int8":
+        raise artifact.ArtifactError(f"{directory} was materialized from the pack {m.materialized_from['pack']} and has no calibration "
+                                     f"tokens to smooth a new int8 graph with: re-export the original artifact, or use --kernel float")
+    if m.backbone is not None:
+        resolve_backbone(cfg, m.backbone.sha256)  # the same weights it was trained on
     task = tasks.get_task(cfg.task)
     calib = None
     if (directory / calibration.FILE).is_file():
         with np.load(directory / calibration.FILE) as z:
             calib = {k: z[k] for k in z.files}
-    elif cfg.quant.method == "gptq" and cfg.quant.enabled:
+    elif cfg.quant.method == "gptq" and cfg.quant.enabled and cfg.quant.calibration == "task" and not cfg.backbone:
         raise artifact.ArtifactError(f"{directory / calibration.FILE} is missing: GPTQ needs its calibration tokens; rerun `compress run`")
-    model, tok, source, qtensors, _ = build(cfg, task, calib)
+    model, tok, source, qweights, _ = build(cfg, task, calib)
     trained = load_file(str(directory / "trainable.safetensors"))
     if cfg.train.mode == "structure":
         masking.set_masks_(model, masking.load_masks(directory / "mask.npz"))
@@ -280,14 +325,15 @@ def restore(directory: Path, manifest: dict, cfg: RunConfig):
         train.load_parameters_(model, trained)
     else:
         model.load_state_dict(trained)
-        qtensors = quantize.quantize_(model, cfg.quant, calibration.batches(calib))
-    return model.eval(), tok, qtensors, calib
+        qweights = backbone.quantize_(model, cfg.quant, calibration.batches(gptq_tokens(cfg, tok, calib)))
+    return model.eval(), tok, qweights, calib
 
 
-def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", command: str = "") -> dict:
+def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", command: str = "",
+             backbone_dir: str | None = None) -> mf.ArtifactManifest:
     """Re-export an artifact without retraining; returns the new manifest.
 
-    fmt="onnx": rebuild model.onnx from base model + mask.npz + trainable.safetensors (e.g. with another kernel).
+    fmt="onnx": rebuild model.onnx from base model (or backbone) + mask.npz + trainable.safetensors (e.g. with another kernel).
     fmt="ort":  also write model.ort (ONNX Runtime's format for mobile builds), checked against model.onnx.
     """
     import shutil
@@ -299,7 +345,7 @@ def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", comm
     if fmt not in ("onnx", "ort"):
         raise ValueError(f"format '{fmt}' is not one of onnx, ort")
     directory = Path(directory)
-    manifest = artifact.read(directory)
+    m = mf.read(directory, mf.ArtifactManifest)
     sample = inputs(4, 32, seed=1)
     sample["attention_mask"][1, 20:] = 0
     with artifact.staging(directory, overwrite=True) as tmp:
@@ -307,29 +353,28 @@ def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", comm
             if f.is_file():
                 shutil.copy2(f, tmp / f.name)
         if fmt == "onnx" or kernel is not None:
-            cfg = config_from_manifest(manifest, kernel=kernel)
-            model, _, qtensors, calib = restore(directory, manifest, cfg)
-            linears, embedding = prepare(model, qtensors)
+            cfg = config_from_manifest(m, backbone_dir, kernel=kernel)
+            model, _, qweights, calib = restore(directory, m, cfg)
+            linears, embedding = prepare(model, qweights)
             res = export(model, linears, embedding, tmp / "model.onnx", cfg.export, sample, calibration.batches(calib))
-            manifest["config"]["export"] = _to_dict(cfg.export)
-            manifest["sizes"].update({**res.sizes, "onnx_total": (tmp / "model.onnx").stat().st_size})
-            manifest["validation"].update({"parity_max_abs_diff": res.parity_max_abs_diff, "sample_max_abs_diff": res.deployed_max_abs_diff,
-                                           "passed": None})  # a new graph: its dev metric is measured by `compress bench DIR --data-dir`
-            manifest["fusions"] = res.fusions
-            manifest["ffn_neurons"] = res.ffn_neurons
+            m.config = dataclasses.replace(m.config, export=cfg.export)
+            if m.backbone is not None:
+                m.backbone = dataclasses.replace(m.backbone, path=str(Path(cfg.backbone).resolve()))
+            m.sizes.update({**res.sizes, "onnx_total": (tmp / "model.onnx").stat().st_size})
+            m.validation.update({"parity_max_abs_diff": res.parity_max_abs_diff, "sample_max_abs_diff": res.deployed_max_abs_diff,
+                                 "passed": None})  # a new graph: its dev metric is measured by `compress bench DIR --data-dir`
+            m.fusions = res.fusions
+            m.ffn_neurons = res.ffn_neurons
             for stale in (tmp / "model.ort", tmp / "model.required_operators.config"):  # made from the old graph
                 stale.unlink(missing_ok=True)
-            manifest["sizes"].pop("ort_total", None)
-            manifest["validation"].pop("ort_max_abs_diff", None)
+            m.sizes.pop("ort_total", None)
+            m.validation.pop("ort_max_abs_diff", None)
         if fmt == "ort":
             ort_file = next(p for p in ort_format.to_ort(tmp / "model.onnx", tmp) if p.suffix == ".ort")
             ref = {"logits": run_logits(open_session(tmp / "model.onnx"), sample)}
-            atol = manifest["config"]["export"]["parity_atol"]
-            diff = verify.compare(ref, {"logits": run_logits(open_session(ort_file), sample)}, atol, "model.ort")
-            manifest["sizes"]["ort_total"] = ort_file.stat().st_size
-            manifest["validation"]["ort_max_abs_diff"] = diff["logits"]
-        manifest["exported_by"] = command
-        manifest.pop("files", None)
-        manifest.pop("schema_version", None)
-        (tmp / "report.md").write_text(report.render(manifest))
-        return artifact.write_manifest(tmp, manifest)
+            diff = verify.compare(ref, {"logits": run_logits(open_session(ort_file), sample)}, m.config.export.parity_atol, "model.ort")
+            m.sizes["ort_total"] = ort_file.stat().st_size
+            m.validation["ort_max_abs_diff"] = diff["logits"]
+        m.exported_by = command
+        (tmp / "report.md").write_text(report.render(m))
+        return mf.write(tmp, m)

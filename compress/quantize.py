@@ -1,4 +1,4 @@
-"""Quantize the frozen pretrained weights: per-channel or group-wise, 8/4/2/1 bits.
+"""Quantize a tensor: per-channel or group-wise grids, 8/4/2/1 bits, rounded to nearest (RTN).
 
 A weight ``W[out, in]`` becomes integer codes ``q`` and float scales ``s`` with ``W ~= s * q``:
 per output channel (``group_size=None``, one scale per row) or per group of ``group_size`` inputs
@@ -11,21 +11,23 @@ per output channel (``group_size=None``, one scale per row) or per group of ``gr
 Scales are chosen by a small MSE search over clipping ratios (``clip_search``) and rounded to
 float16, so that the file stores them in 16 bits without changing a single dequantized weight.
 
-``quantize_(model, config)`` replaces the target weights in place by their dequantized values,
-so that the mask is learned on exactly the weights that ship, and returns the integer form.
+The result is a ``compress.qweight.QWeight``. GPTQ (compress.gptq) rounds on the same grids; which
+tensors of a model are quantized, and how, is compress.backbone's job.
 """
 from __future__ import annotations
 
 import logging
 from dataclasses import dataclass
 
-import numpy as np
 import torch
+
+from compress.qweight import QWeight
 
 log = logging.getLogger(__name__)
 
 SUPPORTED_BITS = (1, 2, 4, 8, 16, 32)
 METHODS = ("rtn", "gptq")
+CALIBRATIONS = ("task", "general")
 ASYMMETRIC_BITS = (2, 4)  # codes minus zero point must fit the int8 kernels: |q| <= 2^b - 1
 
 
@@ -41,21 +43,33 @@ class QuantConfig:
     embeddings: bool = True  # also quantize the word-embedding table (per row, >= 4 bits)
     symmetric: bool = True  # False: 2^b levels with a zero point per group (2 or 4 bits)
     method: str = "rtn"  # "rtn": round to nearest; "gptq": error-compensating rounding on calibration text
-    calibration_examples: int = 128  # gptq: training examples whose tokens calibrate (labels unused)
+    calibration_examples: int = 128  # gptq: calibration texts (labels unused)
+    # gptq: which texts calibrate. "task": the task's first training texts (the quantized weights are the task's
+    # own); "general": the general English text this package ships (compress/data), the same for every task
+    calibration: str = "task"
 
     def __post_init__(self):
         if self.bits not in SUPPORTED_BITS:
             raise QuantConfigError(f"bits={self.bits} is not supported: use one of {SUPPORTED_BITS} (16/32 = no quantization)")
         if self.method not in METHODS:
             raise QuantConfigError(f"method '{self.method}' is not one of {METHODS}")
+        if self.calibration not in CALIBRATIONS:
+            raise QuantConfigError(f"calibration '{self.calibration}' is not one of {CALIBRATIONS}")
         if not self.symmetric and self.bits not in ASYMMETRIC_BITS:
             raise QuantConfigError(f"asymmetric quantization is for bits in {ASYMMETRIC_BITS}, not {self.bits}: use --symmetric")
         if self.group_size is not None and (self.group_size < 2 or self.group_size & (self.group_size - 1)):
             raise QuantConfigError(f"group_size={self.group_size} must be a power of two >= 2, or None for per-channel scales")
+        if self.calibration_examples < 1:
+            raise QuantConfigError(f"calibration_examples={self.calibration_examples}: calibrate on at least 1 text")
 
     @property
     def enabled(self) -> bool:
         return self.bits <= 8
+
+    @property
+    def task_independent(self) -> bool:
+        """Whether the quantized weights are the same for every task (no task text calibrates them)."""
+        return self.method == "rtn" or self.calibration == "general"
 
 
 def embedding_bits(config: QuantConfig) -> int:
@@ -78,21 +92,6 @@ def default_config(bits: int, group_size: int | None = None, symmetric: bool | N
         method = method or "gptq"
     return QuantConfig(bits=bits, group_size=group_size, symmetric=True if symmetric is None else symmetric,
                        method=method or "rtn", **kw)
-
-
-@dataclass
-class QTensor:
-    """Integer codes q (int8 tensor, same shape as the weight), scales [rows, n_groups], and for
-    asymmetric tensors the zero points [rows, n_groups] (stored code = q + zero)."""
-
-    q: torch.Tensor
-    scale: torch.Tensor
-    bits: int
-    group_size: int | None
-    zero: torch.Tensor | None = None
-
-    def dequantize(self) -> torch.Tensor:
-        return dequantize(self)
 
 
 def _qmax(bits: int) -> int:
@@ -150,60 +149,24 @@ def _quantize_groups(wg: torch.Tensor, bits: int, clip_search: bool, symmetric: 
     return q, best_scale, None if best_zero is None else best_zero.to(torch.uint8)
 
 
+def qweight(q: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None, zero: torch.Tensor | None) -> QWeight:
+    """torch codes [rows, cols], scales and zero points [rows, groups] -> QWeight (numpy)."""
+    return QWeight(q.to(torch.int8).numpy(), scale.float().numpy(), bits, group_size, None if zero is None else zero.to(torch.uint8).numpy())
+
+
 def quantize_tensor(w: torch.Tensor, bits: int, group_size: int | None = None, clip_search: bool = True,
-                    symmetric: bool = True) -> QTensor:
-    """Quantize a 2-D weight [rows, cols] along its last dimension."""
+                    symmetric: bool = True) -> QWeight:
+    """Round a 2-D weight [rows, cols] to nearest on its grid, along its last dimension."""
     if bits > 8:
         raise QuantConfigError(f"quantize_tensor needs bits <= 8, got {bits}")
     if not symmetric and bits not in ASYMMETRIC_BITS:
         raise QuantConfigError(f"asymmetric quantization is for bits in {ASYMMETRIC_BITS}, not {bits}")
     wg = _grouped(w.detach().float(), group_size)
     q, scale, zero = _quantize_groups(wg, bits, clip_search, symmetric)
-    return QTensor(q.reshape(w.shape), scale, bits, group_size, zero)
+    return qweight(q.reshape(w.shape), scale, bits, group_size, zero)
 
 
-def dequantize(qt: QTensor) -> torch.Tensor:
-    qg = _grouped(qt.q.float(), qt.group_size)
-    return (qg * qt.scale[..., None]).reshape(qt.q.shape)
-
-
-# ---------------------------------------------------------------- bit packing (little-endian in a byte)
-def pack_bits(codes: np.ndarray, bits: int) -> np.ndarray:
-    """Unsigned codes in [0, 2^bits) -> uint8 bytes, 8/bits values per byte, first value in the low bits."""
-    if bits not in (1, 2, 4, 8):
-        raise QuantConfigError(f"cannot pack {bits}-bit codes: use 1, 2, 4 or 8")
-    flat = np.asarray(codes, dtype=np.uint8).reshape(-1)
-    if flat.size and flat.max() >= 2**bits:
-        raise QuantConfigError(f"code {int(flat.max())} does not fit in {bits} bits")
-    per = 8 // bits
-    flat = np.pad(flat, (0, (-flat.size) % per)).reshape(-1, per)
-    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
-    return np.bitwise_or.reduce(flat << shifts, axis=1).astype(np.uint8)
-
-
-def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
-    per = 8 // bits
-    shifts = (np.arange(per, dtype=np.uint8) * bits).astype(np.uint8)
-    vals = (packed.reshape(-1, 1) >> shifts) & np.uint8(2**bits - 1)
-    return vals.reshape(-1)[:count]
-
-
-def code_offset(bits: int) -> int:
-    """Signed code q is stored as unsigned q + offset (1 bit: {-1, 1} -> {0, 1} via (q + 1) / 2)."""
-    return 0 if bits == 1 else 2 ** (bits - 1)
-
-
-def to_unsigned(q: np.ndarray, bits: int) -> np.ndarray:
-    q = np.asarray(q, dtype=np.int16)
-    return ((q + 1) // 2 if bits == 1 else q + code_offset(bits)).astype(np.uint8)
-
-
-def to_signed(u: np.ndarray, bits: int) -> np.ndarray:
-    u = np.asarray(u, dtype=np.int16)
-    return (2 * u - 1 if bits == 1 else u - code_offset(bits)).astype(np.int8)
-
-
-# ---------------------------------------------------------------- applying to a model
+# ---------------------------------------------------------------- which tensors of a model
 def target_linears(model: torch.nn.Module) -> dict[str, torch.nn.Linear]:
     """Every nn.Linear of the encoder's transformer layers: not the pooler, not the classifier."""
     out = {}
@@ -222,40 +185,3 @@ def word_embeddings(model: torch.nn.Module) -> tuple[str, torch.nn.Embedding] | 
         if mod is emb:
             return name, mod
     return None
-
-
-@torch.no_grad()
-def quantize_(model: torch.nn.Module, config: QuantConfig, calibration=None) -> dict[str, QTensor]:
-    """Quantize the model's frozen weights in place (weights := dequantize(quantize(W))).
-
-    Returns {module name: QTensor} for every quantized Linear and, if configured, the word
-    embeddings (quantized per row, i.e. per token vector). Empty when config.bits > 8.
-    calibration: for method="gptq", batches (dicts of input tensors) to run through the model.
-    """
-    if not config.enabled:
-        return {}
-    result: dict[str, QTensor] = {}
-    linears = target_linears(model)
-    if config.method == "gptq":
-        from compress import gptq
-
-        if calibration is None:
-            raise QuantConfigError("method 'gptq' needs calibration batches: pass calibration=..., or use method 'rtn'")
-        hessians = gptq.input_hessians(model, list(linears), calibration)  # one pass over the unquantized model
-    for name, lin in linears.items():
-        if config.method == "gptq":
-            qt = gptq.gptq_tensor(lin.weight, hessians.pop(name), config.bits, config.group_size, config.clip_search, config.symmetric)
-        else:
-            qt = quantize_tensor(lin.weight, config.bits, config.group_size, config.clip_search, config.symmetric)
-        lin.weight.copy_(qt.dequantize().to(lin.weight.dtype))
-        result[name] = qt
-    if config.embeddings and (found := word_embeddings(model)):
-        name, emb = found
-        qt = quantize_tensor(emb.weight, embedding_bits(config), None, config.clip_search)
-        emb.weight.copy_(qt.dequantize().to(emb.weight.dtype))
-        result[name] = qt
-    if not result:
-        raise QuantConfigError("found no nn.Linear layers under model.encoder to quantize: is this a BERT-family encoder?")
-    log.info("quantized %d tensors to %d bits (group_size=%s, symmetric=%s)", len(result), config.bits, config.group_size,
-             config.symmetric)
-    return result

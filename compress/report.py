@@ -1,34 +1,40 @@
-"""report.md and the closing console table, rendered from the manifest."""
+"""report.md and the closing console table, rendered from an artifact's manifest."""
 from __future__ import annotations
+
+from typing import TYPE_CHECKING
+
+if TYPE_CHECKING:
+    from compress.manifest import ArtifactManifest
 
 
 def _mb(n: int) -> str:
     return f"{n / 1e6:.2f} MB"
 
 
-def summary_rows(m: dict) -> list[tuple[str, str]]:
-    metric = m["task"]["metric"]
-    t, o = m["metrics"]["torch"], m["metrics"]["onnx"]
-    v = m["validation"]
+def summary_rows(m: ArtifactManifest) -> list[tuple[str, str]]:
+    metric = m.task.metric
+    t, o = m.metrics.torch, m.metrics.onnx
+    v = m.validation
     rows = [
-        (f"dev {metric} (PyTorch, masked)" if m["config"]["train"]["mode"] == "structure" else f"dev {metric} (PyTorch)", f"{t[metric]:.4f}"),
+        (f"dev {metric} (PyTorch, masked)" if m.config.train.mode == "structure" else f"dev {metric} (PyTorch)", f"{t[metric]:.4f}"),
         (f"dev {metric} (ONNX Runtime)", f"{o[metric]:.4f}"),
         ("prediction agreement", f"{v['agreement']:.4f}"),
         ("max abs logit diff, float kernel / shipped", f"{v['parity_max_abs_diff']:.2e} / {v['dev_max_abs_diff']:.2e}"),
-        ("mask density", f"{m['density']:.4f}"),
-        *([("FFN neurons kept", "{} of {} (the rest removed from the graph)".format(*map(sum, zip(*m["ffn_neurons"].values()))))]
-          if m.get("ffn_neurons") else []),
-        ("model.onnx", _mb(m["sizes"]["onnx_total"])),
+        ("mask density", f"{m.density:.4f}"),
+        *([("FFN neurons kept", "{} of {} (the rest removed from the graph)".format(*map(sum, zip(*m.ffn_neurons.values()))))]
+          if m.ffn_neurons else []),
+        *([("backbone", f"{m.backbone.path} (weights SHA-256 {m.backbone.sha256[:12]}...)")] if m.backbone else []),
+        ("model.onnx", _mb(m.sizes["onnx_total"])),
     ]
-    for key, b in m.get("bench", {}).items():
+    for key, b in m.bench.items():
         rows.append((f"latency {b['batch']}x{b['seq_len']} (median)", f"{b['median_ms']:.2f} ms ({b['throughput_seq_s']:.0f} seq/s)"))
     return rows
 
 
-def size_lines(m: dict) -> list[str]:
+def size_lines(m: ArtifactManifest) -> list[str]:
     """What each part of the artifact costs: the graph's parts, the mask file, the task head."""
-    sz = m["sizes"]
-    masked = sum(r["shape"][0] * r["shape"][1] for r in m["layers"] if r.get("masked"))
+    sz = m.sizes
+    masked = sum(r["shape"][0] * r["shape"][1] for r in m.layers if r.get("masked"))
     lines = [f"- model.onnx: {_mb(sz['onnx_total'])} = encoder weight codes {_mb(sz.get('weights', 0))} + scales and zero points "
              f"{_mb(sz.get('scales', 0))} + word embeddings {_mb(sz.get('embeddings', 0))} + other {_mb(sz.get('other', 0))} "
              "(biases, LayerNorms, position embeddings, head, graph)"]
@@ -42,21 +48,21 @@ def size_lines(m: dict) -> list[str]:
     return lines
 
 
-def render(m: dict) -> str:
-    q, tr = m["config"]["quant"], m["config"]["train"]
-    bits = f"{q['bits']}-bit" + (f", groups of {q['group_size']}" if q["group_size"] else ", per channel") if q["bits"] <= 8 else "none (fp32)"
-    lines = [f"# {m['model']['name']} on {m['task']['name']}: mode={tr['mode']}, weights {bits}", "",
-             f"Command: `{m['command']}`", "", "| | |", "|---|---|"]
+def render(m: ArtifactManifest) -> str:
+    q, tr = m.config.quant, m.config.train
+    bits = f"{q.bits}-bit" + (f", groups of {q.group_size}" if q.group_size else ", per channel") if q.bits <= 8 else "none (fp32)"
+    lines = [f"# {m.model.name} on {m.task.name}: mode={tr.mode}, weights {bits}", "",
+             f"Command: `{m.command}`", "", "| | |", "|---|---|"]
     lines += [f"| {k} | {v} |" for k, v in summary_rows(m)]
-    lines += ["", f"Majority-class baseline: {m['metrics']['majority']}", "",
+    lines += ["", f"Majority-class baseline: {m.metrics.majority}", "",
               "## Training (dev metric per epoch)", "", "| epoch | loss | dev | density | seconds |", "|---|---|---|---|---|"]
-    for h in m["training"]["history"]:
+    for h in m.training.history:
         dev = ", ".join(f"{k} {v:.4f}" for k, v in h["dev"].items())
-        mark = " (selected)" if h["epoch"] == m["training"]["best_epoch"] else ""
+        mark = " (selected)" if h["epoch"] == m.training.best_epoch else ""
         lines.append(f"| {h['epoch']}{mark} | {h['loss']:.4f} | {dev} | {h['density']:.4f} | {h['seconds']:.0f} |")
-    lines += ["", f"Selection: `{tr['select']}` epoch by dev {m['task']['metric']}.", "", "## Bytes", ""]
+    lines += ["", f"Selection: `{tr.select}` epoch by dev {m.task.metric}.", "", "## Bytes", ""]
     lines += size_lines(m)
     lines += ["", "## Layers", "", "| layer | shape | bits | group | density |", "|---|---|---|---|---|"]
-    lines += [f"| {r['name']} | {r['shape']} | {r['bits']} | {r['group_size'] or 'channel'} | {r['density']:.4f} |" for r in m["layers"]]
-    lines += ["", f"ONNX Runtime fusions: {m['fusions']}", "", f"Versions: {m['versions']}", ""]
+    lines += [f"| {r['name']} | {r['shape']} | {r['bits']} | {r['group_size'] or 'channel'} | {r['density']:.4f} |" for r in m.layers]
+    lines += ["", f"ONNX Runtime fusions: {m.fusions}", "", f"Versions: {m.versions}", ""]
     return "\n".join(lines)

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from compress import artifact, quantize
+from compress import artifact, manifest as mf, quantize
 
 if TYPE_CHECKING:
     from compress.pipeline import RunConfig
@@ -108,27 +108,25 @@ _NOT_COMPARED = {"device", "seed", "mode"}
 _IGNORED_BY = {"weights": {"mask_lr", "head_lr", "head_warmup_steps"}, "structure": {"lr"}}
 
 
-def _differences(cfg: SweepConfig, cell: Cell, manifest: dict) -> list[str]:
+def _differences(cfg: SweepConfig, cell: Cell, manifest: mf.ArtifactManifest) -> list[str]:
     """Mask, training and quantization settings in which a finished cell differs from this sweep."""
     want = cell_config(cfg, cell)
-    sections = [("train", want.train), ("quant", want.quant)] + ([("mask", want.mask)] if cell.mode == "structure" else [])
+    sections = ["train", "quant"] + (["mask"] if cell.mode == "structure" else [])
     skip = _NOT_COMPARED | _IGNORED_BY[cell.mode]
     out = []
-    for section, obj in sections:
-        wanted = json.loads(json.dumps(dataclasses.asdict(obj)))  # tuples as lists, as the manifest has them
-        have = manifest.get("config", {}).get(section, {})
-        out += [f"{section}.{k} {have[k]!r} (sweep: {v!r})" for k, v in wanted.items()
-                if k not in skip and k in have and have[k] != v]
+    for section in sections:
+        wanted, have = dataclasses.asdict(getattr(want, section)), dataclasses.asdict(getattr(manifest.config, section))
+        out += [f"{section}.{k} {have[k]!r} (sweep: {v!r})" for k, v in wanted.items() if k not in skip and have[k] != v]
     return out
 
 
-def done(cfg: SweepConfig, cell: Cell) -> dict | None:
+def done(cfg: SweepConfig, cell: Cell) -> mf.ArtifactManifest | None:
     """The cell's manifest if its artifact is complete, else None; a cell made with other settings is an error."""
     d = cell_dir(cfg, cell)
-    if not (d / artifact.MANIFEST).is_file():
+    if not (d / mf.FILE).is_file():
         return None
     try:
-        manifest = artifact.read(d)
+        manifest = mf.read(d, mf.ArtifactManifest)
     except artifact.ArtifactError as e:
         log.warning("%s is incomplete (%s): running it again", d, e)
         return None
@@ -138,11 +136,10 @@ def done(cfg: SweepConfig, cell: Cell) -> dict | None:
     return manifest
 
 
-def record(cell: Cell, manifest: dict) -> dict:
-    return {**dataclasses.asdict(cell), "dir": cell.name, "metrics": manifest["metrics"]["onnx"],
-            "torch_metrics": manifest["metrics"]["torch"], "density": manifest["density"],
-            "onnx_bytes": manifest["sizes"]["onnx_total"], "seconds": manifest["seconds"],
-            "majority": manifest["metrics"]["majority"], "validation_passed": manifest["validation"].get("passed", True)}
+def record(cell: Cell, m: mf.ArtifactManifest) -> dict:
+    return {**dataclasses.asdict(cell), "dir": cell.name, "metrics": m.metrics.onnx, "torch_metrics": m.metrics.torch,
+            "density": m.density, "onnx_bytes": m.sizes["onnx_total"], "seconds": m.seconds, "majority": m.metrics.majority,
+            "validation_passed": m.passed}
 
 
 def run_cell(cfg: SweepConfig, cell: Cell, progress: bool = False) -> dict:
@@ -155,7 +152,7 @@ def run_cell(cfg: SweepConfig, cell: Cell, progress: bool = False) -> dict:
             pipeline.run(cell_config(cfg, cell), command=f"compress sweep (cell {cell.name})", progress=progress)
         except AccuracyDriftError as e:  # the artifact is kept and its metrics count; the sweep goes on
             log.warning("%s: %s", cell.name, e)
-        m = artifact.read(cell_dir(cfg, cell))
+        m = mf.read(cell_dir(cfg, cell), mf.ArtifactManifest)
     return record(cell, m)
 
 

@@ -10,7 +10,9 @@ import numpy as np
 import onnx
 import torch
 
+from compress import masking
 from compress.exporters import fusions, neurons, onnx_graph, verify, weights
+from compress.qweight import QWeight
 
 log = logging.getLogger(__name__)
 
@@ -42,23 +44,27 @@ class ExportResult:
     ffn_neurons: dict[str, list[int]] = field(default_factory=dict)  # FFN with dead neurons removed -> [kept, total]
 
 
-def export(model: torch.nn.Module, linears: dict[str, weights.IntWeight], embedding: tuple[str, weights.IntWeight] | None,
-           path: Path, config: ExportConfig, sample: dict[str, np.ndarray], calibration=None) -> ExportResult:
+def export(model: torch.nn.Module, linears: dict[str, QWeight], embedding: tuple[str, QWeight] | None,
+           path: Path, config: ExportConfig, sample: dict[str, np.ndarray], calibration=None, shared=None) -> ExportResult:
     """Write the graph to `path` and verify it; `sample` are padded inputs for the parity check.
 
     calibration: batches whose input-channel ranges set the int8 kernel's activation smoothing
     (compress.calibration.batches); without them the graph is not smoothed.
+    shared: a compress.exporters.shared.SharedFile: the graph takes the backbone's tensors from that
+    file (external data) and applies the model's masks in the graph (a pack's task graph).
     """
     from compress.runtimes.session import open_session, run_logits
 
-    model, linears, ffn_neurons = neurons.drop_dead(model, linears)  # folded; dead FFN neurons removed (exact)
+    masks = {k: v.numpy() for k, v in masking.masks(model).items()} if shared is not None else {}
+    model, linears, removed = neurons.drop_dead(model, linears)  # folded; dead FFN neurons removed (exact)
     cfg = model.encoder.config
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = onnx.load(str(onnx_graph.export_fp32(model, Path(tmp) / "fp32.onnx", config.opset)))
-    stats = {}
+    stats, attention = {}, {}
     if config.fusions:
-        fp32, stats = fusions.optimize(fp32, cfg.num_attention_heads, cfg.hidden_size, keep_embeddings=embedding is not None,
-                                       keep_matmuls=config.kernel == "nbits")
+        fused = fusions.optimize(fp32, cfg.num_attention_heads, cfg.hidden_size, keep_embeddings=embedding is not None,
+                                 keep_matmuls=config.kernel == "nbits")
+        fp32, stats, attention = fused.model, fused.stats, fused.attention
     model.eval()
     with torch.no_grad():
         feeds = {k: torch.from_numpy(v) for k, v in sample.items() if k in onnx_graph.input_names(model)}
@@ -66,7 +72,7 @@ def export(model: torch.nn.Module, linears: dict[str, weights.IntWeight], embedd
     exact = onnx.ModelProto()
     exact.CopyFrom(fp32)
     if linears or embedding:
-        exact, _ = weights.quantize_graph(exact, linears, embedding, kernel="float")
+        exact, _ = weights.quantize_graph(exact, linears, embedding, kernel="float", attention=attention)
     got = {"logits": run_logits(open_session(exact.SerializeToString()), sample)}
     parity = verify.compare(ref, got, config.parity_atol, "float-kernel graph")["logits"]
     smooth = None
@@ -74,14 +80,26 @@ def export(model: torch.nn.Module, linears: dict[str, weights.IntWeight], embedd
         from compress.calibration import input_absmax
 
         smooth = weights.Smoothing(input_absmax(model, list(linears), calibration), config.smooth_alpha, config.smooth_max_bits)
-    shipped, sizes = (weights.quantize_graph(fp32, linears, embedding, kernel=config.kernel, smooth=smooth) if (linears or embedding)
+    qkv_bias = {n.input[2]: attention[n.name] for n in fp32.graph.node if n.name in attention and len(n.input) > 2}
+    source = shared.source(masks, removed) if shared is not None else None
+    shipped, sizes = (weights.quantize_graph(fp32, linears, embedding, kernel=config.kernel, smooth=smooth, attention=attention,
+                                             source=source) if (linears or embedding)
                       else (fp32, {"weights": 0, "scales": 0, "embeddings": 0}))
-    verify.check_graph(shipped)
     path.parent.mkdir(parents=True, exist_ok=True)
-    onnx.save(shipped, str(path))
-    total = path.stat().st_size
-    sizes["other"] = max(0, total - sum(sizes.values()))
+    if shared is None:
+        verify.check_graph(shipped)
+        onnx.save(shipped, str(path))
+        total = path.stat().st_size
+        sizes["other"] = max(0, total - sum(sizes.values()))
+    else:
+        from compress.exporters import shared as sh
+
+        sh.share_floats(shipped, shared, qkv_bias, removed)
+        sizes = sh.save(shipped, path, shared) | {"masks": source.mask_bytes}
+        verify.check_graph(path)
+        total = path.stat().st_size
     deployed = run_logits(open_session(path), sample)
-    res = ExportResult(path, sizes, stats, parity, float(np.max(np.abs(deployed - ref["logits"]))), ffn_neurons)
+    res = ExportResult(path, sizes, stats, parity, float(np.max(np.abs(deployed - ref["logits"]))),
+                       {k: [int(r.keep.size), r.total] for k, r in removed.items()})
     log.info("exported %s (%.2f MB): %s", path, total / 1e6, sizes)
     return res

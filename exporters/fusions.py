@@ -2,23 +2,35 @@
 from __future__ import annotations
 
 import logging
+from dataclasses import dataclass, field
 
 import onnx
 
 log = logging.getLogger(__name__)
 
 
+@dataclass
+class Fused:
+    model: onnx.ModelProto
+    stats: dict[str, int]
+    attention: dict[str, tuple[str, str, str]] = field(default_factory=dict)  # Attention node -> its Q, K, V modules
+
+
 def optimize(model: onnx.ModelProto, num_heads: int, hidden_size: int, keep_embeddings: bool = True,
-             keep_matmuls: bool = False) -> tuple[onnx.ModelProto, dict]:
+             keep_matmuls: bool = False) -> Fused:
     """Fuse with model_type='bert' (opt_level 0: python fusions only, so the file stays portable).
 
     keep_embeddings: leave the word-embedding Gather alone (no EmbedLayerNormalization) so that
     the embedding table can be replaced by its quantized form afterwards.
     keep_matmuls: no Attention fusion (which packs Q/K/V into one weight [hidden, 3 * hidden]);
     by default it is fused, and exporters.weights turns Attention into QAttention with int8 Q/K/V.
+    Which Q/K/V MatMuls each Attention node was built from is recorded as it is built (the fused
+    weight is a new tensor, so its name says nothing): the weights are then matched by name.
     """
     from onnxruntime.transformers.fusion_options import FusionOptions
     from onnxruntime.transformers.onnx_model_bert import BertOnnxModel
+
+    from compress.exporters.weights import module_of
 
     opts = FusionOptions("bert")
     if keep_embeddings:
@@ -26,10 +38,24 @@ def optimize(model: onnx.ModelProto, num_heads: int, hidden_size: int, keep_embe
     if keep_matmuls:
         opts.enable_attention = False
     bert = BertOnnxModel(model, num_heads, hidden_size)
+    attention: dict[str, tuple[str, str, str]] = {}
+    create = bert.attention_fusion.create_attention_node
+
+    def recording(mask_index, q_matmul, k_matmul, v_matmul, *args, **kwargs):
+        node = create(mask_index, q_matmul, k_matmul, v_matmul, *args, **kwargs)
+        if node is not None:
+            attention[node.name] = (module_of(q_matmul.name), module_of(k_matmul.name), module_of(v_matmul.name))
+        return node
+
+    bert.attention_fusion.create_attention_node = recording
     bert.optimize(opts, add_dynamic_axes=False)
     bert.topological_sort()  # the fused graph is not always in order; onnx.checker requires it
     if not any(op.domain == "com.microsoft" for op in bert.model.opset_import):
         bert.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))  # fused ops live there
     stats = {k: v for k, v in bert.get_fused_operator_statistics().items() if v}
+    fused = {n.name for n in bert.model.graph.node if n.op_type == "Attention"}
+    if fused - set(attention):
+        raise RuntimeError(f"ONNX Runtime fused Attention nodes {sorted(fused - set(attention))[:3]} without telling which Q/K/V they "
+                           f"came from (onnxruntime's FusionAttention changed?): export with keep_matmuls=True")
     log.info("ORT transformer fusions: %s", stats)
-    return bert.model, stats
+    return Fused(bert.model, stats, {k: v for k, v in attention.items() if k in fused})

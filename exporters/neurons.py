@@ -10,40 +10,53 @@ from __future__ import annotations
 import dataclasses
 import logging
 import re
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from compress import masking
-from compress.exporters.weights import IntWeight
+from compress.qweight import QWeight
 
 log = logging.getLogger(__name__)
 PAD = 16
 
 
 def ffn_pairs(model: torch.nn.Module) -> list[tuple[str, str]]:
-    """(first, second) projection names of every FFN: the linear into the intermediate size and the one
-    out of it, within the same transformer layer."""
+    """(first, second) projection names of every FFN of the model."""
     try:
         size = masking.intermediate_size(model)
     except ValueError:
         return []
     linears = {n: m for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, masking.MaskedLinear))
                and n.startswith("encoder.")}
-    shape = {n: tuple(m.weight.shape) for n, m in linears.items()}  # [out, in]
-    pairs = []
-    for second, (out_f, in_f) in shape.items():
+    return pairs({n: tuple(m.weight.shape) for n, m in linears.items()}, size)
+
+
+def pairs(shapes: dict[str, tuple[int, int]], size: int) -> list[tuple[str, str]]:
+    """(first, second) projection names of every FFN, from the linears' [out, in] shapes: the second takes
+    the intermediate size in (and gives something else out), the first is the one linear of the same
+    transformer layer that gives it out."""
+    out = []
+    for second, (out_f, in_f) in shapes.items():
         if in_f != size or out_f == size:
             continue
         layer = re.match(r"(.*\.\d+)\.", second)
-        firsts = [n for n, (o, _) in shape.items() if o == size and layer and n.startswith(layer.group(1) + ".")]
+        firsts = [n for n, (o, _) in shapes.items() if o == size and layer and n.startswith(layer.group(1) + ".")]
         if len(firsts) == 1:
-            pairs.append((firsts[0], second))
-    return pairs
+            out.append((firsts[0], second))
+    return out
 
 
-def _rows(w: IntWeight, keep: np.ndarray) -> IntWeight:
-    return dataclasses.replace(w, codes=w.codes[keep], scale=w.scale[keep], zero=None if w.zero is None else w.zero[keep])
+@dataclass(frozen=True, eq=False)
+class Removed:
+    """An FFN whose dead neurons left the graph: rows `keep` of its first projection and columns `keep` of its second remain."""
+
+    first: str
+    second: str
+    keep: np.ndarray  # sorted neuron indices: the live ones, padded with dead ones to a multiple of 16
+    alive: np.ndarray  # bool per kept neuron: False for the padding (zero weights and bias)
+    total: int  # neurons before
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
@@ -55,8 +68,8 @@ def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
     return lin
 
 
-def drop_dead(model: torch.nn.Module, linears: dict[str, IntWeight]) -> tuple[torch.nn.Module, dict[str, IntWeight], dict[str, list[int]]]:
-    """-> (folded model with the dead neurons removed, integer weights to match, {second projection: [neurons left, total]}).
+def drop_dead(model: torch.nn.Module, linears: dict[str, QWeight]) -> tuple[torch.nn.Module, dict[str, QWeight], dict[str, Removed]]:
+    """-> (folded model with the dead neurons removed, integer weights to match, {second projection: what was removed}).
 
     The model is returned folded (masks multiplied in, plain Linear layers); `model` is not changed.
     A second projection quantized in groups along its inputs keeps its dead columns (as zeros): removing
@@ -89,11 +102,10 @@ def drop_dead(model: torch.nn.Module, linears: dict[str, IntWeight]) -> tuple[to
         setattr(folded.get_submodule(parent1), a1, _linear(w1_rows, b1))
         setattr(folded.get_submodule(parent2), a2, _linear(w2.weight[:, idx], w2.bias))
         if first in linears:
-            linears[first] = _rows(linears[first], keep)
-            linears[first].codes[~alive[keep]] = 0
+            linears[first] = linears[first].rows(keep).masked(np.broadcast_to(alive[keep][:, None], (keep.size, w1.weight.shape[1])))
         if q2 is not None:
             linears[second] = dataclasses.replace(q2, codes=np.ascontiguousarray(q2.codes[:, keep]))
-        kept[second] = [int(keep.size), int(alive.size)]
+        kept[second] = Removed(first, second, keep, alive[keep], int(alive.size))
     if kept:
-        log.info("removed dead FFN neurons: %s", {k: f"{a}/{b}" for k, (a, b) in kept.items()})
+        log.info("removed dead FFN neurons: %s", {k: f"{r.keep.size}/{r.total}" for k, r in kept.items()})
     return folded, linears, kept

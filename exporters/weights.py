@@ -17,6 +17,14 @@ Kernels (``kernel=``):
           Attention fusion. Kept to measure against: on x86 CPUs it is slower than "int8"
           (benchmarks/results/export_vs_ort.md), but it is the low-bit kernel of ORT's GPU and ARM builds.
 The word-embedding table becomes Gather(int codes) -> Cast -> Mul(Gather(row scales)).
+
+Each weight is found in the fp32 graph by name: a linear by its MatMul node (the torch exporter
+names it after the module, e.g. ``/encoder/encoder/layer.0/output/dense/MatMul``), Q/K/V by the
+fused Attention node that ONNX Runtime's optimizer built from them (compress.exporters.fusions
+records which), the embedding table by its parameter name; the graph's value is then checked to
+equal the quantized masked weight. Where the codes come from is a source: ``Inline`` packs
+them into the graph; a pack's task graph takes them from the shared backbone file instead
+(compress.exporters.shared).
 """
 from __future__ import annotations
 
@@ -27,7 +35,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
-from compress.quantize import pack_bits, to_unsigned
+from compress.exporters import functions
+from compress.qweight import QWeight, pack_bits
 
 log = logging.getLogger(__name__)
 KERNELS = ("int8", "float", "nbits")
@@ -36,50 +45,6 @@ NBITS_ACCURACY_LEVEL = 4  # MatMulNBits: quantize the activations to int8 per bl
 
 class WeightMatchError(RuntimeError):
     """A quantized tensor has no matching initializer in the exported graph."""
-
-
-@dataclass
-class IntWeight:
-    """Integer codes [rows, cols] (torch layout, mask folded: pruned = 0), scales [rows, groups] and,
-    if asymmetric, zero points [rows, groups]: the stored code is codes + zero, in [0, 2^bits)."""
-
-    codes: np.ndarray
-    scale: np.ndarray
-    bits: int  # the quantization bits (1, 2, 4, 8)
-    group_size: int | None
-    zero: np.ndarray | None = None
-
-    @property
-    def storage_bits(self) -> int:
-        return 2 if self.bits == 1 else self.bits  # a masked 1-bit weight is ternary {-1, 0, 1}
-
-    @property
-    def groups(self) -> int:
-        cols = self.codes.shape[1]
-        return 1 if self.group_size is None else cols // self.group_size
-
-    def grouped(self, a: np.ndarray) -> np.ndarray:
-        rows, cols = self.codes.shape
-        return a.reshape(rows, self.groups, cols // self.groups)
-
-    def stored(self) -> np.ndarray:
-        """The unsigned codes that go to disk."""
-        if self.zero is None:
-            return to_unsigned(self.codes, self.storage_bits)
-        return (self.grouped(self.codes.astype(np.int16)) + self.zero[..., None]).astype(np.uint8).reshape(self.codes.shape)
-
-    def dequantize(self) -> np.ndarray:
-        w = self.grouped(self.codes.astype(np.float32)) * self.scale[..., None].astype(np.float32)
-        return w.reshape(self.codes.shape)
-
-
-def int_weight(qt, mask: np.ndarray | None = None) -> IntWeight:
-    """From a compress.quantize.QTensor and an optional boolean mask of the same shape."""
-    codes = qt.q.numpy().astype(np.int8)
-    if mask is not None:
-        codes = np.where(mask, codes, 0).astype(np.int8)
-    zero = None if qt.zero is None else qt.zero.numpy().astype(np.uint8)
-    return IntWeight(codes, qt.scale.numpy().astype(np.float32), qt.bits, qt.group_size, zero)
 
 
 @dataclass
@@ -112,19 +77,54 @@ class Smoothing:
         return np.clip(s, 1e-3, 1e3).astype(np.float16).astype(np.float32)  # stored as float16
 
 
+class Inline:
+    """Where a weight's integer codes and scales come from in the graph: packed into the graph itself
+    (a pack's task graph takes them from the shared backbone file instead: compress.exporters.shared)."""
+
+    def codes(self, bld: _Builder, base: str, w: QWeight) -> str:
+        """-> int32 [rows, cols] signed codes (folded at load)."""
+        rows, cols = w.shape
+        if w.storage_bits == 8:
+            return bld.node("Cast", [bld.const(f"{base}.codes_int8", w.codes)], base, to=TensorProto.INT32)[0]
+        x = bld.node("Cast", [bld.unpack(base, w.stored(), w.storage_bits, "codes")], base, to=TensorProto.INT32)[0]
+        if w.zero is None:
+            return bld.node("Sub", [x, bld.const(base, np.array(2 ** (w.storage_bits - 1), np.int32))], base)[0]
+        zero = bld.node("Cast", [bld.unpack(base, w.zero[..., None], w.bits, "zero")], base, to=TensorProto.INT32)[0]
+        return bld.grouped(base, w, lambda x: bld.node("Sub", [x, zero], base)[0], x)
+
+    def scale(self, bld: _Builder, base: str, w: QWeight, shape: tuple[int, ...]) -> str:
+        """-> float32 scales [rows, groups] reshaped to `shape` (stored as float16)."""
+        return bld.half(f"{base}.scale", w.scale.reshape(shape))
+
+
 class _Builder:
     """Appends nodes and initializers to a graph, with unique names."""
 
-    def __init__(self):
-        self.nodes, self.inits, self.n = [], [], 0
+    def __init__(self, source: Inline | None = None, tag: str = "", compact: bool = False):
+        self.nodes, self.inits, self.n, self.tag = [], [], 0, tag
         self.small: dict[tuple, str] = {}  # shapes, shifts, ...: one initializer per value
+        self.named: set[str] = set()
+        self.source = source or Inline()
+        self.compact = compact  # repeated subgraphs as calls of model-local functions (a pack's task graph)
+        self.functions: dict[str, onnx.FunctionProto] = {}
+
+    def call(self, fn: onnx.FunctionProto, inputs: list[str], base: str, outputs: int = 1) -> list[str]:
+        """One node calling a model-local function (compress.exporters.functions)."""
+        self.functions[fn.name] = fn
+        return self.node(fn.name, inputs, base, outputs=[self.name(f"{base}/{fn.name}") for _ in range(outputs)], domain=fn.domain)
 
     def name(self, base: str) -> str:
         self.n += 1
-        return f"{base.removeprefix('encoder.encoder.')}~{self.n}"
+        return f"{base.removeprefix('encoder.encoder.')}~{self.tag}{self.n}"
 
-    def const(self, base: str, array: np.ndarray) -> str:
+    def const(self, base: str, array: np.ndarray, name: str | None = None) -> str:
+        """An initializer: small ones (shapes, shifts) once per value; with `name`, under exactly that name, once."""
         array = np.ascontiguousarray(array)
+        if name is not None:
+            if name not in self.named:
+                self.inits.append(numpy_helper.from_array(array, name))
+                self.named.add(name)
+            return name
         key = (array.dtype.str, array.shape, array.tobytes()) if array.nbytes <= 64 else None
         if key in self.small:
             return self.small[key]
@@ -134,27 +134,25 @@ class _Builder:
             self.small[key] = name
         return name
 
-    def scale(self, base: str, scale: np.ndarray) -> str:
-        """fp32 scales stored as float16 (quantize_ rounded them to float16 values: lossless)."""
-        half = scale.astype(np.float16)
-        if not np.array_equal(half.astype(np.float32), scale.astype(np.float32)):
-            raise ValueError(f"{base}: scales are not float16 values; quantize with compress.quantize")
-        return self.node("Cast", [self.const(f"{base}.scale", half)], base, to=TensorProto.FLOAT)[0]
-
-    def unpack(self, base: str, stored: np.ndarray, bits: int, suffix: str) -> str:
+    def unpack(self, base: str, stored: np.ndarray, bits: int, suffix: str, name: str | None = None) -> str:
         """Unsigned codes (any shape) -> bit-packed uint8 initializer + subgraph giving uint8 of that shape."""
         if bits == 8:
-            return self.const(f"{base}.{suffix}_8bit", stored.astype(np.uint8))
+            return self.const(f"{base}.{suffix}_8bit", stored.astype(np.uint8), name)
         packed = pack_bits(stored, bits)
+        return self.unpacked(base, self.const(f"{base}.{suffix}_{bits}bit", packed, name), packed.size, stored.shape, bits)
+
+    def unpacked(self, base: str, packed: str, packed_size: int, shape: tuple[int, ...], bits: int) -> str:
+        """The subgraph that unpacks a bit-packed uint8 graph tensor into uint8 codes of `shape`."""
         per = 8 // bits
-        col = self.node("Reshape", [self.const(f"{base}.{suffix}_{bits}bit", packed), self.const(base, np.array([-1, 1], np.int64))], base)[0]
+        count = int(np.prod(shape))
+        col = self.node("Reshape", [packed, self.const(base, np.array([-1, 1], np.int64))], base)[0]
         left = self.const(base, np.array([8 - bits * (j + 1) for j in range(per)], np.uint8))
         x = self.node("BitShift", [col, left], base, direction="LEFT")[0]
         x = self.node("BitShift", [x, self.const(base, np.array([8 - bits], np.uint8))], base, direction="RIGHT")[0]
         x = self.node("Reshape", [x, self.const(base, np.array([-1], np.int64))], base)[0]
-        if packed.size * per != stored.size:
-            x = self.node("Slice", [x, self.const(base, np.array([0], np.int64)), self.const(base, np.array([stored.size], np.int64))], base)[0]
-        return self.node("Reshape", [x, self.const(base, np.array(stored.shape, np.int64))], base)[0]
+        if packed_size * per != count:
+            x = self.node("Slice", [x, self.const(base, np.array([0], np.int64)), self.const(base, np.array([count], np.int64))], base)[0]
+        return self.node("Reshape", [x, self.const(base, np.array(shape, np.int64))], base)[0]
 
     def node(self, op: str, inputs: list[str], base: str, outputs: list[str] | None = None, domain: str = "", **attrs) -> list[str]:
         outs = outputs or [self.name(f"{base}/{op}")]
@@ -162,32 +160,26 @@ class _Builder:
                                            domain=domain or None, **attrs))
         return outs
 
-    def unpack_int32(self, base: str, w: IntWeight) -> str:
-        """Packed codes -> int32 tensor [rows, cols] (folded at load)."""
-        rows, cols = w.codes.shape
-        if w.storage_bits == 8:
-            return self.node("Cast", [self.const(f"{base}.codes_int8", w.codes)], base, to=TensorProto.INT32)[0]
-        x = self.node("Cast", [self.unpack(base, w.stored(), w.storage_bits, "codes")], base, to=TensorProto.INT32)[0]
-        if w.zero is None:
-            return self.node("Sub", [x, self.const(base, np.array(2 ** (w.storage_bits - 1), np.int32))], base)[0]
-        zero = self.node("Cast", [self.unpack(base, w.zero[..., None], w.bits, "zero")], base, to=TensorProto.INT32)[0]
+    def grouped(self, base: str, w: QWeight, op, x: str) -> str:
+        """op applied to x [rows, cols] seen as [rows, groups, cols / groups] (per-group scales, zero points)."""
+        rows, cols = w.shape
         x = self.node("Reshape", [x, self.const(base, np.array([rows, w.groups, cols // w.groups], np.int64))], base)[0]
-        x = self.node("Sub", [x, zero], base)[0]
-        return self.node("Reshape", [x, self.const(base, np.array([rows, cols], np.int64))], base)[0]
+        return self.node("Reshape", [op(x), self.const(base, np.array([rows, cols], np.int64))], base)[0]
 
-    def dequant_float(self, base: str, w: IntWeight) -> str:
+    def dequant_float(self, base: str, w: QWeight) -> str:
         """-> fp32 [rows, cols] = codes * scale (per row or per group)."""
-        rows, cols = w.codes.shape
-        x = self.node("Cast", [self.unpack_int32(base, w)], base, to=TensorProto.FLOAT)[0]
+        rows, _ = w.shape
+        x = self.node("Cast", [self.source.codes(self, base, w)], base, to=TensorProto.FLOAT)[0]
         if w.groups == 1:
-            return self.node("Mul", [x, self.scale(base, w.scale.reshape(rows, 1))], base)[0]
-        x = self.node("Reshape", [x, self.const(base, np.array([rows, w.groups, cols // w.groups], np.int64))], base)[0]
-        x = self.node("Mul", [x, self.scale(base, w.scale.reshape(rows, w.groups, 1))], base)[0]
-        return self.node("Reshape", [x, self.const(base, np.array([rows, cols], np.int64))], base)[0]
+            return self.node("Mul", [x, self.source.scale(self, base, w, (rows, 1))], base)[0]
+        scale = self.source.scale(self, base, w, (rows, w.groups, 1))
+        return self.grouped(base, w, lambda g: self.node("Mul", [g, scale], base)[0], x)
 
-    def matmul_nbits(self, base: str, x: str, y: str, w: IntWeight) -> None:
+    def matmul_nbits(self, base: str, x: str, y: str, w: QWeight) -> None:
         """y = x @ W^T with com.microsoft MatMulNBits reading the stored codes directly."""
-        rows, cols = w.codes.shape
+        if type(self.source) is not Inline:
+            raise ValueError(f"{base}: MatMulNBits reads packed codes as they are, so they cannot come from a shared backbone: use kernel int8")
+        rows, cols = w.shape
         bits = w.storage_bits
         block = w.group_size if w.groups > 1 else min(cols & -cols, 256)  # a power of two >= 16 that divides cols
         if block < 16:
@@ -195,24 +187,27 @@ class _Builder:
         blocks = cols // block
         codes = pack_bits(w.stored(), bits).reshape(rows, blocks, block * bits // 8)
         scale = np.repeat(w.scale.reshape(rows, -1), blocks // w.groups, axis=1)
-        inputs = [x, self.const(f"{base}.codes_{bits}bit", codes), self.scale(base, scale)]
+        inputs = [x, self.const(f"{base}.codes_{bits}bit", codes), self.half(f"{base}.scale", scale)]
         if w.zero is not None:  # else MatMulNBits' default zero point 2^(bits-1) is our symmetric code offset
             zero = np.repeat(w.zero.reshape(rows, -1), blocks // w.groups, axis=1)
             inputs.append(self.const(f"{base}.zero_{bits}bit", np.stack([pack_bits(z, bits) for z in zero])))
         self.node("MatMulNBits", inputs, base, outputs=[y], domain="com.microsoft", K=cols, N=rows, bits=bits, block_size=block,
                   accuracy_level=NBITS_ACCURACY_LEVEL)
 
-    def int8_weight(self, base: str, w: IntWeight, smooth: str | None = None) -> tuple[str, str]:
+    def int8_weight(self, base: str, w: QWeight, smooth: str | None = None) -> tuple[str, str]:
         """-> (int8 [rows, cols], float [rows] per-row scale) graph tensors for an integer matmul of
         W * diag(s), smooth = the graph tensor holding s. Per-channel codes are used as they are;
         group-wise or smoothed weights are re-rounded to int8 per row, all folded at load."""
-        rows = w.codes.shape[0]
+        rows, _ = w.shape
         if w.groups == 1 and smooth is None:
-            codes = self.unpack_int32(base, w)
-            return self.node("Cast", [codes], base, to=TensorProto.INT8)[0], self.scale(base, w.scale.reshape(-1))
+            codes = self.source.codes(self, base, w)
+            return self.node("Cast", [codes], base, to=TensorProto.INT8)[0], self.source.scale(self, base, w, (rows,))
         wf = self.dequant_float(base, w)
         if smooth is not None:
             wf = self.node("Mul", [wf, smooth], base)[0]
+        if self.compact:
+            w8, flat = self.call(functions.requant(), [wf], base, 2)
+            return w8, flat
         absmax = self.node("ReduceMax", [self.node("Abs", [wf], base)[0]], base, axes=[1], keepdims=1)[0]
         absmax = self.node("Max", [absmax, self.const(base, np.array(2.0**-14, np.float32))], base)[0]
         row_scale = self.node("Div", [absmax, self.const(base, np.array(127.0, np.float32))], base)[0]
@@ -220,52 +215,51 @@ class _Builder:
         flat = self.node("Reshape", [row_scale, self.const(base, np.array([rows], np.int64))], base)[0]
         return self.node("Cast", [x], base, to=TensorProto.INT8)[0], flat
 
-
-def _key(a: np.ndarray) -> tuple:
-    return a.shape, float(np.abs(a).astype(np.float64).sum())
-
-
-def _index(graph: onnx.GraphProto) -> dict[tuple, list[tuple]]:
-    """Where a weight can sit in the fp32 graph: a 2-D float initializer -> ("init", tensor), or one
-    of the Q/K/V blocks of a fused Attention's packed weight [hidden, 3 * hidden] -> ("attention", node, j)."""
-    idx: dict[tuple, list] = {}
-    inits = {i.name: i for i in graph.initializer}
-    for init in graph.initializer:
-        if init.data_type == TensorProto.FLOAT and len(init.dims) == 2:
-            arr = numpy_helper.to_array(init)
-            idx.setdefault(_key(arr), []).append((arr, ("init", init)))
-    for node in graph.node:
-        if node.op_type == "Attention" and node.input[1] in inits:
-            for j, block in enumerate(np.split(numpy_helper.to_array(inits[node.input[1]]), 3, axis=1)):
-                block = np.ascontiguousarray(block)
-                idx.setdefault(_key(block), []).append((block, ("attention", node, j)))
-    return idx
+    def half(self, base: str, values: np.ndarray) -> str:
+        """float32 values stored as float16 (scales and smoothing factors were rounded to float16 values: lossless)."""
+        half = values.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), values.astype(np.float32)):
+            raise ValueError(f"{base}: values are not float16-exact; quantize with compress.quantize")
+        return self.node("Cast", [self.const(base, half)], base, to=TensorProto.FLOAT)[0]
 
 
-def _find(idx, expected: np.ndarray, what: str) -> tuple:
-    for arr, where in idx.get(_key(expected), []):
-        if np.array_equal(arr, expected):
-            return where
-    raise WeightMatchError(f"{what}: no initializer of shape {expected.shape} in the exported graph equals its "
-                           "dequantized masked weight; export the same model that was quantized")
+def module_of(node_name: str) -> str:
+    """The torch module a node was exported from: '/encoder/encoder/layer.0/output/dense/MatMul' -> 'encoder.encoder.layer.0.output.dense'."""
+    return ".".join(node_name.strip("/").split("/")[:-1])
 
 
-def quantize_graph(model: onnx.ModelProto, linears: dict[str, IntWeight], embedding: tuple[str, IntWeight] | None,
-                   kernel: str = "int8", smooth: Smoothing | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
-    """Replace every matched weight by its integer encoding: fused Attention -> QAttention with the
+def _check(name: str, where: str, got: np.ndarray, expected: np.ndarray) -> None:
+    if got.shape != expected.shape or not np.array_equal(got, expected):
+        detail = f"shape {got.shape} vs {expected.shape}" if got.shape != expected.shape else \
+            f"max |d| {float(np.abs(got - expected).max()):.3g}"
+        raise WeightMatchError(f"{name}: the exported graph's weight {where} does not equal its dequantized masked weight ({detail}): "
+                               "export the same model that was quantized")
+
+
+def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embedding: tuple[str, QWeight] | None,
+                   kernel: str = "int8", smooth: Smoothing | None = None, attention: dict[str, tuple[str, str, str]] | None = None,
+                   source: Inline | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
+    """Replace every quantized weight by its integer encoding: fused Attention -> QAttention with the
     packed int8 Q/K/V weight, MatMul -> integer matmul, word-embedding Gather -> int8 Gather.
 
-    Returns the new model and byte counts {weights, scales, embeddings}.
+    attention: fused Attention node name -> the (Q, K, V) module names it was built from (fusions.optimize).
+    Returns the new model and byte counts {weights, scales, embeddings} of the initializers written.
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel '{kernel}' is not one of {KERNELS}")
     graph = model.graph
-    idx = _index(graph)
+    inits = {i.name: i for i in graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = {}
     for node in graph.node:
         for i in node.input:
             consumers.setdefault(i, []).append(node)
-    bld, drop_nodes, drop_inits, dql = _Builder(), set(), set(), {}
+    matmuls: dict[str, list[onnx.NodeProto]] = {}
+    for node in graph.node:
+        if node.op_type == "MatMul" and node.input[1] in inits and module_of(node.name) in linears:
+            matmuls.setdefault(module_of(node.name), []).append(node)
+    fused = {n.name: n for n in graph.node if n.op_type == "Attention"}
+    qkv = {lin: (fused[att], j) for att, names in (attention or {}).items() if att in fused for j, lin in enumerate(names)}
+    bld, drop_nodes, drop_inits, dql = _Builder(source, compact=getattr(source, "compact", False)), set(), set(), {}
 
     def quantized_input(x: str, base: str, sm: str | None = None) -> list[str]:
         key = (x, sm)
@@ -277,19 +271,21 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, IntWeight], embedd
     def smoothing(names: list[str]) -> str | None:
         bits = max(linears[n].bits for n in names)
         s = None if smooth is None else smooth.factors(names, [linears[n].dequantize() for n in names], bits)
-        return None if s is None else bld.scale(f"{names[0]}.smooth", s)
+        return None if s is None else bld.half(f"{names[0]}.smooth", s)
 
-    attentions: dict[int, tuple[onnx.NodeProto, list]] = {}
+    attentions: dict[str, list] = {}
     for name, w in linears.items():
-        where = _find(idx, np.ascontiguousarray(w.dequantize().T), name)
-        if where[0] == "attention":
-            attentions.setdefault(id(where[1]), (where[1], [None] * 3))[1][where[2]] = name
+        if name in qkv:
+            att, j = qkv[name]
+            block = np.split(numpy_helper.to_array(inits[att.input[1]]), 3, axis=1)[j]
+            _check(name, f"(block {j} of {att.input[1]})", block, w.dequantize().T)
+            attentions.setdefault(att.name, [None] * 3)[j] = name
             continue
-        init = where[1]
-        users = [n for n in consumers.get(init.name, []) if n.op_type == "MatMul" and n.input[1] == init.name]
-        if not users:
-            raise WeightMatchError(f"{name}: its weight {init.name} feeds no MatMul (found {[n.op_type for n in consumers.get(init.name, [])]})")
-        for mm in users:
+        if name not in matmuls:
+            raise WeightMatchError(f"{name}: the exported graph has no MatMul node of that module (nor a fused Attention built from it): "
+                                   "export the model whose linears were quantized, with compress.exporters.export")
+        for mm in matmuls[name]:
+            _check(name, mm.input[1], numpy_helper.to_array(inits[mm.input[1]]), w.dequantize().T)
             x, y = mm.input[0], mm.output[0]
             if kernel == "float":
                 wt = bld.node("Transpose", [bld.dequant_float(name, w)], name, perm=[1, 0])[0]
@@ -306,8 +302,9 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, IntWeight], embedd
                 scale = bld.node("Mul", [xs, s8], name)[0]
                 bld.node("Mul", [accf, scale], name, outputs=[y])
             drop_nodes.add(id(mm))
-        drop_inits.add(init.name)
-    for att, names in attentions.values():
+            drop_inits.add(mm.input[1])
+    for att_name, names in attentions.items():
+        att = fused[att_name]
         if kernel == "nbits":
             raise ValueError(f"{att.name}: kernel 'nbits' takes unfused Q/K/V MatMuls; export with fusions.optimize(keep_matmuls=True)")
         if None in names:
@@ -334,25 +331,29 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, IntWeight], embedd
         drop_inits.add(att.input[1])
     if embedding is not None:
         name, w = embedding
-        where = _find(idx, w.dequantize(), name)
-        init = where[1]
-        users = [n for n in consumers.get(init.name, []) if n.op_type == "Gather" and n.input[0] == init.name]
+        init = inits.get(f"{name}.weight")
+        users = [n for n in consumers.get(init.name, []) if n.op_type == "Gather" and n.input[0] == init.name] if init is not None else []
         if not users:
-            raise WeightMatchError(f"{name}: the embedding table {init.name} feeds no Gather (was EmbedLayerNormalization fused?)")
-        table = bld.node("Cast", [bld.unpack_int32(name, w)], name, to=TensorProto.INT8)[0]
-        row_scale = bld.scale(name, w.scale.reshape(-1, 1))
+            raise WeightMatchError(f"{name}: the exported graph has no Gather of {name}.weight (was EmbedLayerNormalization fused?)")
+        _check(name, init.name, numpy_helper.to_array(init), w.dequantize())
+        table = bld.node("Cast", [bld.source.codes(bld, name, w)], name, to=TensorProto.INT8)[0]
+        row_scale = bld.source.scale(bld, name, w, (w.shape[0], 1))
         for g in users:
             ids, y = g.input[1], g.output[0]
             rows = bld.node("Cast", [bld.node("Gather", [table, ids], name, axis=0)[0]], name, to=TensorProto.FLOAT)[0]
             bld.node("Mul", [rows, bld.node("Gather", [row_scale, ids], name, axis=0)[0]], name, outputs=[y])
             drop_nodes.add(id(g))
         drop_inits.add(init.name)
+    still_used = {i for n in graph.node if id(n) not in drop_nodes for i in n.input}
     kept = [n for n in graph.node if id(n) not in drop_nodes]
     del graph.node[:]
     graph.node.extend(_toposort(kept + bld.nodes, graph))
-    remaining = [i for i in graph.initializer if i.name not in drop_inits]
+    remaining = [i for i in graph.initializer if i.name not in drop_inits or i.name in still_used]
     del graph.initializer[:]
     graph.initializer.extend(remaining + bld.inits)
+    if bld.functions:
+        model.functions.extend(bld.functions.values())
+        model.opset_import.append(helper.make_opsetid(functions.DOMAIN, 1))
     sizes = {"weights": 0, "scales": 0, "embeddings": 0}
     emb_name = embedding[0] if embedding else None
     for i in bld.inits:

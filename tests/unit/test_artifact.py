@@ -2,8 +2,16 @@ import json
 
 import pytest
 
-from compress import artifact
+from compress import artifact, manifest as mf
 from compress.artifact import ArtifactError
+
+
+def backbone_manifest() -> mf.BackboneManifest:
+    from compress.quantize import QuantConfig
+
+    model = mf.ModelInfo("x", "/x", True, "mean", "bert", 64, 4, ["input_ids", "attention_mask"], 0)
+    return mf.BackboneManifest(model=model, quant=QuantConfig(bits=4), calibration=mf.CalibrationInfo("none"),
+                               layers=[mf.QLayer("a", [2, 2], 4, None, True)], sizes={"codes": 2})
 
 
 def test_staging_is_atomic(tmp_path):
@@ -15,31 +23,40 @@ def test_staging_is_atomic(tmp_path):
     assert not out.exists() and list(tmp_path.iterdir()) == []  # nothing half written
     with artifact.staging(out) as tmp:
         (tmp / "model.onnx").write_bytes(b"onnx")
-        artifact.write_manifest(tmp, {"model": {"name": "x"}})
     assert (out / "model.onnx").read_bytes() == b"onnx"
     with pytest.raises(ArtifactError, match="--overwrite"):
         with artifact.staging(out):
             pass
     with artifact.staging(out, overwrite=True) as tmp:
         (tmp / "model.onnx").write_bytes(b"new")
-        artifact.write_manifest(tmp, {})
     assert (out / "model.onnx").read_bytes() == b"new"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
-def test_manifest_hashes_are_verified(tmp_path):
-    (tmp_path / "model.onnx").write_bytes(b"onnx")
-    m = artifact.write_manifest(tmp_path, {"task": {"name": "mrpc"}})
-    assert m["schema_version"] == artifact.SCHEMA_VERSION and m["files"]["model.onnx"]["bytes"] == 4
-    assert artifact.read(tmp_path)["task"]["name"] == "mrpc"
-    (tmp_path / "model.onnx").write_bytes(b"tampered")
-    with pytest.raises(ArtifactError, match="model.onnx does not match its SHA-256"):
-        artifact.read(tmp_path)
-    (tmp_path / "model.onnx").unlink()
+def test_manifest_is_typed_versioned_and_verified(tmp_path):
+    (tmp_path / "weights.safetensors").write_bytes(b"onnx")
+    m = mf.write(tmp_path, backbone_manifest())
+    raw = json.loads((tmp_path / "manifest.json").read_text())
+    assert raw["kind"] == "backbone" and raw["schema_version"] == mf.SCHEMA_VERSION == 2 and list(raw)[-1] == "files"
+    assert raw["files"]["weights.safetensors"]["bytes"] == 4
+    back = mf.read(tmp_path, mf.BackboneManifest)
+    assert back.quant.bits == 4 and back.layers[0].shape == [2, 2] and back.weights_sha256 == m.weights_sha256
+    with pytest.raises(mf.ManifestError, match="is a backbone, not a artifact"):
+        mf.read(tmp_path, mf.ArtifactManifest)
+    (tmp_path / "weights.safetensors").write_bytes(b"tampered")
+    with pytest.raises(ArtifactError, match="weights.safetensors does not match its SHA-256"):
+        mf.read(tmp_path)
+    (tmp_path / "weights.safetensors").unlink()
     with pytest.raises(ArtifactError, match="missing"):
-        artifact.read(tmp_path)
+        mf.read(tmp_path)
     (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 99}))
     with pytest.raises(ArtifactError, match="schema_version 99"):
-        artifact.read(tmp_path)
+        mf.read(tmp_path)
+    (tmp_path / "manifest.json").write_text(json.dumps({"schema_version": 2, "kind": "backbone", "model": {}}))
+    with pytest.raises(ArtifactError, match="not a valid backbone manifest"):
+        mf.read(tmp_path)
+    (tmp_path / "manifest.json").write_text("[1, 2]")
+    with pytest.raises(ArtifactError, match="not a JSON object"):
+        mf.read(tmp_path)
     with pytest.raises(ArtifactError, match="no manifest.json"):
-        artifact.read(tmp_path / "elsewhere")
+        mf.read(tmp_path / "elsewhere")

@@ -84,7 +84,8 @@ def test_two_bits_default_to_gptq_asymmetric_groups(run_args, tmp_path):
     assert r.exit_code == 0, r.output
     m = json.loads((out / "manifest.json").read_text())
     assert m["config"]["quant"] | {"clip_search": True} == {"bits": 2, "group_size": 16, "symmetric": False, "method": "gptq",
-                                                            "clip_search": True, "embeddings": True, "calibration_examples": 128}
+                                                            "clip_search": True, "embeddings": True, "calibration_examples": 128,
+                                                            "calibration": "task"}
     assert "calibration.npz" in m["files"] and m["validation"]["parity_max_abs_diff"] < 1e-4
     assert m["sizes"]["masks"] == (out / "mask.npz").stat().st_size and m["sizes"]["head"] > 0
     # GPTQ is redone from the calibration tokens saved in the artifact: the same graph, without the data

@@ -6,16 +6,15 @@ import onnx
 import pytest
 import torch
 
-from compress import masking, quantize
+from compress import backbone, masking, quantize
 from compress.exporters.export import ExportConfig, export
 from compress.exporters.verify import GraphValidityError, ParityError, check_graph, compare
-from compress.exporters.weights import int_weight
 from compress.pipeline import prepare
 from compress.runtimes.session import open_session, run_logits
 
 
 def masked_quantized(clf, bits, group_size=None, symmetric=True):
-    qts = quantize.quantize_(clf, quantize.QuantConfig(bits=bits, group_size=group_size, symmetric=symmetric))
+    qts = backbone.quantize_(clf, quantize.QuantConfig(bits=bits, group_size=group_size, symmetric=symmetric))
     layers = masking.apply_masks_(clf, masking.MaskConfig())
     torch.manual_seed(1)
     with torch.no_grad():
@@ -115,7 +114,7 @@ def test_mismatched_weights_are_refused(tiny_classifier, tmp_path):
     qts = masked_quantized(clf, 4)
     linears, embedding = prepare(clf, qts)
     name = next(iter(linears))
-    linears[name] = int_weight(quantize.quantize_tensor(torch.randn_like(qts[name].q.float()), 4))
+    linears[name] = quantize.quantize_tensor(torch.randn(qts[name].shape), 4)
     with pytest.raises(WeightMatchError, match=name):
         export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(), sample())
 

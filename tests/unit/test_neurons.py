@@ -3,7 +3,7 @@ import numpy as np
 import onnx
 import torch
 
-from compress import masking, quantize
+from compress import backbone, masking, quantize
 from compress.exporters import neurons
 from compress.exporters.export import ExportConfig, export
 from compress.pipeline import prepare
@@ -12,7 +12,7 @@ from test_export import sample
 
 
 def pruned(clf, bits=4, group_size=None):
-    qts = quantize.quantize_(clf, quantize.QuantConfig(bits=bits, group_size=group_size))
+    qts = backbone.quantize_(clf, quantize.QuantConfig(bits=bits, group_size=group_size))
     masking.apply_masks_(clf, masking.MaskConfig(ffn_keep=0.25))
     masking.set_ffn_keep_(clf, 1.0)  # the end of the schedule: 32 of 128 neurons per FFN
     return prepare(clf, qts)
@@ -61,7 +61,8 @@ def test_neurons_left_are_padded_to_a_multiple_of_16(tiny_classifier):
         live = masking.masks(clf)[name].any(0).nonzero().flatten()
         masking.masked_layers(clf)[name].scores[:, live[:5]] = -1.0
     model, _, kept = neurons.drop_dead(clf, {})  # no integer weights: dead columns read from the folded weights
-    assert kept[name] == [32, 128] and kept["encoder.encoder.layer.1.output.dense"] == [32, 128]
+    assert [kept[name].keep.size, kept[name].total] == [32, 128] and kept[name].alive.sum() == 27
+    assert kept["encoder.encoder.layer.1.output.dense"].keep.size == 32 and kept[name].first == "encoder.encoder.layer.0.intermediate.dense"
     assert model.get_submodule(name).weight.shape == (64, 32)
     feeds = {k: torch.from_numpy(v) for k, v in sample().items()}
     with torch.no_grad():

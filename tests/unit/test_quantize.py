@@ -2,15 +2,16 @@ import numpy as np
 import pytest
 import torch
 
-from compress import quantize
-from compress.quantize import QuantConfig, QuantConfigError, pack_bits, quantize_tensor, to_signed, to_unsigned, unpack_bits
+from compress import backbone, quantize
+from compress.qweight import PackingError, QWeight, pack_bits, to_signed, to_unsigned, unpack_bits
+from compress.quantize import QuantConfig, QuantConfigError, quantize_tensor
 
 # relative RMS error bounds for Gaussian weights (per-channel, MSE-clipped); measured ~0.4x-0.8x of these
 REL_RMSE = {8: 0.01, 4: 0.13, 2: 0.6, 1: 0.65}
 
 
 def rel_rmse(w, wq):
-    w, wq = w.detach(), wq.detach()
+    w, wq = torch.as_tensor(w).detach(), torch.as_tensor(wq).detach()
     return float(((w - wq) ** 2).mean().sqrt() / (w ** 2).mean().sqrt())
 
 
@@ -21,7 +22,7 @@ def test_round_trip_error_bounds(bits, group):
     w = torch.randn(48, 64)
     qt = quantize_tensor(w, bits, group)
     qmax = 1 if bits == 1 else 2 ** (bits - 1) - 1
-    assert qt.q.dtype == torch.int8 and int(qt.q.abs().max()) <= qmax
+    assert qt.codes.dtype == np.int8 and int(np.abs(qt.codes).max()) <= qmax
     assert qt.scale.shape == (48, 1 if group is None else 64 // group)
     assert rel_rmse(w, qt.dequantize()) < REL_RMSE[bits]
 
@@ -32,11 +33,12 @@ def test_asymmetric_uses_every_level_and_keeps_zero_exact(bits, group):
     torch.manual_seed(0)
     w = torch.randn(48, 64) + 0.3  # skewed rows: a zero point pays
     qt = quantize_tensor(w, bits, group, symmetric=False)
-    stored = qt.q.reshape(48, -1, group or 64).to(torch.int16) + qt.zero[..., None]
-    assert qt.zero.dtype == torch.uint8 and int(stored.min()) == 0 and int(stored.max()) == 2 ** bits - 1
+    stored = qt.codes.reshape(48, -1, group or 64).astype(np.int16) + qt.zero[..., None]
+    assert qt.zero.dtype == np.uint8 and int(stored.min()) == 0 and int(stored.max()) == 2 ** bits - 1
+    assert np.array_equal(qt.stored(), stored.reshape(48, 64))
     assert rel_rmse(w, qt.dequantize()) < rel_rmse(w, quantize_tensor(w, bits, group).dequantize())
     # a pruned weight (q = 0) dequantizes to exactly 0: code == zero point
-    assert torch.all(qt.dequantize()[qt.q == 0] == 0)
+    assert np.all(qt.dequantize()[qt.codes == 0] == 0)
 
 
 def test_asymmetric_2bit_groups_beat_ternary():
@@ -49,7 +51,7 @@ def test_asymmetric_2bit_groups_beat_ternary():
 @pytest.mark.parametrize("bits,symmetric", [(8, True), (4, False), (2, False), (1, True)])
 def test_scales_are_float16_values(bits, symmetric):
     qt = quantize_tensor(torch.randn(16, 64), bits, 16, symmetric=symmetric)
-    assert torch.equal(qt.scale.half().float(), qt.scale) and torch.all(qt.scale > 0)
+    assert np.array_equal(qt.scale.astype(np.float16).astype(np.float32), qt.scale) and np.all(qt.scale > 0)
 
 
 def test_default_configs_per_bit_width():
@@ -69,7 +71,7 @@ def test_groups_beat_channels_at_4_bits():
 def test_8bit_error_is_half_a_step():
     w = torch.randn(8, 32)
     qt = quantize_tensor(w, 8, clip_search=False)
-    assert torch.all((w - qt.dequantize()).abs() <= qt.scale / 2 + 1e-7)
+    assert np.all(np.abs(w.numpy() - qt.dequantize()) <= qt.scale / 2 + 1e-7)
 
 
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
@@ -97,17 +99,31 @@ def test_bad_config():
         QuantConfig(group_size=48)
     with pytest.raises(QuantConfigError, match="not divisible"):
         quantize_tensor(torch.randn(4, 40), 4, 16)
-    with pytest.raises(QuantConfigError, match="does not fit"):
+    with pytest.raises(PackingError, match="does not fit"):
         pack_bits(np.array([4]), 2)
 
 
 def test_quantize_model_in_place(tiny_classifier):
     clf, _ = tiny_classifier
     before = {n: m.weight.detach().clone() for n, m in quantize.target_linears(clf).items()}
-    qts = quantize.quantize_(clf, QuantConfig(bits=4))
+    qts = backbone.quantize_(clf, QuantConfig(bits=4))
     assert set(before) < set(qts)  # every encoder linear, plus the word embeddings
     assert "encoder.embeddings.word_embeddings" in qts and "classifier" not in qts
     for n, lin in quantize.target_linears(clf).items():
-        assert torch.equal(lin.weight, qts[n].dequantize())
+        assert torch.equal(lin.weight, torch.from_numpy(qts[n].dequantize()))
         assert 0 < rel_rmse(before[n], lin.weight) < REL_RMSE[4]
-    assert quantize.quantize_(clf, QuantConfig(bits=32)) == {}
+    assert backbone.quantize_(clf, QuantConfig(bits=32)) == {}
+
+
+@pytest.mark.parametrize("bits,group,symmetric", [(8, None, True), (4, None, True), (4, 16, False), (2, 16, False), (1, None, True)])
+def test_packed_form_round_trips(bits, group, symmetric):
+    """The on-disk form (bit-packed codes, float16 scales, packed zero points) gives back the same weight."""
+    torch.manual_seed(0)
+    qw = quantize_tensor(torch.randn(24, 64), bits, group, symmetric=symmetric)
+    packed = qw.packed()
+    assert packed["codes"].nbytes == 24 * 64 * qw.storage_bits // 8 and packed["scale"].dtype == np.float16
+    back = QWeight.from_packed(packed, qw.shape, bits, group)
+    assert np.array_equal(back.codes, qw.codes) and np.array_equal(back.scale, qw.scale)
+    assert (back.zero is None) == symmetric and (symmetric or np.array_equal(back.zero, qw.zero))
+    pruned = qw.masked(np.arange(24 * 64).reshape(24, 64) % 3 == 0)
+    assert np.count_nonzero(pruned.codes) <= 24 * 64 // 3 + 1 and np.all(pruned.dequantize()[pruned.codes == 0] == 0)

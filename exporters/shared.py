@@ -1,0 +1,270 @@
+"""A pack's task graph: the backbone's tensors by reference, the task's own mask and head inline.
+
+ONNX external data lets an initializer live in another file at (location, offset, length). Every
+tensor that is the same in every task (the backbone's bit-packed codes, scales and zero points, the
+embedding table, biases, LayerNorms, position embeddings) points into the backbone's
+weights.safetensors, whose raw little-endian bytes after its JSON header are exactly what ONNX
+reads. The task's graph holds only what differs per task: the mask of each linear, coded as the gaps
+between its pruned weights (compress.qweight.gap_encode; decoded in the graph by CumSum and
+ScatterElements, see compress.exporters.functions) or bit-packed, whichever is smaller; the FFN neurons kept; the head; the activation
+smoothing factors. All of it is constant, so ONNX Runtime folds it at session load into the very
+int8 weights of the standalone artifact: every task runs on the same kernels at the same speed.
+"""
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import onnx
+from onnx import TensorProto, numpy_helper
+
+from compress.exporters import functions
+from compress.exporters.weights import Inline, QWeight, WeightMatchError, _Builder
+from compress.qweight import mask_encode
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, eq=False)
+class Layer:
+    shape: tuple[int, int]
+    bits: int
+    group_size: int | None
+    symmetric: bool
+
+    @property
+    def storage_bits(self) -> int:
+        return 2 if self.bits == 1 else self.bits
+
+
+@dataclass(frozen=True, eq=False)
+class SharedFile:
+    """The backbone's weights.safetensors, as a pack's task graphs see it."""
+
+    location: str  # the file, relative to the task graphs' directory
+    tensors: dict[str, np.ndarray]  # by name
+    offsets: dict[str, tuple[int, int]]  # name -> (offset from the start of the file, length in bytes)
+    layers: dict[str, Layer]  # the quantized tensors (linears and the word embeddings)
+    qweights: dict[str, QWeight]  # their unmasked codes
+
+    @classmethod
+    def of(cls, backbone, location: str) -> SharedFile:
+        """From a compress.backbone.Backbone."""
+        tensors = backbone.tensors()
+        offsets = {k: (backbone.data_start + v["data_offsets"][0], v["data_offsets"][1] - v["data_offsets"][0])
+                   for k, v in backbone.header.items()}
+        layers = {q.name: Layer(tuple(q.shape), q.bits, q.group_size, q.symmetric) for q in backbone.manifest.layers}
+        return cls(location, tensors, offsets, layers, backbone.qweights(tensors))
+
+    def source(self, masks: dict[str, np.ndarray], removed: dict) -> SharedSource:
+        return SharedSource(self, masks, removed)
+
+
+class SharedSource(Inline):
+    """Codes and scales from the shared file, with the task's mask (and kept FFN neurons) applied in the graph."""
+
+    compact = True  # the repeated unpack / mask / re-round subgraphs as function calls (exporters.functions)
+
+    def __init__(self, shared: SharedFile, masks: dict[str, np.ndarray], removed: dict):
+        self.shared, self.masks = shared, masks
+        self.neurons: dict[str, tuple[int, object]] = {}  # FFN projection -> (axis of its neurons, compress.exporters.neurons.Removed)
+        for r in removed.values():
+            self.neurons[r.first] = (0, r)
+            self.neurons[r.second] = (1, r)
+        self.mask_bytes = 0
+
+    def _ref(self, bld: _Builder, name: str) -> str:
+        return bld.const(name, self.shared.tensors[name], name=name)
+
+    def _kept(self, name: str, a: np.ndarray) -> np.ndarray:
+        """a [rows, cols] with only the kept neurons' rows (first FFN projection) or columns (second)."""
+        if name not in self.neurons:
+            return a
+        axis, r = self.neurons[name]
+        return a[r.keep] if axis == 0 else a[:, r.keep]
+
+    def _alive(self, name: str, shape) -> np.ndarray:
+        """bool [rows, cols]: False in the rows/columns of padding neurons (dead, kept for a multiple of 16)."""
+        if name not in self.neurons:
+            return np.ones(shape, bool)
+        axis, r = self.neurons[name]
+        return np.broadcast_to(r.alive[:, None] if axis == 0 else r.alive[None, :], shape)
+
+    def expected(self, name: str) -> np.ndarray:
+        """The codes this source makes for `name`, computed here: what the graph must fold to."""
+        codes = self._kept(name, self.shared.qweights[name].codes)
+        mask = self._kept(name, self.masks.get(name, np.ones(self.shared.layers[name].shape, bool)))
+        return np.where(mask & self._alive(name, codes.shape), codes, 0)
+
+    def codes(self, bld: _Builder, base: str, w: QWeight) -> str:
+        if base not in self.shared.layers:
+            raise WeightMatchError(f"{base}: the backbone has no quantized tensor of that name; pack artifacts trained on this backbone")
+        layer = self.shared.layers[base]
+        if not np.array_equal(w.codes, self.expected(base)):
+            raise WeightMatchError(f"{base}: the task's codes are not the backbone's codes under its mask: the artifact was not "
+                                   "trained on this backbone")
+        rows_n, _ = layer.shape
+        packed_name = f"{base}.weight.codes"
+        packed, size = self._ref(bld, packed_name), self.shared.tensors[packed_name].size
+        shape = bld.const(base, np.array(layer.shape, np.int64))
+        full = QWeight(self.shared.qweights[base].codes, self.shared.qweights[base].scale, layer.bits, layer.group_size)
+        if layer.symmetric and size * 8 == layer.storage_bits * full.codes.size:
+            x = bld.call(functions.unpack(layer.storage_bits), [packed, shape], base)[0]
+        else:  # asymmetric grids (zero points per group), or codes that do not fill their last byte: written out
+            stored = packed if layer.storage_bits == 8 else bld.unpacked(base, packed, size, layer.shape, layer.storage_bits)
+            x = bld.node("Cast", [bld.node("Reshape", [stored, shape], base)[0]], base, to=TensorProto.INT32)[0]
+            if layer.symmetric:
+                x = bld.node("Sub", [x, bld.const(base, np.array(2 ** (layer.storage_bits - 1), np.int32))], base)[0]
+            else:
+                zname = f"{base}.weight.zero"
+                zero = bld.unpacked(base, self._ref(bld, zname), self.shared.tensors[zname].size, (rows_n, full.groups, 1), layer.bits)
+                zero = bld.node("Cast", [zero], base, to=TensorProto.INT32)[0]
+                x = bld.grouped(base, full, lambda g: bld.node("Sub", [g, zero], base)[0], x)
+        if base in self.neurons:
+            axis, r = self.neurons[base]
+            x = bld.node("Gather", [x, self._indices(bld, r)], base, axis=axis)[0]
+        alive = self._alive(base, w.shape)
+        mask = self._kept(base, self.masks[base]) | ~alive if base in self.masks else np.ones(w.shape, bool)
+        conds = [] if mask.all() else [self._mask_graph(bld, base, mask)]
+        if not alive.all():
+            axis, r = self.neurons[base]
+            vec = bld.node("Cast", [bld.const(base, r.alive.astype(np.uint8), name=f"{r.second}.neurons_alive")], base, to=TensorProto.BOOL)[0]
+            conds.append(bld.node("Unsqueeze", [vec, bld.const(base, np.array([1 - axis], np.int64))], base)[0])
+        if not conds:
+            return x
+        cond = conds[0] if len(conds) == 1 else bld.node("And", conds, base)[0]
+        return bld.node("Where", [cond, x, bld.const(base, np.array(0, np.int32))], base)[0]
+
+    def scale(self, bld: _Builder, base: str, w: QWeight, shape: tuple[int, ...]) -> str:
+        full = self.shared.qweights[base]
+        axis, r = self.neurons.get(base, (None, None))
+        if not np.array_equal(w.scale, full.scale[r.keep] if axis == 0 else full.scale):
+            raise WeightMatchError(f"{base}: the task's scales are not the backbone's: the artifact was not trained on this backbone")
+        s = bld.node("Cast", [self._ref(bld, f"{base}.weight.scale")], base, to=TensorProto.FLOAT)[0]
+        if axis == 0:
+            s = bld.node("Gather", [s, self._indices(bld, r)], base, axis=0)[0]
+        return bld.node("Reshape", [s, bld.const(base, np.array(shape, np.int64))], base)[0]
+
+    @staticmethod
+    def _indices(bld: _Builder, r) -> str:
+        """An FFN's kept neuron indices (one int16 tensor for both projections), cast to int64 in the graph."""
+        return bld.node("Cast", [bld.const(r.second, r.keep.astype(np.int16), name=neurons_name(r))], r.second, to=TensorProto.INT64)[0]
+
+    def _mask_graph(self, bld: _Builder, base: str, mask: np.ndarray) -> str:
+        """The mask as a bool graph tensor: the gaps between its rarer value's positions, or 1 bit per weight."""
+        kind, data, rare = mask_encode(mask)
+        self.mask_bytes += data.size
+        if kind == "bits":
+            x = bld.unpacked(base, bld.const(base, data, name=f"{base}.mask_bits"), data.size, mask.shape, 1)
+            return bld.node("Cast", [x], base, to=TensorProto.BOOL)[0]
+        g = bld.const(base, data, name=f"{base}.mask_gaps{int(rare)}")
+        return bld.call(functions.mask_gaps(rare), [g, bld.const(base, np.array(mask.shape, np.int64))], base)[0]
+
+
+def neurons_name(r) -> str:
+    return f"{r.second}.neurons_kept"
+
+
+def share_floats(model: onnx.ModelProto, shared: SharedFile, qkv_bias: dict[str, tuple[str, str, str]], removed: dict) -> None:
+    """Point the graph's float tensors that the backbone holds into it: those of the same name and value
+    (saved as references by `save`), fused Q/K/V biases (a Concat of the backbone's three), and the first
+    FFN projection's bias of kept neurons (a Gather of the backbone's, padding neurons zeroed). Raises if
+    a value differs."""
+    from compress.exporters.weights import _toposort
+
+    graph = model.graph
+    bld = _Builder(tag="b")
+    bld.named = {i.name for i in graph.initializer}  # e.g. the kept-neuron indices, already there
+    drop = set()
+    first_bias = {f"{r.first}.bias": r for r in removed.values()}
+    for init in graph.initializer:
+        name = init.name
+        if name in qkv_bias and all(f"{m}.bias" in shared.tensors for m in qkv_bias[name]):
+            parts = [f"{m}.bias" for m in qkv_bias[name]]
+            _same(name, numpy_helper.to_array(init), np.concatenate([shared.tensors[p] for p in parts]))
+            bld.node("Concat", [bld.const(p, shared.tensors[p], name=p) for p in parts], name, outputs=[name], axis=0)
+            drop.add(name)
+        elif name in first_bias and name in shared.tensors:
+            r = first_bias[name]
+            _same(name, numpy_helper.to_array(init), np.where(r.alive, shared.tensors[name][r.keep], 0).astype(np.float32))
+            full = bld.const(name, shared.tensors[name], name=f"{name}:backbone")  # the graph's tensor keeps its name
+            idx = bld.node("Cast", [bld.const(name, r.keep.astype(np.int16), name=neurons_name(r))], name, to=TensorProto.INT64)[0]
+            bld.node("Mul", [bld.node("Gather", [full, idx], name, axis=0)[0], bld.const(name, r.alive.astype(np.float32))], name,
+                     outputs=[name])
+            drop.add(name)
+    kept = [i for i in graph.initializer if i.name not in drop]
+    del graph.initializer[:]
+    graph.initializer.extend(kept + bld.inits)
+    nodes = _toposort(list(graph.node) + bld.nodes, graph)
+    del graph.node[:]
+    graph.node.extend(nodes)
+
+
+def _same(name: str, got: np.ndarray, expected: np.ndarray) -> None:
+    if got.shape != expected.shape or not np.array_equal(got, expected):
+        raise WeightMatchError(f"{name}: the graph's tensor differs from the backbone's: the artifact was not trained on this backbone")
+
+
+def save(model: onnx.ModelProto, path: Path, shared: SharedFile) -> dict[str, int]:
+    """Write the task graph with every initializer that equals a shared-file tensor of its name (or
+    `name:backbone`) pointing into the shared file; returns {shared: bytes referenced, own: bytes inline}."""
+    referenced = 0
+    for init in model.graph.initializer:
+        key = init.name.removesuffix(":backbone")
+        if key not in shared.tensors:
+            continue
+        arr = numpy_helper.to_array(init)
+        if arr.dtype != shared.tensors[key].dtype or not np.array_equal(arr, shared.tensors[key]):
+            continue  # a per-task tensor that happens to share a name
+        offset, length = shared.offsets[key]
+        init.ClearField("raw_data")
+        for f in ("float_data", "int32_data", "int64_data"):
+            init.ClearField(f)
+        init.data_location = TensorProto.EXTERNAL
+        del init.external_data[:]
+        for k, v in (("location", shared.location), ("offset", str(offset)), ("length", str(length))):
+            entry = init.external_data.add()
+            entry.key, entry.value = k, v
+        referenced += length
+    shorten_names(model.graph)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    onnx.save(model, str(path))
+    return {"shared": referenced, "own": path.stat().st_size}
+
+
+def readable(name: str) -> bool:
+    """Initializers that keep their names in a task graph: what `compress materialize` reads back (mask, kept
+    neurons, head)."""
+    return ".mask_" in name or ".neurons_" in name or name.startswith(("classifier.", "encoder.pooler."))
+
+
+def shorten_names(graph: onnx.GraphProto) -> None:
+    """Name every other tensor by a short counter and drop node names and value_info: in a task graph of a few
+    hundred nodes and tensors the exporter's descriptive names would weigh as much as a tenth of its mask. The
+    graph's inputs and outputs keep their names, and so do the initializers `readable` names; a shared tensor is
+    identified by its location and offset in the shared file."""
+    keep = {i.name for i in graph.input} | {o.name for o in graph.output} | {i.name for i in graph.initializer if readable(i.name)} | {""}
+    short: dict[str, str] = {}
+
+    def name(x: str) -> str:
+        if x in keep:
+            return x
+        if x not in short:
+            n, s = len(short), ""
+            while True:
+                n, r = divmod(n, 36)
+                s = "0123456789abcdefghijklmnopqrstuvwxyz"[r] + s
+                if n == 0:
+                    break
+            short[x] = f"_{s}"
+        return short[x]
+
+    for init in graph.initializer:
+        init.name = name(init.name)
+    for node in graph.node:
+        node.name = ""
+        node.input[:] = [name(x) for x in node.input]
+        node.output[:] = [name(x) for x in node.output]
+    del graph.value_info[:]

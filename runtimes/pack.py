@@ -1,0 +1,70 @@
+"""Use a pack in an app: `compress.Pack(path)`, then `.tasks`, `.predict(task, texts)`.
+
+Needs only onnxruntime, tokenizers and numpy. The pack's manifest is verified when it is opened
+(SHA-256 of every file); a task's ONNX Runtime session is created the first time the task is used,
+so an app that serves one task of ten pays for one.
+
+    from compress import Pack
+    pack = Pack("packs/glue")
+    pack.tasks                                    # ['cola', 'mrpc', 'sst2', 'stsb']
+    pack.predict("sst2", ["a gripping, funny film"])   # ['1']
+    pack.predict("mrpc", ["He said so."], ["So he said."])
+    pack.logits("stsb", ["A man plays."], ["A man is playing."])
+"""
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from compress import manifest as mf
+from compress.runtimes import evaluate
+from compress.runtimes.session import open_session
+
+
+class Pack:
+    def __init__(self, path: str | Path, threads: int | None = None, provider: str = "cpu"):
+        self.path = Path(path)
+        self.manifest: mf.PackManifest = mf.read(self.path, mf.PackManifest)
+        self.threads, self.provider = threads, provider
+        self._sessions: dict = {}
+        self._tokenizers: dict = {}
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted(self.manifest.tasks)
+
+    def task(self, name: str) -> mf.PackTask:
+        if name not in self.manifest.tasks:
+            raise KeyError(f"{self.path} has no task {name!r}: it holds {', '.join(self.tasks)}")
+        return self.manifest.tasks[name]
+
+    def session(self, name: str):
+        """The task's ONNX Runtime session, created on first use (the shared codes are unpacked and masked at load)."""
+        if name not in self._sessions:
+            self._sessions[name] = open_session(self.path / self.task(name).onnx, self.provider, threads=self.threads)
+        return self._sessions[name]
+
+    def _tokenizer(self, name: str):
+        t = self.task(name)
+        if t.max_length not in self._tokenizers:
+            self._tokenizers[t.max_length] = evaluate.load_tokenizer(self.path / self.manifest.tokenizer, t.max_length)
+        return self._tokenizers[t.max_length]
+
+    def logits(self, name: str, texts: list[str], texts_b: list[str] | None = None, batch_size: int = 32) -> np.ndarray:
+        if texts_b is not None and len(texts_b) != len(texts):
+            raise ValueError(f"{len(texts)} first texts but {len(texts_b)} second texts: pass one second text per first text")
+        t = self.task(name)
+        enc = evaluate.encode(self._tokenizer(name), list(texts), None if texts_b is None else list(texts_b))
+        return evaluate.logits(self.session(name), enc, batch_size, t.pad_token_id)
+
+    def predict(self, name: str, texts: list[str], texts_b: list[str] | None = None) -> list:
+        """Label names (classification) or scores (regression, e.g. STS-B), one per text (pair)."""
+        out = self.logits(name, texts, texts_b)
+        labels = self.task(name).labels
+        if not labels:
+            return [float(x) for x in out[:, 0]]
+        return [labels[i] for i in out.argmax(-1)]
+
+    def __repr__(self) -> str:
+        return f"Pack({str(self.path)!r}, tasks={self.tasks})"

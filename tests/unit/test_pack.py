@@ -1,0 +1,217 @@
+"""Several tasks on one backbone: pack, refusal, parity with the standalone artifacts, materialize, the Pack API, tampering."""
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from click.testing import CliRunner
+
+from compress import Pack, manifest as mf, masking
+from compress.cli import main
+from compress.pack import PackConfig, PackError, logits_parity, pack
+from compress.runtimes.bench import inputs
+
+
+def invoke(*args):
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+
+
+def error_line(result) -> str:
+    lines = [ln for ln in result.output.splitlines() if ln.startswith("Error")]
+    assert len(lines) == 1, result.output
+    return lines[0]
+
+
+@pytest.fixture(scope="module")
+def glue2(tmp_path_factory) -> Path:
+    """MRPC (pairs) and SST-2 (single sentences) in the GLUE layout, a few rows each."""
+    d = tmp_path_factory.mktemp("glue2")
+    (d / "MRPC").mkdir()
+    header = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
+    rows = [f"{i % 2}\t{i}\t{i + 100}\tThe witness number {i} spoke .\tA witness spoke , number {i} ." for i in range(32)]
+    (d / "MRPC" / "train.tsv").write_text(header + "\n".join(rows) + "\n", encoding="utf-8")
+    (d / "MRPC" / "dev.tsv").write_text(header + "\n".join(rows[:16]) + "\n", encoding="utf-8")
+    (d / "SST-2").mkdir()
+    sents = [f"{w} film , {i} times over\t{int(w == 'a great')}" for i in range(16) for w in ("a great", "a dull")]
+    (d / "SST-2" / "train.tsv").write_text("sentence\tlabel\n" + "\n".join(sents) + "\n")
+    (d / "SST-2" / "dev.tsv").write_text("sentence\tlabel\n" + "\n".join(sents[:12]) + "\n")
+    return d
+
+
+@pytest.fixture(scope="module")
+def trained(tiny_model_dir, glue2, tmp_path_factory):
+    """A 4-bit backbone (GPTQ on the general text) and three artifacts on it: MRPC, SST-2, and MRPC with FFN neurons removed."""
+    root = tmp_path_factory.mktemp("packing")
+    assert invoke("quantize", "--model", tiny_model_dir, "--bits", "4", "--calibration-examples", "16", "--out", root / "bb").exit_code == 0
+    common = ["--backbone", root / "bb", "--data-dir", glue2, "--batch-size", "8", "--no-bench", "--mask-lr", "0.05"]
+    for name, extra in {"mrpc": ["--task", "mrpc", "--epochs", "1"], "sst2": ["--task", "sst2", "--epochs", "1"],
+                        "mrpc-ffn": ["--task", "mrpc", "--epochs", "2", "--ffn-keep", "0.5"]}.items():
+        r = invoke("run", *common, *extra, "--out", root / name)
+        assert r.exit_code == 0, r.output
+    return root
+
+
+@pytest.fixture(scope="module")
+def packed(trained):
+    out = trained / "pack"
+    r = invoke("pack", out, trained / "mrpc", trained / "sst2")
+    assert r.exit_code == 0, r.output
+    return out
+
+
+def test_pack_holds_the_backbone_once_and_a_small_graph_per_task(trained, packed):
+    pm = mf.read(packed, mf.PackManifest)
+    files = {p.name for p in packed.iterdir()}
+    assert {"backbone.safetensors", "tokenizer.json", "mrpc.onnx", "mrpc.json.gz", "sst2.onnx", "sst2.json.gz", "report.md", "manifest.json"} <= files
+    assert (packed / "backbone.safetensors").read_bytes() == (trained / "bb" / "weights.safetensors").read_bytes()
+    assert pm.backbone.sha256 == mf.read(trained / "bb", mf.BackboneManifest).weights_sha256
+    for name, t in pm.tasks.items():
+        art = mf.read(trained / name, mf.ArtifactManifest)
+        assert t.parity_max_abs_diff <= 1e-5 and t.metrics == art.metrics.onnx and t.labels == ["0", "1"]
+        # every shared tensor is a reference into the backbone file; the task file holds its own part only
+        graph = onnx.load(str(packed / t.onnx), load_external_data=False)
+        ext = [i for i in graph.graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
+        assert {e.value for i in ext for e in i.external_data if e.key == "location"} == {"backbone.safetensors"}
+        from compress import backbone
+
+        bb = backbone.load(trained / "bb")  # every quantized tensor's codes and scales, and e.g. the position embeddings
+        offsets = {int(e.value) for i in ext for e in i.external_data if e.key == "offset"}
+        wanted = [f"{q.name}.weight.{part}" for q in bb.manifest.layers for part in ("codes", "scale")]
+        assert offsets >= {bb.data_start + bb.header[k]["data_offsets"][0] for k in wanted + ["encoder.embeddings.position_embeddings.weight"]}
+        assert t.bytes < 0.25 * art.sizes["onnx_total"] and t.bits_per_masked_weight == pytest.approx(8 * t.bytes / t.masked_weights)
+    s = pm.sizes
+    assert s["total"] == s["shared"] + sum(s["tasks"].values()) and s["vs_standalone"] < 1 and s["vs_ort_int8"] < 0.6
+    assert pm.memory["shared_in_memory"] is False and len(pm.memory["rss"]) == 3
+    assert "Nothing is shared in memory" in (packed / "report.md").read_text()
+
+
+def test_pack_graph_folds_to_the_standalone_int8_weights(trained, packed):
+    """Same logits as the artifact's model.onnx on fresh inputs (shapes the pack never saw), and ONNX Runtime folds
+    the unpack-and-mask subgraph away: the same integer kernels run."""
+    from collections import Counter
+
+    from compress.runtimes.session import open_session
+
+    feeds = inputs(3, 17, seed=7)
+    feeds["attention_mask"][2, 9:] = 0
+    for name in ("mrpc", "sst2"):
+        assert logits_parity(packed / f"{name}.onnx", trained / name / "model.onnx", feeds) <= 1e-5
+    open_session(packed / "mrpc.onnx", optimized_path=trained / "opt.onnx")
+    ops = Counter(n.op_type for n in onnx.load(str(trained / "opt.onnx"), load_external_data=False).graph.node)
+    assert ops["QAttention"] == 2 and ops["DynamicQuantizeMatMul"] + ops["MatMulIntegerToFloat"] == 6
+    assert ops["BitShift"] == ops["ScatterElements"] == ops["NonZero"] == ops["CumSum"] == 0
+
+
+def test_pack_api_predicts_like_the_artifacts(trained, packed, glue2):
+    p = Pack(packed)
+    assert p.tasks == ["mrpc", "sst2"] and not p._sessions  # sessions open lazily
+    from compress.runtimes import evaluate
+    from compress.runtimes.session import open_session
+
+    texts = ["a great film , 3 times over", "a dull film"]
+    assert p.predict("sst2", texts) == [str(i) for i in p.logits("sst2", texts).argmax(-1)] and list(p._sessions) == ["sst2"]
+    ref = evaluate.texts_logits(open_session(trained / "sst2" / "model.onnx"), trained / "sst2" / "tokenizer.json", 128, texts, None)
+    assert np.abs(p.logits("sst2", texts) - ref).max() <= 1e-5
+    assert len(p.predict("mrpc", ["one", "two"], ["uno", "dos"])) == 2
+    with pytest.raises(KeyError, match="no task 'cola'"):
+        p.predict("cola", texts)
+    # the app-side reader needs neither torch nor transformers
+    code = f"import sys; from compress import Pack; Pack({str(packed)!r}).predict('mrpc', ['a'], ['b']); " \
+           "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
+
+
+def test_refusals_name_the_file_and_the_reason(trained, tiny_model_dir, glue2, tmp_path):
+    r = invoke("pack", tmp_path / "p", trained / "mrpc", trained / "mrpc")
+    assert r.exit_code != 0 and "a pack holds one artifact per task" in error_line(r)
+    plain = tmp_path / "plain"
+    assert invoke("run", "--model", tiny_model_dir, "--task", "sst2", "--data-dir", glue2, "--epochs", "1", "--no-bench", "--out", plain).exit_code == 0
+    r = invoke("pack", tmp_path / "p", trained / "mrpc", plain)
+    assert r.exit_code != 0 and f"{plain / 'manifest.json'} records no backbone" in error_line(r)
+    other = tmp_path / "bb8"
+    assert invoke("quantize", "--model", tiny_model_dir, "--bits", "8", "--out", other).exit_code == 0
+    assert invoke("run", "--backbone", other, "--task", "sst2", "--data-dir", glue2, "--epochs", "1", "--no-bench",
+                  "--out", tmp_path / "sst2-8").exit_code == 0
+    r = invoke("pack", tmp_path / "p", trained / "mrpc", tmp_path / "sst2-8")
+    line = error_line(r)
+    assert r.exit_code != 0 and str(tmp_path / "sst2-8" / "manifest.json") in line and "differs from" in line
+    assert mf.read(other, mf.BackboneManifest).weights_sha256[:16] in line
+    assert not (tmp_path / "p").exists()
+
+
+def test_ffn_keep_artifacts_pack_and_materialize(trained, tmp_path):
+    """Removed FFN neurons are gathered out of the shared codes in the folded subgraph: the same logits."""
+    out = tmp_path / "pack"
+    path, pm = pack(PackConfig((str(trained / "mrpc-ffn"), str(trained / "sst2")), str(out), memory=False))
+    t = pm.tasks["mrpc"]
+    assert t.ffn_neurons == {f"encoder.encoder.layer.{i}.output.dense": [64, 128] for i in range(2)} and t.parity_max_abs_diff <= 1e-5
+    r = invoke("materialize", out, "mrpc", "--out", tmp_path / "mat")
+    assert r.exit_code == 0, r.output
+    assert logits_parity(tmp_path / "mat" / "model.onnx", trained / "mrpc-ffn" / "model.onnx", inputs(2, 11, seed=3)) <= 1e-5
+    # the recovered mask removes the same neurons: a re-export gives the same graph's logits
+    a, b = masking.load_masks(trained / "mrpc-ffn" / "mask.npz"), masking.load_masks(tmp_path / "mat" / "mask.npz")
+    second = "encoder.encoder.layer.0.output.dense"
+    assert np.array_equal(a[second], b[second]) and np.array_equal(a["encoder.encoder.layer.0.attention.self.query"],
+                                                                    b["encoder.encoder.layer.0.attention.self.query"])
+
+
+def test_materialize_gives_a_standalone_artifact(trained, packed, tmp_path):
+    out = tmp_path / "mat"
+    r = invoke("materialize", packed, "sst2", "--out", out)
+    assert r.exit_code == 0, r.output
+    m = mf.read(out, mf.ArtifactManifest)
+    assert m.materialized_from["task"] == "sst2" and m.validation["pack_max_abs_diff"] == 0.0
+    assert logits_parity(out / "model.onnx", trained / "sst2" / "model.onnx", inputs(2, 9, seed=5)) <= 1e-5
+    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
+    assert not [i for i in onnx.load(str(out / "model.onnx")).graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
+    orig = masking.load_masks(trained / "sst2" / "mask.npz")
+    assert all(np.array_equal(v, masking.load_masks(out / "mask.npz")[k]) for k, v in orig.items())
+    from safetensors.numpy import load_file
+
+    head, ref = load_file(str(out / "trainable.safetensors")), load_file(str(trained / "sst2" / "trainable.safetensors"))
+    assert head.keys() == ref.keys() and all(np.array_equal(head[k], ref[k]) for k in ref)
+    app = subprocess.run([sys.executable, str(Path(__file__).parents[2] / "examples" / "classify.py"), str(out), "a great film"],
+                         capture_output=True, text=True)
+    assert app.returncode == 0 and app.stdout.startswith("sst2: label "), app.stderr
+    bad = invoke("materialize", packed, "cola", "--out", tmp_path / "x")
+    assert bad.exit_code != 0 and "has no task 'cola': it holds mrpc, sst2" in error_line(bad)
+
+
+def test_bench_and_check_accept_a_pack(packed, glue2, tmp_path):
+    r = invoke("bench", packed, "--batch", "1", "--seq-len", "16", "--data-dir", glue2, "--json", tmp_path / "bench.json")
+    assert r.exit_code == 0, r.output
+    assert "mrpc on cpu" in r.output and "sst2 on cpu" in r.output and r.output.count("batch 1 x 16") == 2
+    pm = mf.read(packed, mf.PackManifest)
+    base = tmp_path / "base.json"
+    base.write_text(json.dumps({"metrics": {f"{t}.onnx.{m.metric}": m.metrics[m.metric] for t, m in pm.tasks.items()}}))
+    for report in (packed, tmp_path / "bench.json"):  # the pack's recorded metrics, and the ones bench measured through it
+        ok = invoke("check", report, "--baseline", base)
+        assert ok.exit_code == 0 and "sst2.onnx.accuracy" in ok.output, ok.output
+
+
+def test_a_tampered_pack_is_refused_on_every_read(packed, tmp_path):
+    import shutil
+
+    bad = tmp_path / "bad"
+    shutil.copytree(packed, bad)
+    data = bytearray((bad / "backbone.safetensors").read_bytes())
+    data[-1] ^= 0xFF
+    (bad / "backbone.safetensors").write_bytes(bytes(data))
+    with pytest.raises(mf.ManifestError, match="backbone.safetensors does not match its SHA-256"):
+        Pack(bad)
+    for args in (["bench", bad], ["check", bad, "--baseline", bad], ["materialize", bad, "mrpc", "--out", tmp_path / "m"]):
+        r = invoke(*args)
+        assert r.exit_code != 0 and "does not match its SHA-256" in error_line(r)
+    (bad / "backbone.safetensors").write_bytes((packed / "backbone.safetensors").read_bytes())
+    (bad / "sst2.onnx").write_bytes((bad / "sst2.onnx").read_bytes() + b"\0")
+    with pytest.raises(mf.ManifestError, match="sst2.onnx does not match"):
+        Pack(bad)
+    assert not (tmp_path / "m").exists()
+
+
+def test_pack_error_types(trained):
+    with pytest.raises(PackError, match="at least one artifact"):
+        pack(PackConfig((), str(trained / "none")))
