@@ -49,7 +49,8 @@ def main():
         reference = pooled(clf, enc)
         own = copy.deepcopy(clf)
         cfg = quantize.default_config(args.bits, **CALIBRATIONS["gptq task"])
-        backbone.quantize_(own, cfg, calibration.batches(backbone.calibration_tokens(tok, cfg, 128, splits["train"])))
+        task_tokens = calibration.tokens(tok, splits["train"], 128, 128)
+        backbone.quantize_(own, cfg, calibration.batches(backbone.calibration_tokens(tok, cfg, 128, task_tokens)))
         row = {"task": task.name}
         for name, model in (*shared.items(), ("gptq task", own)):
             row[name] = torch.nn.functional.cosine_similarity(pooled(model, enc), reference).mean().item()

@@ -112,7 +112,6 @@ def serving_overhead(backbone_dir: str, rounds: int = 5, seq_len: int = 128) -> 
     (batch 1 x seq_len, fp32 graphs, medians of round-robin rounds) with and without them."""
     import tempfile
 
-    from compress.exporters import onnx_graph
     from compress.runtimes import bench
     from compress.runtimes.session import open_session
 

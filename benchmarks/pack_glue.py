@@ -22,7 +22,6 @@ import json
 import shlex
 import statistics
 import subprocess
-import sys
 import time
 from pathlib import Path
 

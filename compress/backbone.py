@@ -24,18 +24,18 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from functools import cached_property
 from pathlib import Path
 
 import numpy as np
 import torch
 
-from compress import artifact, calibration, manifest as mf, quantize
+from compress import artifact, calibration, gptq, manifest as mf, quantize
 from compress.qweight import QWeight
 
 log = logging.getLogger(__name__)
-WEIGHTS = "weights.safetensors"
+WEIGHTS = mf.BACKBONE_WEIGHTS
 PARTS = ("codes", "scale", "zero")  # the suffixes of a quantized tensor in weights.safetensors
 
 
@@ -52,8 +52,6 @@ def quantize_(model: torch.nn.Module, config: quantize.QuantConfig, calibration_
     embeddings (quantized per row, i.e. per token vector). Empty when config.bits > 8.
     calibration_batches: for method="gptq", batches (dicts of input tensors) to run through the model.
     """
-    from compress import gptq
-
     if not config.enabled:
         return {}
     result: dict[str, QWeight] = {}
@@ -90,16 +88,18 @@ def load_(model: torch.nn.Module, qweights: dict[str, QWeight]) -> None:
         weight.copy_(torch.from_numpy(qw.dequantize()).to(weight.dtype))
 
 
-def calibration_tokens(tok, config: quantize.QuantConfig, max_length: int, task_split=None) -> dict[str, np.ndarray] | None:
-    """The GPTQ calibration inputs that config.calibration names (None for round to nearest)."""
+def calibration_tokens(tok, config: quantize.QuantConfig, max_length: int,
+                       task_tokens: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:
+    """What calibrates GPTQ, as config.calibration says: the task's tokens, or the package's general text
+    (None for round to nearest)."""
     if not config.enabled or config.method != "gptq":
         return None
     if config.calibration == "general":
         return calibration.general_tokens(tok, config.calibration_examples, max_length)
-    if task_split is None:
+    if task_tokens is None:
         raise BackboneError("GPTQ calibrated on task text needs the task's training texts: calibrate on general text "
                             "(--calibration general) for a backbone that is shared between tasks")
-    return calibration.tokens(tok, task_split, config.calibration_examples, max_length)
+    return task_tokens
 
 
 # ---------------------------------------------------------------- the backbone artifact
@@ -239,7 +239,7 @@ class Backbone:
         m = self.manifest.model
         clf = models.SequenceClassifier(encoder, num_labels, pooling or m.pooling)
         load_(clf, qweights)
-        source = models.ModelSource(m.name, str(self.directory), True, m.pooling)
+        source = models.ModelSource(m.name, str(self.directory.resolve()), True, m.pooling)
         return clf, tok, source, qweights
 
 
@@ -260,8 +260,3 @@ def load(directory: str | Path, expect_sha256: str | None = None) -> Backbone:
         raise BackboneError(f"{directory / WEIGHTS} has SHA-256 {m.weights_sha256[:12]}..., but the task was trained on "
                             f"{expect_sha256[:12]}...: pass the backbone it was trained on (--backbone DIR)")
     return Backbone(directory, m)
-
-
-def describe(m: mf.BackboneManifest) -> dict:
-    """A short summary for the CLI."""
-    return {"model": m.model.name, "quant": asdict(m.quant), "sha256": m.weights_sha256, "sizes": m.sizes}

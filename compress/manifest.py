@@ -13,7 +13,7 @@ schema version and kind, then every file's SHA-256, and returns the dataclass. S
 written before backbones and packs existed) reads as an artifact.
 
 The configs inside an artifact or backbone manifest are the configs' own frozen dataclasses
-(imported when such a manifest is read: a pack reader needs neither torch nor the training code).
+(imported when such a manifest is read: a pack's reader needs neither torch nor the training code).
 """
 from __future__ import annotations
 
@@ -27,12 +27,15 @@ from typing import TYPE_CHECKING, Any, ClassVar
 from compress.artifact import ArtifactError, sha256, versions
 
 if TYPE_CHECKING:
-    from compress.pipeline import RunSettings
+    from compress.exporters.export import ExportConfig
+    from compress.masking import MaskConfig
     from compress.quantize import QuantConfig
+    from compress.train import TrainConfig
 
 SCHEMA_VERSION = 2
 READABLE = (1, 2)
 FILE = "manifest.json"
+BACKBONE_WEIGHTS = "weights.safetensors"  # a backbone's shared file; its SHA-256 is the backbone's identity
 
 
 class ManifestError(ArtifactError):
@@ -82,6 +85,28 @@ class TaskInfo:
     dev_examples: int
     data: str
     labels: list[str] = field(default_factory=list)  # class names in logit order; [] for regression
+
+
+@dataclass(frozen=True)
+class RunSettings:
+    """The resolved configs an artifact was made with (its manifest's "config")."""
+
+    quant: QuantConfig
+    mask: MaskConfig
+    train: TrainConfig
+    export: ExportConfig
+    embedding_bits: int | None = None
+
+    @classmethod
+    def from_dict(cls, d: dict) -> RunSettings:
+        from compress.exporters.export import ExportConfig
+        from compress.masking import MaskConfig
+        from compress.quantize import QuantConfig
+        from compress.train import TrainConfig
+
+        mask = dict(d["mask"])
+        mask["nm"] = tuple(mask["nm"]) if mask.get("nm") else None
+        return cls(QuantConfig(**d["quant"]), MaskConfig(**mask), TrainConfig(**d["train"]), ExportConfig(**d["export"]), d.get("embedding_bits"))
 
 
 @dataclass(frozen=True)
@@ -175,9 +200,7 @@ class BackboneManifest(Manifest):
 
     @property
     def weights_sha256(self) -> str:
-        from compress.backbone import WEIGHTS
-
-        return self.files[WEIGHTS].sha256
+        return self.files[BACKBONE_WEIGHTS].sha256
 
     @classmethod
     def from_dict(cls, d: dict) -> BackboneManifest:
@@ -215,8 +238,6 @@ class ArtifactManifest(Manifest):
 
     @classmethod
     def from_dict(cls, d: dict) -> ArtifactManifest:
-        from compress.pipeline import RunSettings
-
         bb = d.get("backbone")
         return cls(**cls._envelope(d), model=ModelInfo(**d["model"]), task=TaskInfo(**d["task"]), config=RunSettings.from_dict(d["config"]),
                    backbone=BackboneRef(**bb) if bb else None, density=d.get("density", 1.0), layers=d.get("layers", []),

@@ -38,26 +38,9 @@ class RunConfig:
     backbone: str | None = None  # a `compress quantize` directory: learn the mask on its codes (no quantization here)
 
 
-@dataclass(frozen=True)
-class RunSettings:
-    """The resolved configs an artifact was made with (its manifest's "config")."""
-
-    quant: quantize.QuantConfig
-    mask: masking.MaskConfig
-    train: train.TrainConfig
-    export: ExportConfig
-    embedding_bits: int | None = None
-
-    @classmethod
-    def of(cls, cfg: RunConfig, embedding: bool) -> RunSettings:
-        return cls(cfg.quant, cfg.mask, cfg.train, cfg.export, quantize.embedding_bits(cfg.quant) if embedding else None)
-
-    @classmethod
-    def from_dict(cls, d: dict) -> RunSettings:
-        mask = dict(d["mask"])
-        mask["nm"] = tuple(mask["nm"]) if mask.get("nm") else None
-        return cls(quantize.QuantConfig(**d["quant"]), masking.MaskConfig(**mask), train.TrainConfig(**d["train"]),
-                   ExportConfig(**d["export"]), d.get("embedding_bits"))
+def settings(cfg: RunConfig, embedding: bool) -> mf.RunSettings:
+    """What the artifact's manifest records as its configs."""
+    return mf.RunSettings(cfg.quant, cfg.mask, cfg.train, cfg.export, quantize.embedding_bits(cfg.quant) if embedding else None)
 
 
 def prepare(model: torch.nn.Module, qweights: dict[str, QWeight]) -> tuple[dict[str, QWeight], tuple[str, QWeight] | None]:
@@ -98,17 +81,16 @@ def build(cfg: RunConfig, task: tasks.Task, calib: tasks.Split | dict[str, np.nd
         calib = calibration.tokens(tok, calib, cfg.quant.calibration_examples, cfg.train.max_length) if cfg.quant.enabled else None
     if cfg.train.mode == "structure":
         if not cfg.backbone:  # the mask is learned on the weights that ship
-            qweights = backbone.quantize_(clf, cfg.quant, calibration.batches(gptq_tokens(cfg, tok, calib)))
+            qweights = _quantize(clf, cfg, tok, calib)
         torch.manual_seed(cfg.train.seed)
         masking.apply_masks_(clf, cfg.mask)
     return clf, tok, source, qweights, calib
 
 
-def gptq_tokens(cfg: RunConfig, tok, task_tokens: dict[str, np.ndarray] | None) -> dict[str, np.ndarray] | None:
-    """What calibrates GPTQ: the task's tokens, or the package's general text (cfg.quant.calibration)."""
-    if not cfg.quant.enabled or cfg.quant.method != "gptq" or cfg.quant.calibration == "task":
-        return task_tokens
-    return calibration.general_tokens(tok, cfg.quant.calibration_examples, cfg.train.max_length)
+def _quantize(model, cfg: RunConfig, tok, task_tokens) -> dict[str, QWeight]:
+    """Quantize in place as cfg.quant says; GPTQ calibrates on the task's tokens or on the general text."""
+    calib = backbone.calibration_tokens(tok, cfg.quant, cfg.train.max_length, task_tokens)
+    return backbone.quantize_(model, cfg.quant, calibration.batches(calib))
 
 
 def layer_table(model, linears: dict[str, QWeight], embedding) -> list[dict]:
@@ -157,7 +139,7 @@ def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: s
         history = train.fit(model, task, train_split, dev, tok, cfg.train, progress=progress)
     trained = trainable_tensors(model, cfg.train.mode)  # before post-training quantization: re-export quantizes again
     if cfg.train.mode == "weights":
-        qweights = backbone.quantize_(model, cfg.quant, calibration.batches(gptq_tokens(cfg, tok, calib)))  # post-training quantization
+        qweights = _quantize(model, cfg, tok, calib)  # post-training quantization
     linears, embedding = prepare(model, qweights)
     stages.update()
 
@@ -184,7 +166,7 @@ def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: s
             command=command,
             model=mf.model_info(model, source, tok, task.num_labels),
             task=mf.TaskInfo(task.name, task.metric, len(train_split), len(dev), splits["train"].source, list(task.labels)),
-            config=RunSettings.of(cfg, embedding is not None),
+            config=settings(cfg, embedding is not None),
             backbone=ref,
             density=masking.densities(model)[1],
             layers=layer_table(model, linears, embedding),
@@ -325,7 +307,7 @@ def restore(directory: Path, m: mf.ArtifactManifest, cfg: RunConfig):
         train.load_parameters_(model, trained)
     else:
         model.load_state_dict(trained)
-        qweights = backbone.quantize_(model, cfg.quant, calibration.batches(gptq_tokens(cfg, tok, calib)))
+        qweights = _quantize(model, cfg, tok, calib)
     return model.eval(), tok, qweights, calib
 
 

@@ -28,26 +28,13 @@ log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True, eq=False)
-class Layer:
-    shape: tuple[int, int]
-    bits: int
-    group_size: int | None
-    symmetric: bool
-
-    @property
-    def storage_bits(self) -> int:
-        return 2 if self.bits == 1 else self.bits
-
-
-@dataclass(frozen=True, eq=False)
 class SharedFile:
     """The backbone's weights.safetensors, as a pack's task graphs see it."""
 
     location: str  # the file, relative to the task graphs' directory
     tensors: dict[str, np.ndarray]  # by name
     offsets: dict[str, tuple[int, int]]  # name -> (offset from the start of the file, length in bytes)
-    layers: dict[str, Layer]  # the quantized tensors (linears and the word embeddings)
-    qweights: dict[str, QWeight]  # their unmasked codes
+    qweights: dict[str, QWeight]  # the quantized tensors (linears and the word embeddings), unmasked
 
     @classmethod
     def of(cls, backbone, location: str) -> SharedFile:
@@ -55,8 +42,7 @@ class SharedFile:
         tensors = backbone.tensors()
         offsets = {k: (backbone.data_start + v["data_offsets"][0], v["data_offsets"][1] - v["data_offsets"][0])
                    for k, v in backbone.header.items()}
-        layers = {q.name: Layer(tuple(q.shape), q.bits, q.group_size, q.symmetric) for q in backbone.manifest.layers}
-        return cls(location, tensors, offsets, layers, backbone.qweights(tensors))
+        return cls(location, tensors, offsets, backbone.qweights(tensors))
 
     def source(self, masks: dict[str, np.ndarray], removed: dict) -> SharedSource:
         return SharedSource(self, masks, removed)
@@ -95,31 +81,30 @@ class SharedSource(Inline):
     def expected(self, name: str) -> np.ndarray:
         """The codes this source makes for `name`, computed here: what the graph must fold to."""
         codes = self._kept(name, self.shared.qweights[name].codes)
-        mask = self._kept(name, self.masks.get(name, np.ones(self.shared.layers[name].shape, bool)))
+        mask = self._kept(name, self.masks.get(name, np.ones(self.shared.qweights[name].shape, bool)))
         return np.where(mask & self._alive(name, codes.shape), codes, 0)
 
     def codes(self, bld: _Builder, base: str, w: QWeight) -> str:
-        if base not in self.shared.layers:
+        if base not in self.shared.qweights:
             raise WeightMatchError(f"{base}: the backbone has no quantized tensor of that name; pack artifacts trained on this backbone")
-        layer = self.shared.layers[base]
         if not np.array_equal(w.codes, self.expected(base)):
             raise WeightMatchError(f"{base}: the task's codes are not the backbone's codes under its mask: the artifact was not "
                                    "trained on this backbone")
-        rows_n, _ = layer.shape
+        full = self.shared.qweights[base]
+        bits = full.storage_bits
         packed_name = f"{base}.weight.codes"
         packed, size = self._ref(bld, packed_name), self.shared.tensors[packed_name].size
-        shape = bld.const(base, np.array(layer.shape, np.int64))
-        full = QWeight(self.shared.qweights[base].codes, self.shared.qweights[base].scale, layer.bits, layer.group_size)
-        if layer.symmetric and size * 8 == layer.storage_bits * full.codes.size:
-            x = bld.call(functions.unpack(layer.storage_bits), [packed, shape], base)[0]
+        shape = bld.const(base, np.array(full.shape, np.int64))
+        if full.zero is None and size * 8 == bits * full.codes.size:
+            x = bld.call(functions.unpack(bits), [packed, shape], base)[0]
         else:  # asymmetric grids (zero points per group), or codes that do not fill their last byte: written out
-            stored = packed if layer.storage_bits == 8 else bld.unpacked(base, packed, size, layer.shape, layer.storage_bits)
+            stored = packed if bits == 8 else bld.unpacked(base, packed, size, full.shape, bits)
             x = bld.node("Cast", [bld.node("Reshape", [stored, shape], base)[0]], base, to=TensorProto.INT32)[0]
-            if layer.symmetric:
-                x = bld.node("Sub", [x, bld.const(base, np.array(2 ** (layer.storage_bits - 1), np.int32))], base)[0]
+            if full.zero is None:
+                x = bld.node("Sub", [x, bld.const(base, np.array(2 ** (bits - 1), np.int32))], base)[0]
             else:
                 zname = f"{base}.weight.zero"
-                zero = bld.unpacked(base, self._ref(bld, zname), self.shared.tensors[zname].size, (rows_n, full.groups, 1), layer.bits)
+                zero = bld.unpacked(base, self._ref(bld, zname), self.shared.tensors[zname].size, (full.shape[0], full.groups, 1), full.bits)
                 zero = bld.node("Cast", [zero], base, to=TensorProto.INT32)[0]
                 x = bld.grouped(base, full, lambda g: bld.node("Sub", [g, zero], base)[0], x)
         if base in self.neurons:

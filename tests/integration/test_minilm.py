@@ -43,3 +43,39 @@ def test_minilm_ffn_keep_removes_half_the_neurons(glue_dir, tmp_path):
     assert m["validation"]["parity_max_abs_diff"] < 1e-4 and m["validation"]["metric_drop"] <= 0.01
     assert m["fusions"]["BiasGelu"] == 6 and m["fusions"]["Attention"] == 6
     assert m["sizes"]["onnx_total"] < 11e6  # 12.4 MB without neuron pruning
+
+
+def test_minilm_tasks_share_one_backbone_in_a_pack(glue_dir, tmp_path):
+    """The real MiniLM: a task-independent 4-bit backbone, two tasks on it, one pack whose graphs give the
+    artifacts' logits and run on the same integer kernels after ONNX Runtime folds the shared codes and masks."""
+    from compress import Pack, manifest as mf
+
+    def invoke(*args):
+        r = CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
+        assert r.exit_code == 0, r.output
+        return r
+
+    invoke("quantize", "--model", "minilm", "--bits", "4", "--out", tmp_path / "bb")
+    bb = mf.read(tmp_path / "bb", mf.BackboneManifest)
+    assert bb.quant.method == "gptq" and bb.calibration.source == "general" and bb.calibration.tokens > 5000
+    for task in ("mrpc", "sst2"):
+        invoke("run", "--backbone", tmp_path / "bb", "--task", task, "--data-dir", glue_dir, "--epochs", "1", "--max-train-examples", "128",
+               "--max-eval-examples", "128", "--no-bench", "--out", tmp_path / task)
+    invoke("pack", tmp_path / "pack", tmp_path / "mrpc", tmp_path / "sst2", "--no-memory")
+    pm = mf.read(tmp_path / "pack", mf.PackManifest)
+    for name, t in pm.tasks.items():
+        assert t.parity_max_abs_diff <= 1e-5
+        # 10.6 M masked weights; a task costs its coded mask, head, smoothing factors and graph: a fraction of a bit per weight
+        assert t.masked_weights == 6 * (4 * 384 * 384 + 2 * 384 * 1536) and t.bits_per_masked_weight < 0.3
+    assert pm.sizes["vs_ort_int8"] < 0.35  # two tasks; four come to ~0.16 (benchmarks/results/pack_glue.md)
+    from compress import tasks
+    from compress.runtimes import evaluate
+    from compress.runtimes.session import open_session
+
+    p = Pack(tmp_path / "pack")
+    dev = tasks.load_task(tasks.get_task("sst2"), glue_dir)["dev"].subset(64)
+    alone = evaluate.texts_logits(open_session(tmp_path / "sst2" / "model.onnx"), tmp_path / "sst2" / "tokenizer.json", 128, dev.text_a, None)
+    assert abs(p.logits("sst2", dev.text_a) - alone).max() <= 1e-5
+    assert p.predict("sst2", dev.text_a) == [str(i) for i in alone.argmax(-1)]
+    out = CliRunner().invoke(main, ["bench", str(tmp_path / "pack"), "--batch", "1"], catch_exceptions=False)
+    assert out.exit_code == 0 and out.output.count("batch 1 x 128") == 2

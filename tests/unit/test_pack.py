@@ -215,3 +215,15 @@ def test_a_tampered_pack_is_refused_on_every_read(packed, tmp_path):
 def test_pack_error_types(trained):
     with pytest.raises(PackError, match="at least one artifact"):
         pack(PackConfig((), str(trained / "none")))
+
+
+@pytest.mark.parametrize("bits", ["8", "2"])
+def test_other_grids_pack_exactly(tiny_model_dir, glue2, tmp_path, bits):
+    """8-bit codes (stored as int8 + 128) and 2-bit asymmetric groups of 16 (zero points per group) unpack alike."""
+    assert invoke("quantize", "--model", tiny_model_dir, "--bits", bits, "--quantizer", "rtn", "--out", tmp_path / "bb").exit_code == 0
+    r = invoke("run", "--backbone", tmp_path / "bb", "--task", "sst2", "--data-dir", glue2, "--epochs", "1", "--no-bench",
+               "--mask-lr", "0.05", "--out", tmp_path / "a")
+    assert r.exit_code == 0, r.output
+    _, pm = pack(PackConfig((str(tmp_path / "a"),), str(tmp_path / "p"), memory=False))
+    assert pm.tasks["sst2"].parity_max_abs_diff <= 1e-5
+    assert logits_parity(tmp_path / "p" / "sst2.onnx", tmp_path / "a" / "model.onnx", inputs(2, 13, seed=4)) <= 1e-5
