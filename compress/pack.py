@@ -56,6 +56,9 @@ def _check(dirs: list[Path], ms: list[mf.ArtifactManifest]) -> None:
         if m.backbone is None:
             raise PackError(f"{d / mf.FILE} records no backbone: its weights were quantized for {m.task.name} alone; "
                             "train it on a shared backbone (`compress quantize`, then `compress run --backbone DIR`)")
+        if m.passed is False:
+            raise PackError(f"{d} failed its accuracy guard ({m.validation.get('failure')}): re-export it "
+                            f"(`compress export {d} --kernel float`) or retrain it before packing")
         if m.config.export.kernel == "nbits":
             raise PackError(f"{d}: kernel nbits reads its packed codes as they are, so it cannot share them: "
                             f"`compress export {d} --kernel int8` first")
@@ -72,8 +75,7 @@ def _check(dirs: list[Path], ms: list[mf.ArtifactManifest]) -> None:
 
 
 def pack(cfg: PackConfig, command: str = "") -> tuple[Path, mf.PackManifest]:
-    from compress import backbone as bb, calibration, pipeline
-    from compress.exporters.export import export
+    from compress import backbone as bb
     from compress.exporters.shared import SharedFile
 
     t0 = time.perf_counter()
@@ -87,7 +89,6 @@ def pack(cfg: PackConfig, command: str = "") -> tuple[Path, mf.PackManifest]:
     if not Path(where).is_dir():
         raise PackError(f"the backbone these artifacts were trained on ({ref.sha256[:12]}...) is not at {where}: pass --backbone DIR")
     backbone = bb.load(where, ref.sha256)
-    sample = _sample()
     with artifact.staging(out, cfg.overwrite) as tmp:
         shutil.copy2(backbone.weights_path, tmp / SHARED)
         for name in TOKENIZER_FILES:
@@ -96,28 +97,7 @@ def pack(cfg: PackConfig, command: str = "") -> tuple[Path, mf.PackManifest]:
         shared = SharedFile.of(backbone, SHARED)
         tasks: dict[str, mf.PackTask] = {}
         for d, m in zip(dirs, ms):
-            run_cfg = pipeline.config_from_manifest(m, str(backbone.directory))
-            model, _, qweights, calib = pipeline.restore(d, m, run_cfg)
-            linears, embedding = pipeline.prepare(model, qweights)
-            graph = tmp / f"{m.task.name}.onnx"
-            res = export(model, linears, embedding, graph, run_cfg.export, sample, calibration.batches(calib), shared=shared)
-            parity = logits_parity(graph, d / "model.onnx", sample)
-            if parity > PARITY_ATOL:
-                raise PackError(f"{graph.name}: logits differ from {d / 'model.onnx'} by {parity:.3g} > {PARITY_ATOL}: "
-                                "the artifact's graph was not made from its mask and head; re-export it (`compress export DIR`)")
-            task_json = tmp / f"{m.task.name}.json.gz"
-            task_json.write_bytes(gzip.compress(json.dumps({k: v for k, v in m.to_dict().items() if k != "files"}).encode(), mtime=0))
-            masked = sum(r["shape"][0] * r["shape"][1] for r in m.layers if r.get("masked"))
-            own = graph.stat().st_size + task_json.stat().st_size
-            tasks[m.task.name] = mf.PackTask(
-                name=m.task.name, onnx=graph.name, metric=m.task.metric, labels=m.task.labels, max_length=m.config.train.max_length,
-                pad_token_id=m.model.pad_token_id, inputs=m.model.inputs, metrics=m.metrics.onnx, masked_weights=masked, bytes=own,
-                bits_per_masked_weight=8 * own / max(masked, 1), parity_max_abs_diff=parity,
-                source={"artifact": str(d.resolve()), "manifest_sha256": mf.manifest_sha256(d), "model_onnx_sha256": m.files["model.onnx"].sha256,
-                        "model_onnx_bytes": m.files["model.onnx"].bytes, "mask_bytes": res.sizes.get("masks", 0)},
-                ffn_neurons=res.ffn_neurons)
-            log.info("packed %s: %d bytes (%.3f bits per masked weight), parity %.2g", m.task.name, own, tasks[m.task.name].bits_per_masked_weight,
-                     parity)
+            tasks[m.task.name], model = _pack_task(d, m, backbone, shared, tmp)
         pm = mf.PackManifest(command=command, backbone=ref, shared=SHARED, tokenizer="tokenizer.json", tasks=tasks,
                              sizes=storage(tmp, tasks, _ort_int8_bytes(model, m)))
         mf.write(tmp, pm)
@@ -128,12 +108,33 @@ def pack(cfg: PackConfig, command: str = "") -> tuple[Path, mf.PackManifest]:
     return out, pm
 
 
-def _sample() -> dict[str, np.ndarray]:
-    from compress.runtimes.bench import inputs
+def _pack_task(d: Path, m: mf.ArtifactManifest, backbone, shared, out: Path):
+    """Export one artifact's graph against the shared file into `out`; -> (its PackTask, its restored model)."""
+    from compress import calibration, pipeline
+    from compress.exporters.export import export
+    from compress.runtimes.bench import sample
 
-    feeds = inputs(4, 32, seed=1)
-    feeds["attention_mask"][1, 20:] = 0
-    return feeds
+    run_cfg = pipeline.config_from_manifest(m, str(backbone.directory))
+    model, _, qweights, calib = pipeline.restore(d, m, run_cfg)
+    linears, embedding = pipeline.prepare(model, qweights)
+    graph = out / f"{m.task.name}.onnx"
+    res = export(model, linears, embedding, graph, run_cfg.export, sample(), calibration.batches(calib), shared=shared)
+    parity = logits_parity(graph, d / "model.onnx", sample())
+    if parity > PARITY_ATOL:
+        raise PackError(f"{graph.name}: logits differ from {d / 'model.onnx'} by {parity:.3g} > {PARITY_ATOL}: "
+                        "the artifact's graph was not made from its mask and head; re-export it (`compress export DIR`)")
+    task_json = out / f"{m.task.name}.json.gz"
+    task_json.write_bytes(gzip.compress(json.dumps({k: v for k, v in m.to_dict().items() if k != "files"}).encode(), mtime=0))
+    masked = sum(r["shape"][0] * r["shape"][1] for r in m.layers if r.get("masked"))
+    own = graph.stat().st_size + task_json.stat().st_size
+    log.info("packed %s: %d bytes (%.3f bits per masked weight), parity %.2g", m.task.name, own, 8 * own / max(masked, 1), parity)
+    return mf.PackTask(
+        name=m.task.name, onnx=graph.name, metric=m.task.metric, labels=m.task.labels, max_length=m.config.train.max_length,
+        pad_token_id=m.model.pad_token_id, inputs=m.model.inputs, metrics=m.metrics.onnx, masked_weights=masked, bytes=own,
+        bits_per_masked_weight=8 * own / max(masked, 1), parity_max_abs_diff=parity,
+        source={"artifact": str(d.resolve()), "manifest_sha256": mf.manifest_sha256(d), "model_onnx_sha256": m.files["model.onnx"].sha256,
+                "model_onnx_bytes": m.files["model.onnx"].bytes, "mask_bytes": res.sizes.get("masks", 0)},
+        ffn_neurons=res.ffn_neurons), model
 
 
 def logits_parity(a: Path, b: Path, feeds: dict[str, np.ndarray]) -> float:
@@ -172,24 +173,28 @@ p = Pack(sys.argv[1])
 for t in sys.argv[2:]:
     p.predict(t, ["a warm-up sentence ."])
 with open("/proc/self/status") as f:
-    print(next(int(l.split()[1]) * 1024 for l in f if l.startswith("VmRSS")))
+    status = dict(line.split(":", 1) for line in f)
+print(int(status["VmRSS"].split()[0]) * 1024, int(status["VmHWM"].split()[0]) * 1024)
 """
 
 
 def resident_memory(pack_dir: Path, task_names: list[str]) -> dict:
-    """Resident memory (VmRSS) of a fresh process that opens the first n task sessions of the pack and runs
-    each once, for n = 0 .. N: what each further session costs."""
+    """Resident memory (VmRSS) and its peak (VmHWM) of a fresh process that opens the first n task sessions of
+    the pack through compress.Pack and runs each once, for n = 0 .. N: what each further session costs."""
     import subprocess
     import sys
 
-    rss = []
+    rss, peak = [], []
     for n in range(len(task_names) + 1):
         r = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(pack_dir), *task_names[:n]], capture_output=True, text=True)
         if r.returncode != 0:
             log.warning("memory measurement failed: %s", (r.stderr.strip().splitlines() or [r.returncode])[-1])
             return {}
-        rss.append(int(r.stdout.split()[-1]))
-    return {"sessions": list(range(len(rss))), "rss": rss, "per_session": [int(x) for x in np.diff(rss)], "shared_in_memory": False}
+        a, b = map(int, r.stdout.split()[-2:])
+        rss.append(a)
+        peak.append(b)
+    return {"sessions": list(range(len(rss))), "rss": rss, "peak": peak, "per_session": [int(x) for x in np.diff(rss)],
+            "shared_in_memory": False}
 
 
 def render(pm: mf.PackManifest, seconds: float = 0.0) -> str:
@@ -214,7 +219,9 @@ def render(pm: mf.PackManifest, seconds: float = 0.0) -> str:
     if mem:
         per = ", ".join(mb(x) for x in mem["per_session"])
         lines += ["## Memory", "", f"Resident memory of a process with 0 .. {n} task sessions open (each run once): "
-                  + ", ".join(mb(x) for x in mem["rss"]) + f"; each further session: +{per}.", "",
+                  + ", ".join(mb(x) for x in mem["rss"]) + f"; each further session: +{per}. Peak while loading: "
+                  + ", ".join(mb(x) for x in mem["peak"]) + " (folding the codes into int8 weights passes through int32 and float "
+                  "intermediates; the heap they used is returned to the system after each session is created).", "",
                   "Nothing is shared in memory between the sessions: ONNX Runtime unpacks each task's 4-bit codes, applies its mask and "
                   "folds them into int8 weights at session load, and each session keeps its own folded weights (the masks differ, so "
                   "the folded linears do too). The embedding table (the same in every task) is folded per session as well. Sharing it "
@@ -231,6 +238,7 @@ def materialize(pack_dir: str | Path, task: str, out: str | Path, overwrite: boo
     import onnx
 
     from compress import report
+    from compress.runtimes.bench import sample
 
     pack_dir, out = Path(pack_dir), Path(out)
     pm = mf.read(pack_dir, mf.PackManifest)
@@ -250,7 +258,7 @@ def materialize(pack_dir: str | Path, task: str, out: str | Path, overwrite: boo
             if (pack_dir / name).is_file():
                 shutil.copy2(pack_dir / name, tmp / name)
         _recover(model, m, tmp)
-        parity = logits_parity(tmp / "model.onnx", pack_dir / t.onnx, _sample())
+        parity = logits_parity(tmp / "model.onnx", pack_dir / t.onnx, sample())
         m.materialized_from = {"pack": str(pack_dir.resolve()), "manifest_sha256": mf.manifest_sha256(pack_dir), "task": task}
         m.sizes = {**m.sizes, "onnx_total": (tmp / "model.onnx").stat().st_size, "masks": (tmp / "mask.npz").stat().st_size}
         m.validation = {**m.validation, "pack_max_abs_diff": parity}

@@ -321,15 +321,14 @@ def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", comm
     import shutil
 
     from compress.exporters import ort_format, verify
-    from compress.runtimes.bench import inputs
+    from compress.runtimes.bench import sample as padded_sample
     from compress.runtimes.session import open_session, run_logits
 
     if fmt not in ("onnx", "ort"):
         raise ValueError(f"format '{fmt}' is not one of onnx, ort")
     directory = Path(directory)
     m = mf.read(directory, mf.ArtifactManifest)
-    sample = inputs(4, 32, seed=1)
-    sample["attention_mask"][1, 20:] = 0
+    sample = padded_sample()
     with artifact.staging(directory, overwrite=True) as tmp:
         for f in directory.iterdir():
             if f.is_file():

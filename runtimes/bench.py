@@ -14,6 +14,13 @@ def inputs(batch: int, seq_len: int, vocab_size: int = 1000, seed: int = 0) -> d
     return {"input_ids": ids, "attention_mask": np.ones_like(ids), "token_type_ids": np.zeros_like(ids)}
 
 
+def sample(batch: int = 4, seq_len: int = 32, seed: int = 1) -> dict[str, np.ndarray]:
+    """Inputs for parity checks: random tokens, the second row padded after 20 tokens."""
+    feeds = inputs(batch, seq_len, seed=seed)
+    feeds["attention_mask"][1, 20:] = 0
+    return feeds
+
+
 def latency(sess, batch: int = 1, seq_len: int = 128, warmup: int = 5, runs: int = 50, max_seconds: float = 20.0) -> dict:
     """Median / p90 latency in ms and throughput in sequences per second."""
     feed = inputs(batch, seq_len)

@@ -178,6 +178,10 @@ def test_materialize_gives_a_standalone_artifact(trained, packed, tmp_path):
     assert app.returncode == 0 and app.stdout.startswith("sst2: label "), app.stderr
     bad = invoke("materialize", packed, "cola", "--out", tmp_path / "x")
     assert bad.exit_code != 0 and "has no task 'cola': it holds mrpc, sst2" in error_line(bad)
+    # no calibration tokens travel in a pack: a new int8 graph is refused with the reason, the exact one is rebuilt
+    again = invoke("export", out)
+    assert again.exit_code != 0 and "materialized from the pack" in error_line(again)
+    assert invoke("export", out, "--kernel", "float").exit_code == 0
 
 
 def test_bench_and_check_accept_a_pack(packed, glue2, tmp_path):
