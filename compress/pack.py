@@ -278,7 +278,6 @@ def _recover(model, m: mf.ArtifactManifest, out: Path) -> None:
     from safetensors.numpy import save_file
 
     from compress import masking
-    from compress.qweight import mask_decode
 
     from compress.exporters.neurons import pairs
 
@@ -295,10 +294,7 @@ def _recover(model, m: mf.ArtifactManifest, out: Path) -> None:
         axis, second = role.get(name, (None, None))
         kept = arr(f"{second}.neurons_kept").astype(np.int64) if axis is not None else None
         sub = shape if axis is None else (kept.size, shape[1]) if axis == 0 else (shape[0], kept.size)
-        coded = [k for k in (f"{name}.mask_bits", f"{name}.mask_gaps0", f"{name}.mask_gaps1") if k in inits]
-        n = int(np.prod(sub))
-        part = (mask_decode("bits" if coded[0].endswith("bits") else "gaps", arr(coded[0]), coded[0].endswith("1"), n) if coded
-                else np.ones(n, bool)).reshape(sub)
+        part = _mask(inits, name, int(np.prod(sub))).reshape(sub)
         if axis is None:
             masks[name] = part
         elif axis == 1:  # the second projection: the columns of dropped and padding neurons are pruned
@@ -315,6 +311,20 @@ def _recover(model, m: mf.ArtifactManifest, out: Path) -> None:
             raise PackError(f"the pack's graph of {m.task.name} has no tensor {key}: it was not written by `compress pack`")
         head[key] = np.ascontiguousarray(arr(key))
     save_file(head, str(out / "trainable.safetensors"))
+
+
+def _mask(inits: dict, name: str, size: int) -> np.ndarray:
+    """A linear's flat mask from its coded initializers in a task graph (all kept if it has none)."""
+    from onnx import numpy_helper
+
+    from compress.qweight import RiceCode, mask_decode
+
+    if f"{name}.mask_bits" in inits:
+        return mask_decode("bits", numpy_helper.to_array(inits[f"{name}.mask_bits"]), False, size)
+    for rare in (0, 1):
+        if f"{name}.mask_rice{rare}" in inits:
+            return mask_decode("rice", RiceCode.from_bytes(numpy_helper.to_array(inits[f"{name}.mask_rice{rare}"])), bool(rare), size)
+    return np.ones(size, bool)
 
 
 def _head_names(m: mf.ArtifactManifest) -> list[str]:

@@ -77,6 +77,58 @@ def gap_decode(gaps: np.ndarray) -> np.ndarray:
     return total[ends] + np.arange(ends.size)
 
 
+@dataclass(frozen=True, eq=False)
+class RiceCode:
+    """Sorted positions as Golomb-Rice codes of the gaps between them (Golomb 1966, Rice 1979): a gap
+    g = q * 2^k + r is q in unary (q one-bits, then a zero) and r in k bits, most significant first.
+    For gaps that are roughly geometric (a sparse mask) it comes within ~1% of the entropy, where a
+    byte per gap costs 10-15% more. The decoder is cumulative sums (compress.exporters.functions)."""
+
+    unary: np.ndarray  # uint8, bit-packed, `unary_bits` bits
+    remainders: np.ndarray  # uint8, bit-packed, k bits per position
+    count: int  # positions
+    unary_bits: int
+    k: int
+
+    HEADER = 13  # unary bits, positions, unary bytes (uint32, little-endian), k (uint8)
+
+    @property
+    def nbytes(self) -> int:
+        return self.HEADER + self.unary.size + self.remainders.size
+
+    def to_bytes(self) -> np.ndarray:
+        """One uint8 array: the header, the unary bits, the remainder bits."""
+        header = np.array([self.unary_bits, self.count, self.unary.size], "<u4").view(np.uint8)
+        return np.concatenate([header, np.array([self.k], np.uint8), self.unary, self.remainders])
+
+    @classmethod
+    def from_bytes(cls, data: np.ndarray) -> RiceCode:
+        data = np.asarray(data, dtype=np.uint8)
+        unary_bits, count, unary_bytes = (int(x) for x in data[:12].view("<u4"))
+        k = int(data[12])
+        return cls(data[13:13 + unary_bytes], data[13 + unary_bytes:], count, unary_bits, k)
+
+
+def rice_encode(positions: np.ndarray, k: int | None = None) -> RiceCode:
+    """Sorted distinct positions -> RiceCode; k=None picks the k >= 1 that makes it smallest."""
+    gaps = np.diff(np.asarray(positions, dtype=np.int64), prepend=-1) - 1
+    if k is None:
+        k = min(range(1, 16), key=lambda kk: int(((gaps >> kk) + 1 + kk).sum()))
+    q = gaps >> k
+    unary = np.ones(int((q + 1).sum()), np.uint8)
+    unary[np.cumsum(q + 1) - 1] = 0
+    rem = ((gaps[:, None] >> np.arange(k - 1, -1, -1)) & 1).astype(np.uint8).reshape(-1)
+    return RiceCode(pack_bits(unary, 1), pack_bits(rem, 1), int(gaps.size), int(unary.size), k)
+
+
+def rice_decode(code: RiceCode) -> np.ndarray:
+    bits = unpack_bits(code.unary, 1, code.unary_bits)
+    ends = np.flatnonzero(bits == 0)
+    q = np.diff(ends, prepend=-1) - 1
+    r = unpack_bits(code.remainders, 1, code.count * code.k).reshape(code.count, code.k).astype(np.int64) @ (1 << np.arange(code.k - 1, -1, -1))
+    return np.cumsum((q << code.k) + r + 1) - 1
+
+
 def mask_encode(mask: np.ndarray) -> tuple[str, np.ndarray, bool]:
     """A boolean mask, coded the smaller way: ("gaps", gaps between the positions of its rarer value, that
     value), or ("bits", 1 bit per entry, False)."""
@@ -88,13 +140,24 @@ def mask_encode(mask: np.ndarray) -> tuple[str, np.ndarray, bool]:
     return "bits", pack_bits(flat.astype(np.uint8), 1), False
 
 
-def mask_decode(kind: str, data: np.ndarray, rare: bool, size: int) -> np.ndarray:
-    """Inverse of mask_encode: the flat boolean mask of `size` entries."""
+def mask_decode(kind: str, data, rare: bool, size: int) -> np.ndarray:
+    """Inverse of mask_encode and mask_rice: the flat boolean mask of `size` entries."""
     if kind == "bits":
         return unpack_bits(data, 1, size).astype(bool)
     flat = np.full(size, not rare)
-    flat[gap_decode(data)] = rare
+    flat[rice_decode(data) if kind == "rice" else gap_decode(data)] = rare
     return flat
+
+
+def mask_rice(mask: np.ndarray) -> tuple[str, RiceCode | np.ndarray, bool]:
+    """A boolean mask, coded the smaller way: ("rice", Rice code of its rarer value's positions, that value),
+    or ("bits", 1 bit per entry, False)."""
+    flat = np.asarray(mask, dtype=bool).reshape(-1)
+    rare = bool(flat.mean() < 0.5) if flat.size else False
+    code = rice_encode(np.flatnonzero(flat == rare))
+    if code.nbytes < -(-flat.size // 8):
+        return "rice", code, rare
+    return "bits", pack_bits(flat.astype(np.uint8), 1), False
 
 
 # ---------------------------------------------------------------- the weight

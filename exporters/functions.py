@@ -8,7 +8,8 @@ graph keeps the subgraphs inline (its size is the codes', not the graph's).
 
     unpack{2,4}(packed uint8 [n], shape int64 [2]) -> int32 [rows, cols]   bit-packed symmetric codes, signed
     unpack8(packed uint8 [n], shape int64 [2])     -> int32 [rows, cols]   8-bit stored codes (code + 128), signed
-    mask_gaps{0,1}(gaps uint8 [n], shape int64 [2]) -> bool [rows, cols]    gap-coded positions of the value 0 (1)
+    mask_rice{0,1}(code uint8 [n], shape int64 [2]) -> bool [rows, cols]   Rice-coded positions of the value 0 (1)
+                                                   (compress.qweight.RiceCode.to_bytes: header, unary bits, remainders)
     requant(w float [rows, cols]) -> (int8 [rows, cols], float [rows])      re-rounded per row to int8, with the row scales
 """
 from __future__ import annotations
@@ -48,25 +49,56 @@ def unpack(bits: int) -> onnx.FunctionProto:
     return _function(f"unpack{bits}", ["packed", "shape"], ["codes"], nodes)
 
 
-@cache
-def mask_gaps(rare: bool) -> onnx.FunctionProto:
-    """The position closing a gap = (sum of the bytes so far) + (gaps closed so far) - 1; an escape byte (255)
-    closes none: it scatters 0, and adding 0 changes nothing (NonZero would be simpler, but ONNX Runtime does
-    not fold it)."""
+def _unpack1(x: str, count: str, out: str, tag: str) -> list[onnx.NodeProto]:
+    """Nodes: bit-packed uint8 `x` (first value in the low bit) -> its first `count` bits as int64 `out`."""
     n = helper.make_node
-    nodes = [_const("esc", np.array(255, np.uint8)), _const("axis", np.array(0, np.int64)), _const("one", np.array(1, np.int64)),
-             _const("zero", np.array(0, np.int32)),
-             n("Less", ["gaps", "esc"], ["emit"]), n("Cast", ["gaps"], ["g64"], to=TensorProto.INT64), n("CumSum", ["g64", "axis"], ["total"]),
-             n("Cast", ["emit"], ["e64"], to=TensorProto.INT64), n("CumSum", ["e64", "axis"], ["count"]), n("Add", ["total", "count"], ["tc"]),
-             n("Sub", ["tc", "one"], ["at"]), n("ReduceProd", ["shape"], ["size"], keepdims=1),
+    return [n("Reshape", [x, "col"], [f"{tag}c"]), n("BitShift", [f"{tag}c", "left"], [f"{tag}l"], direction="LEFT"),
+            n("BitShift", [f"{tag}l", "seven"], [f"{tag}r"], direction="RIGHT"), n("Reshape", [f"{tag}r", "flat"], [f"{tag}f"]),
+            n("Slice", [f"{tag}f", "start", count], [f"{tag}s"]), n("Cast", [f"{tag}s"], [out], to=TensorProto.INT64)]
+
+
+@cache
+def mask_rice(rare: bool) -> onnx.FunctionProto:
+    """Gap j closes at the unary stream's j-th zero bit t_j; its position is (t_j - j) * 2^k + r_0 + .. + r_j + j.
+    Every bit scatters to such a position (a one-bit to one at or before the next zero's) and adds 1 if it is a zero
+    bit, 0 otherwise: no NonZero, which ONNX Runtime does not fold."""
+    n = helper.make_node
+
+    def field(a: int, b: int, out: str) -> list[onnx.NodeProto]:  # little-endian uint32 of header bytes [a, b)
+        return [_const(f"{out}_a", np.array([a], np.int64)), _const(f"{out}_b", np.array([b], np.int64)),
+                n("Slice", ["h", f"{out}_a", f"{out}_b"], [f"{out}_bytes"]), n("Mul", [f"{out}_bytes", "le"], [f"{out}_w"]),
+                n("ReduceSum", [f"{out}_w", "zero64"], [out], keepdims=1)]
+
+    nodes = [_const("col", np.array([-1, 1], np.int64)), _const("flat", np.array([-1], np.int64)),
+             _const("left", np.arange(7, -1, -1, dtype=np.uint8)), _const("seven", np.array(7, np.uint8)),
+             _const("start", np.array([0], np.int64)), _const("hlen", np.array([13], np.int64)), _const("end", np.array([2**62], np.int64)),
+             _const("le", 256 ** np.arange(4, dtype=np.int64)), _const("i1", np.array([1], np.int64)), _const("axis", np.array(0, np.int64)),
+             _const("one", np.array(1, np.int64)), _const("minus1", np.array(-1, np.int64)), _const("two", np.array(2.0, np.float32)),
+             _const("zero64", np.array([0], np.int64)), _const("zero", np.array(0, np.int32)),
+             n("Slice", ["code", "start", "hlen"], ["hb"]), n("Cast", ["hb"], ["h"], to=TensorProto.INT64),
+             *field(0, 4, "T"), *field(4, 8, "C"), *field(8, 12, "UB"),
+             _const("k_a", np.array([12], np.int64)), n("Slice", ["h", "k_a", "hlen"], ["K"]),
+             n("Add", ["hlen", "UB"], ["uend"]), n("Slice", ["code", "hlen", "uend"], ["unary"]), n("Slice", ["code", "uend", "end"], ["remainders"]),
+             n("Mul", ["C", "K"], ["MK"]),
+             n("Cast", ["K"], ["Kf"], to=TensorProto.FLOAT), n("Pow", ["two", "Kf"], ["Pf"]), n("Cast", ["Pf"], ["P"], to=TensorProto.INT64),
+             n("Squeeze", ["K"], ["Ks"]), n("Sub", ["Ks", "one"], ["Km1"]), n("Range", ["Km1", "minus1", "minus1"], ["ex"]),
+             n("Cast", ["ex"], ["exf"], to=TensorProto.FLOAT), n("Pow", ["two", "exf"], ["wf"]), n("Cast", ["wf"], ["weights"], to=TensorProto.INT64),
+             *_unpack1("unary", "T", "b", "u"), *_unpack1("remainders", "MK", "rb", "q"),
+             n("Concat", ["flat", "K"], ["rk"], axis=0), n("Reshape", ["rb", "rk"], ["rbits"]),
+             n("Mul", ["rbits", "weights"], ["rw"]), n("ReduceSum", ["rw", "i1"], ["r"], keepdims=0), n("CumSum", ["r", "axis"], ["rc"]),
+             n("Concat", ["zero64", "rc"], ["R"], axis=0),
+             n("Sub", ["one", "b"], ["z"]), n("CumSum", ["z", "axis"], ["zc"]), n("Sub", ["zc", "one"], ["j"]),
+             n("Squeeze", ["T"], ["Ts"]), n("Range", ["axis", "Ts", "one"], ["t"]),
+             n("Sub", ["t", "j"], ["tj"]), n("Mul", ["tj", "P"], ["hi"]), n("Gather", ["R", "zc"], ["lo"], axis=0), n("Add", ["hi", "lo"], ["hl"]),
+             n("Add", ["hl", "j"], ["at"]), n("ReduceProd", ["shape"], ["size"], keepdims=1),
              n("ConstantOfShape", ["size"], ["zeros"], value=numpy_helper.from_array(np.array([0], np.int32))),
-             n("Cast", ["emit"], ["e32"], to=TensorProto.INT32), n("ScatterElements", ["zeros", "at", "e32"], ["hits"], axis=0, reduction="add"),
+             n("Cast", ["z"], ["z32"], to=TensorProto.INT32), n("ScatterElements", ["zeros", "at", "z32"], ["hits"], axis=0, reduction="add"),
              n("Greater", ["hits", "zero"], ["marked"])]
     if rare:
         nodes.append(n("Reshape", ["marked", "shape"], ["mask"]))
     else:
         nodes += [n("Not", ["marked"], ["kept"]), n("Reshape", ["kept", "shape"], ["mask"])]
-    return _function(f"mask_gaps{int(rare)}", ["gaps", "shape"], ["mask"], nodes)
+    return _function(f"mask_rice{int(rare)}", ["code", "shape"], ["mask"], nodes)
 
 
 @cache

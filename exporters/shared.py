@@ -5,8 +5,8 @@ tensor that is the same in every task (the backbone's bit-packed codes, scales a
 embedding table, biases, LayerNorms, position embeddings) points into the backbone's
 weights.safetensors, whose raw little-endian bytes after its JSON header are exactly what ONNX
 reads. The task's graph holds only what differs per task: the mask of each linear, coded as the gaps
-between its pruned weights (compress.qweight.gap_encode; decoded in the graph by CumSum and
-ScatterElements, see compress.exporters.functions) or bit-packed, whichever is smaller; the FFN neurons kept; the head; the activation
+between its pruned weights (compress.qweight.RiceCode, within ~1% of the entropy; decoded in the graph by
+CumSum and ScatterElements, see compress.exporters.functions) or bit-packed, whichever is smaller; the FFN neurons kept; the head; the activation
 smoothing factors. All of it is constant, so ONNX Runtime folds it at session load into the very
 int8 weights of the standalone artifact: every task runs on the same kernels at the same speed.
 """
@@ -22,7 +22,7 @@ from onnx import TensorProto, numpy_helper
 
 from compress.exporters import functions
 from compress.exporters.weights import Inline, QWeight, WeightMatchError, _Builder
-from compress.qweight import mask_encode
+from compress.qweight import mask_rice
 
 log = logging.getLogger(__name__)
 
@@ -138,14 +138,16 @@ class SharedSource(Inline):
         return bld.node("Cast", [bld.const(r.second, r.keep.astype(np.int16), name=neurons_name(r))], r.second, to=TensorProto.INT64)[0]
 
     def _mask_graph(self, bld: _Builder, base: str, mask: np.ndarray) -> str:
-        """The mask as a bool graph tensor: the gaps between its rarer value's positions, or 1 bit per weight."""
-        kind, data, rare = mask_encode(mask)
-        self.mask_bytes += data.size
+        """The mask as a bool graph tensor: Rice codes of the gaps between its rarer value's positions, or 1 bit per weight."""
+        kind, code, rare = mask_rice(mask)
         if kind == "bits":
-            x = bld.unpacked(base, bld.const(base, data, name=f"{base}.mask_bits"), data.size, mask.shape, 1)
+            self.mask_bytes += code.size
+            x = bld.unpacked(base, bld.const(base, code, name=f"{base}.mask_bits"), code.size, mask.shape, 1)
             return bld.node("Cast", [x], base, to=TensorProto.BOOL)[0]
-        g = bld.const(base, data, name=f"{base}.mask_gaps{int(rare)}")
-        return bld.call(functions.mask_gaps(rare), [g, bld.const(base, np.array(mask.shape, np.int64))], base)[0]
+        data = code.to_bytes()
+        self.mask_bytes += data.size
+        inputs = [bld.const(base, data, name=f"{base}.mask_rice{int(rare)}"), bld.const(base, np.array(mask.shape, np.int64))]
+        return bld.call(functions.mask_rice(rare), inputs, base)[0]
 
 
 def neurons_name(r) -> str:

@@ -1,0 +1,69 @@
+"""The model-local ONNX functions of a pack's task graph decode exactly what numpy encodes."""
+import numpy as np
+import onnx
+import onnxruntime as ort
+import pytest
+from onnx import TensorProto, helper, numpy_helper
+
+from compress.exporters import functions
+from compress.qweight import RiceCode, mask_decode, mask_rice, pack_bits, rice_decode, rice_encode, to_unsigned
+
+
+def run(fn: onnx.FunctionProto, inputs: dict[str, np.ndarray], out_type) -> np.ndarray:
+    """A one-node model calling fn on constant inputs, run by ONNX Runtime."""
+    inits = [numpy_helper.from_array(v, k) for k, v in inputs.items()]
+    node = helper.make_node(fn.name, list(inputs), ["y"], domain=functions.DOMAIN)
+    graph = helper.make_graph([node], "g", [], [helper.make_tensor_value_info("y", out_type, ["rows", "cols"])], initializer=inits)
+    model = helper.make_model(graph, functions=[fn], opset_imports=[helper.make_opsetid("", functions.OPSET),
+                                                                    helper.make_opsetid(functions.DOMAIN, 1)])
+    onnx.checker.check_model(model)
+    return ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})[0]
+
+
+@pytest.mark.parametrize("density", [0.999, 0.98, 0.9, 0.6])
+@pytest.mark.parametrize("rare", [False, True])
+def test_rice_mask_decodes_in_the_graph(density, rare):
+    rng = np.random.default_rng(int(density * 1000) + rare)
+    mask = rng.random((96, 200)) < density
+    if rare:  # the kept weights are the rare value: code their positions
+        mask = ~mask
+    positions = np.flatnonzero(mask.reshape(-1) == rare)
+    code = rice_encode(positions)
+    assert np.array_equal(rice_decode(code), positions)
+    assert np.array_equal(RiceCode.from_bytes(code.to_bytes()).remainders, code.remainders)
+    got = run(functions.mask_rice(rare), {"code": code.to_bytes(), "shape": np.array(mask.shape, np.int64)}, TensorProto.BOOL)
+    assert np.array_equal(got, mask)
+    kind, c, r = mask_rice(mask)
+    assert np.array_equal(mask_decode(kind, c, r, mask.size).reshape(mask.shape), mask)
+
+
+def test_rice_is_within_a_few_percent_of_the_entropy():
+    rng = np.random.default_rng(0)
+    for p in (0.01, 0.02, 0.05):
+        mask = rng.random(2_000_000) >= p
+        bits = 8 * rice_encode(np.flatnonzero(~mask)).nbytes / mask.size
+        q = float((~mask).mean())  # the sample's own rate
+        entropy = -(q * np.log2(q) + (1 - q) * np.log2(1 - q))
+        assert 0.99 * entropy <= bits < 1.03 * entropy, (p, bits, entropy)
+
+
+@pytest.mark.parametrize("bits", [2, 4, 8])
+def test_unpack_gives_the_signed_codes(bits):
+    rng = np.random.default_rng(bits)
+    qmax = 2 ** (bits - 1) - 1
+    codes = rng.integers(-qmax, qmax + 1, size=(24, 64)).astype(np.int8)
+    packed = pack_bits(to_unsigned(codes, bits), bits)
+    got = run(functions.unpack(bits), {"packed": packed, "shape": np.array(codes.shape, np.int64)}, TensorProto.INT32)
+    assert np.array_equal(got, codes)
+
+
+def test_requant_rounds_each_row_to_int8():
+    w = np.random.default_rng(0).standard_normal((8, 32)).astype(np.float32)
+    fn = functions.requant()
+    inits = [numpy_helper.from_array(w, "w")]
+    graph = helper.make_graph([helper.make_node(fn.name, ["w"], ["q", "s"], domain=functions.DOMAIN)], "g", [],
+                              [helper.make_tensor_value_info("q", TensorProto.INT8, ["r", "c"]), helper.make_tensor_value_info("s", TensorProto.FLOAT, ["r"])],
+                              initializer=inits)
+    model = helper.make_model(graph, functions=[fn], opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(functions.DOMAIN, 1)])
+    q, s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})
+    assert np.abs(q).max() == 127 and np.allclose(q * s[:, None], w, atol=s.max() / 2 + 1e-7)
