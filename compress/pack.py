@@ -278,8 +278,8 @@ def _recover(model, m: mf.ArtifactManifest, out: Path) -> None:
     from safetensors.numpy import save_file
 
     from compress import masking
-
     from compress.exporters.neurons import pairs
+    from compress.exporters.shared import tensor_name
 
     inits = {i.name: i for i in model.graph.initializer}
     arr = lambda n: numpy_helper.to_array(inits[n])  # noqa: E731
@@ -292,13 +292,14 @@ def _recover(model, m: mf.ArtifactManifest, out: Path) -> None:
     masks = {}
     for name, shape in shapes.items():
         axis, second = role.get(name, (None, None))
-        kept = arr(f"{second}.neurons_kept").astype(np.int64) if axis is not None else None
+        kept = arr(tensor_name(second, "neurons_kept")).astype(np.int64) if axis is not None else None
         sub = shape if axis is None else (kept.size, shape[1]) if axis == 0 else (shape[0], kept.size)
         part = _mask(inits, name, int(np.prod(sub))).reshape(sub)
         if axis is None:
             masks[name] = part
         elif axis == 1:  # the second projection: the columns of dropped and padding neurons are pruned
-            alive = arr(f"{second}.neurons_alive").astype(bool) if f"{second}.neurons_alive" in inits else np.ones(kept.size, bool)
+            alive_name = tensor_name(second, "neurons_alive")
+            alive = arr(alive_name).astype(bool) if alive_name in inits else np.ones(kept.size, bool)
             masks[name] = np.zeros(shape, bool)
             masks[name][:, kept] = part & alive[None, :]
         else:
@@ -317,13 +318,15 @@ def _mask(inits: dict, name: str, size: int) -> np.ndarray:
     """A linear's flat mask from its coded initializers in a task graph (all kept if it has none)."""
     from onnx import numpy_helper
 
+    from compress.exporters.shared import tensor_name
     from compress.qweight import RiceCode, mask_decode
 
-    if f"{name}.mask_bits" in inits:
-        return mask_decode("bits", numpy_helper.to_array(inits[f"{name}.mask_bits"]), False, size)
+    bits = tensor_name(name, "mask_bits")
+    if bits in inits:
+        return mask_decode("bits", numpy_helper.to_array(inits[bits]), False, size)
     for rare in (0, 1):
-        if f"{name}.mask_rice{rare}" in inits:
-            return mask_decode("rice", RiceCode.from_bytes(numpy_helper.to_array(inits[f"{name}.mask_rice{rare}"])), bool(rare), size)
+        if (rice := tensor_name(name, f"mask_rice{rare}")) in inits:
+            return mask_decode("rice", RiceCode.from_bytes(numpy_helper.to_array(inits[rice])), bool(rare), size)
     return np.ones(size, bool)
 
 

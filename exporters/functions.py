@@ -10,7 +10,8 @@ graph keeps the subgraphs inline (its size is the codes', not the graph's).
     unpack8(packed uint8 [n], shape int64 [2])     -> int32 [rows, cols]   8-bit stored codes (code + 128), signed
     mask_rice{0,1}(code uint8 [n], shape int64 [2]) -> bool [rows, cols]   Rice-coded positions of the value 0 (1)
                                                    (compress.qweight.RiceCode.to_bytes: header, unary bits, remainders)
-    requant(w float [rows, cols]) -> (int8 [rows, cols], float [rows])      re-rounded per row to int8, with the row scales
+    prep(codes int32 [rows, cols], scale float16 [rows], smooth float [cols]) -> (int8 [cols, rows], float [rows])
+                                                   per-channel codes * scale * smoothing, re-rounded, transposed
 """
 from __future__ import annotations
 
@@ -101,11 +102,20 @@ def mask_rice(rare: bool) -> onnx.FunctionProto:
     return _function(f"mask_rice{int(rare)}", ["code", "shape"], ["mask"], nodes)
 
 
-@cache
-def requant() -> onnx.FunctionProto:
+def _requant(w: str, w8: str, scale: str) -> list[onnx.NodeProto]:
+    """Nodes: float [rows, cols] `w` -> int8 `w8` re-rounded per row, and the row scales `scale` [rows]."""
     n = helper.make_node
-    nodes = [_const("tiny", np.array(2.0**-14, np.float32)), _const("q", np.array(127.0, np.float32)), _const("flat", np.array([-1], np.int64)),
-             n("Abs", ["w"], ["a"]), n("ReduceMax", ["a"], ["m"], axes=[1], keepdims=1), n("Max", ["m", "tiny"], ["mx"]),
-             n("Div", ["mx", "q"], ["row"]), n("Div", ["w", "row"], ["x"]), n("Round", ["x"], ["r"]), n("Cast", ["r"], ["w8"], to=TensorProto.INT8),
-             n("Reshape", ["row", "flat"], ["scale"])]
-    return _function("requant", ["w"], ["w8", "scale"], nodes)
+    return [_const("tiny", np.array(2.0**-14, np.float32)), _const("q", np.array(127.0, np.float32)), _const("flat", np.array([-1], np.int64)),
+            n("Abs", [w], ["a"]), n("ReduceMax", ["a"], ["m"], axes=[1], keepdims=1), n("Max", ["m", "tiny"], ["mx"]),
+            n("Div", ["mx", "q"], ["row"]), n("Div", [w, "row"], ["x"]), n("Round", ["x"], ["r"]), n("Cast", ["r"], [w8], to=TensorProto.INT8),
+            n("Reshape", ["row", "flat"], [scale])]
+
+
+@cache
+def prep() -> onnx.FunctionProto:
+    """The same operations as the standalone graph's, in the same order: codes * scale (per row), * smoothing, re-rounded."""
+    n = helper.make_node
+    nodes = [_const("col", np.array([-1, 1], np.int64)), n("Cast", ["codes"], ["cf"], to=TensorProto.FLOAT),
+             n("Cast", ["scale16"], ["s32"], to=TensorProto.FLOAT), n("Reshape", ["s32", "col"], ["sc"]), n("Mul", ["cf", "sc"], ["wq"]),
+             n("Mul", ["wq", "smooth"], ["w"]), *_requant("w", "w8", "scale"), n("Transpose", ["w8"], ["w8t"], perm=[1, 0])]
+    return _function("prep", ["codes", "scale16", "smooth"], ["w8t", "scale"], nodes)

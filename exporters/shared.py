@@ -115,21 +115,24 @@ class SharedSource(Inline):
         conds = [] if mask.all() else [self._mask_graph(bld, base, mask)]
         if not alive.all():
             axis, r = self.neurons[base]
-            vec = bld.node("Cast", [bld.const(base, r.alive.astype(np.uint8), name=f"{r.second}.neurons_alive")], base, to=TensorProto.BOOL)[0]
+            vec = bld.node("Cast", [bld.const(base, r.alive.astype(np.uint8), name=tensor_name(r.second, "neurons_alive"))], base, to=TensorProto.BOOL)[0]
             conds.append(bld.node("Unsqueeze", [vec, bld.const(base, np.array([1 - axis], np.int64))], base)[0])
         if not conds:
             return x
         cond = conds[0] if len(conds) == 1 else bld.node("And", conds, base)[0]
         return bld.node("Where", [cond, x, bld.const(base, np.array(0, np.int32))], base)[0]
 
-    def scale(self, bld: _Builder, base: str, w: QWeight, shape: tuple[int, ...]) -> str:
+    def scale16(self, bld: _Builder, base: str, w: QWeight) -> str:
+        """The backbone's float16 scales (of the kept neurons' rows, for a first FFN projection)."""
         full = self.shared.qweights[base]
         axis, r = self.neurons.get(base, (None, None))
         if not np.array_equal(w.scale, full.scale[r.keep] if axis == 0 else full.scale):
             raise WeightMatchError(f"{base}: the task's scales are not the backbone's: the artifact was not trained on this backbone")
-        s = bld.node("Cast", [self._ref(bld, f"{base}.weight.scale")], base, to=TensorProto.FLOAT)[0]
-        if axis == 0:
-            s = bld.node("Gather", [s, self._indices(bld, r)], base, axis=0)[0]
+        s = self._ref(bld, f"{base}.weight.scale")
+        return bld.node("Gather", [s, self._indices(bld, r)], base, axis=0)[0] if axis == 0 else s
+
+    def scale(self, bld: _Builder, base: str, w: QWeight, shape: tuple[int, ...]) -> str:
+        s = bld.node("Cast", [self.scale16(bld, base, w)], base, to=TensorProto.FLOAT)[0]
         return bld.node("Reshape", [s, bld.const(base, np.array(shape, np.int64))], base)[0]
 
     @staticmethod
@@ -142,16 +145,21 @@ class SharedSource(Inline):
         kind, code, rare = mask_rice(mask)
         if kind == "bits":
             self.mask_bytes += code.size
-            x = bld.unpacked(base, bld.const(base, code, name=f"{base}.mask_bits"), code.size, mask.shape, 1)
+            x = bld.unpacked(base, bld.const(base, code, name=tensor_name(base, "mask_bits")), code.size, mask.shape, 1)
             return bld.node("Cast", [x], base, to=TensorProto.BOOL)[0]
         data = code.to_bytes()
         self.mask_bytes += data.size
-        inputs = [bld.const(base, data, name=f"{base}.mask_rice{int(rare)}"), bld.const(base, np.array(mask.shape, np.int64))]
+        inputs = [bld.const(base, data, name=tensor_name(base, f"mask_rice{int(rare)}")), bld.const(base, np.array(mask.shape, np.int64))]
         return bld.call(functions.mask_rice(rare), inputs, base)[0]
 
 
+def tensor_name(layer: str, what: str) -> str:
+    """The name of a task's own tensor of a layer (its coded mask, kept neurons): read back by `compress materialize`."""
+    return f"{layer.removeprefix('encoder.encoder.')}.{what}"
+
+
 def neurons_name(r) -> str:
-    return f"{r.second}.neurons_kept"
+    return tensor_name(r.second, "neurons_kept")
 
 
 def share_floats(model: onnx.ModelProto, shared: SharedFile, qkv_bias: dict[str, tuple[str, str, str]], removed: dict) -> None:
@@ -215,15 +223,42 @@ def save(model: onnx.ModelProto, path: Path, shared: SharedFile) -> dict[str, in
             entry = init.external_data.add()
             entry.key, entry.value = k, v
         referenced += length
+    compute_constants(model.graph)
     shorten_names(model.graph)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
     return {"shared": referenced, "own": path.stat().st_size}
 
 
+def compute_constants(graph: onnx.GraphProto, min_bytes: int = 256) -> None:
+    """Write large constants that are a range or one repeated value (the exporter's position ids and token
+    types, 4 kB each) as Range / ConstantOfShape nodes: a few bytes instead, folded again at load."""
+    from onnx import helper
+
+    out = []
+    for node in graph.node:
+        value = numpy_helper.to_array(node.attribute[0].t) if node.op_type == "Constant" and node.attribute[0].name == "value" else None
+        if value is None or value.nbytes < min_bytes or value.dtype.kind not in "iu":
+            out.append(node)
+            continue
+        y, shape = node.output[0], numpy_helper.from_array(np.array(value.shape, np.int64), f"{node.output[0]}:shape")
+        flat = value.reshape(-1)
+        if np.all(flat == flat[0]):
+            out += [helper.make_node("Constant", [], [shape.name], value=shape),
+                    helper.make_node("ConstantOfShape", [shape.name], [y], value=numpy_helper.from_array(flat[:1]))]
+        elif np.array_equal(flat, np.arange(flat.size, dtype=flat.dtype)):
+            scalars = [numpy_helper.from_array(np.array(v, value.dtype), f"{y}:{k}") for k, v in (("start", 0), ("limit", flat.size), ("delta", 1))]
+            out += [helper.make_node("Constant", [], [t.name], value=t) for t in (*scalars, shape)]
+            out += [helper.make_node("Range", [t.name for t in scalars], [f"{y}:range"]), helper.make_node("Reshape", [f"{y}:range", shape.name], [y])]
+        else:
+            out.append(node)
+    del graph.node[:]
+    graph.node.extend(out)
+
+
 def readable(name: str) -> bool:
     """Initializers that keep their names in a task graph: what `compress materialize` reads back (mask, kept
-    neurons, head)."""
+    neurons (tensor_name), head)."""
     return ".mask_" in name or ".neurons_" in name or name.startswith(("classifier.", "encoder.pooler."))
 
 

@@ -96,6 +96,10 @@ class Inline:
         """-> float32 scales [rows, groups] reshaped to `shape` (stored as float16)."""
         return bld.half(f"{base}.scale", w.scale.reshape(shape))
 
+    def scale16(self, bld: _Builder, base: str, w: QWeight) -> str:
+        """-> the float16 per-row scales [rows] as stored (per-channel weights)."""
+        return bld.const(f"{base}.scale", w.scale.reshape(-1).astype(np.float16))
+
 
 class _Builder:
     """Appends nodes and initializers to a graph, with unique names."""
@@ -195,25 +199,26 @@ class _Builder:
                   accuracy_level=NBITS_ACCURACY_LEVEL)
 
     def int8_weight(self, base: str, w: QWeight, smooth: str | None = None) -> tuple[str, str]:
-        """-> (int8 [rows, cols], float [rows] per-row scale) graph tensors for an integer matmul of
-        W * diag(s), smooth = the graph tensor holding s. Per-channel codes are used as they are;
-        group-wise or smoothed weights are re-rounded to int8 per row, all folded at load."""
+        """-> (int8 [cols, rows], float [rows] per-row scale) graph tensors for an integer matmul x @ (W * diag(s))^T,
+        smooth = the graph tensor holding s. Per-channel codes are used as they are; group-wise or smoothed
+        weights are re-rounded to int8 per row, all folded at load."""
         rows, _ = w.shape
         if w.groups == 1 and smooth is None:
             codes = self.source.codes(self, base, w)
-            return self.node("Cast", [codes], base, to=TensorProto.INT8)[0], self.source.scale(self, base, w, (rows,))
-        wf = self.dequant_float(base, w)
-        if smooth is not None:
-            wf = self.node("Mul", [wf, smooth], base)[0]
-        if self.compact:
-            w8, flat = self.call(functions.requant(), [wf], base, 2)
-            return w8, flat
-        absmax = self.node("ReduceMax", [self.node("Abs", [wf], base)[0]], base, axes=[1], keepdims=1)[0]
-        absmax = self.node("Max", [absmax, self.const(base, np.array(2.0**-14, np.float32))], base)[0]
-        row_scale = self.node("Div", [absmax, self.const(base, np.array(127.0, np.float32))], base)[0]
-        x = self.node("Round", [self.node("Div", [wf, row_scale], base)[0]], base)[0]
-        flat = self.node("Reshape", [row_scale, self.const(base, np.array([rows], np.int64))], base)[0]
-        return self.node("Cast", [x], base, to=TensorProto.INT8)[0], flat
+            w8, flat = self.node("Cast", [codes], base, to=TensorProto.INT8)[0], self.source.scale(self, base, w, (rows,))
+        elif self.compact and w.groups == 1:
+            return self.call(functions.prep(), [self.source.codes(self, base, w), self.source.scale16(self, base, w), smooth], base, 2)
+        else:
+            wf = self.dequant_float(base, w)
+            if smooth is not None:
+                wf = self.node("Mul", [wf, smooth], base)[0]
+            absmax = self.node("ReduceMax", [self.node("Abs", [wf], base)[0]], base, axes=[1], keepdims=1)[0]
+            absmax = self.node("Max", [absmax, self.const(base, np.array(2.0**-14, np.float32))], base)[0]
+            row_scale = self.node("Div", [absmax, self.const(base, np.array(127.0, np.float32))], base)[0]
+            x = self.node("Round", [self.node("Div", [wf, row_scale], base)[0]], base)[0]
+            flat = self.node("Reshape", [row_scale, self.const(base, np.array([rows], np.int64))], base)[0]
+            w8 = self.node("Cast", [x], base, to=TensorProto.INT8)[0]
+        return self.node("Transpose", [w8], base, perm=[1, 0])[0], flat
 
     def half(self, base: str, values: np.ndarray) -> str:
         """float32 values stored as float16 (scales and smoothing factors were rounded to float16 values: lossless)."""
@@ -294,8 +299,7 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
                 bld.matmul_nbits(name, x, y, w)
             else:
                 sm = smoothing([name])
-                w8, s8 = bld.int8_weight(name, w, sm)
-                wt = bld.node("Transpose", [w8], name, perm=[1, 0])[0]
+                wt, s8 = bld.int8_weight(name, w, sm)
                 xq, xs, xzp = quantized_input(x, name, sm)
                 acc = bld.node("MatMulInteger", [xq, wt, xzp], name)[0]
                 accf = bld.node("Cast", [acc], name, to=TensorProto.FLOAT)[0]
@@ -319,7 +323,7 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
         else:
             sm = smoothing(names)
             int8 = [bld.int8_weight(n, linears[n], sm) for n in names]
-            parts = [bld.node("Transpose", [w8], n, perm=[1, 0])[0] for n, (w8, _) in zip(names, int8)]
+            parts = [wt for wt, _ in int8]
             col_scale = bld.node("Concat", [s8 for _, s8 in int8], base, axis=0)[0]  # per column of the packed weight
             xq, xs, xzp = quantized_input(att.input[0], base, sm)
             mask_index = att.input[3] if len(att.input) > 3 else ""

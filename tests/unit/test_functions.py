@@ -57,13 +57,17 @@ def test_unpack_gives_the_signed_codes(bits):
     assert np.array_equal(got, codes)
 
 
-def test_requant_rounds_each_row_to_int8():
-    w = np.random.default_rng(0).standard_normal((8, 32)).astype(np.float32)
-    fn = functions.requant()
-    inits = [numpy_helper.from_array(w, "w")]
-    graph = helper.make_graph([helper.make_node(fn.name, ["w"], ["q", "s"], domain=functions.DOMAIN)], "g", [],
-                              [helper.make_tensor_value_info("q", TensorProto.INT8, ["r", "c"]), helper.make_tensor_value_info("s", TensorProto.FLOAT, ["r"])],
+def test_prep_rounds_each_smoothed_row_to_int8():
+    rng = np.random.default_rng(0)
+    codes = rng.integers(-7, 8, size=(8, 32)).astype(np.int32)
+    scale = (rng.random(8) + 0.5).astype(np.float16)
+    smooth = (rng.random(32) + 0.5).astype(np.float32)
+    fn = functions.prep()
+    inits = [numpy_helper.from_array(codes, "c"), numpy_helper.from_array(scale, "s"), numpy_helper.from_array(smooth, "m")]
+    graph = helper.make_graph([helper.make_node(fn.name, ["c", "s", "m"], ["q", "r"], domain=functions.DOMAIN)], "g", [],
+                              [helper.make_tensor_value_info("q", TensorProto.INT8, ["c", "r"]), helper.make_tensor_value_info("r", TensorProto.FLOAT, ["r"])],
                               initializer=inits)
     model = helper.make_model(graph, functions=[fn], opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid(functions.DOMAIN, 1)])
-    q, s = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})
-    assert np.abs(q).max() == 127 and np.allclose(q * s[:, None], w, atol=s.max() / 2 + 1e-7)
+    q, r = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})
+    w = codes * scale.astype(np.float32)[:, None] * smooth
+    assert q.shape == (32, 8) and np.abs(q).max() == 127 and np.allclose(q.T * r[:, None], w, atol=r.max() / 2 + 1e-6)
