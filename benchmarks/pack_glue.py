@@ -22,6 +22,7 @@ import json
 import shlex
 import statistics
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -135,6 +136,26 @@ def latency(pack_dir: Path, arts: dict[str, Path], rounds: int) -> dict[str, dic
     return {f"{t}/{where}": {f"b{b}_ms": float(np.median(v)) for b, v in d.items()} for (t, where), d in times.items()}
 
 
+SESSIONS = r"""
+import sys
+from compress.runtimes.bench import inputs
+from compress.runtimes.session import open_session, run_logits
+for path in sys.argv[1:]:
+    run_logits(open_session(path), inputs(1, 16))
+status = dict(line.split(":", 1) for line in open("/proc/self/status"))
+print(int(status["VmRSS"].split()[0]) * 1024, int(status["VmHWM"].split()[0]) * 1024)
+"""
+
+
+def session_memory(paths: list[Path]) -> dict:
+    """Resident memory and its peak of a fresh process that opens a session on each ONNX file (and runs it once)."""
+    import subprocess
+
+    r = subprocess.run([sys.executable, "-c", SESSIONS, *map(str, paths)], capture_output=True, text=True, check=True)
+    rss, peak = map(int, r.stdout.split()[-2:])
+    return {"rss": rss, "peak": peak}
+
+
 def materialized(pack_dir: Path, arts: dict[str, Path], work: Path) -> dict[str, float]:
     """`compress materialize` of every task: max abs logit difference to the original artifact's graph."""
     from compress.pack import logits_parity
@@ -154,7 +175,7 @@ def mean_sd(xs: list[float]) -> tuple[float, float]:
     return statistics.fmean(xs), statistics.stdev(xs) if len(xs) > 1 else 0.0
 
 
-def summarize(args, arts, loras, pm, parity, lat, mat, lora_serving) -> tuple[dict, str]:
+def summarize(args, arts, loras, pm, parity, lat, mat, lora_serving, memory) -> tuple[dict, str]:
     from compress import manifest as mf, tasks
 
     def metric(task, arm, side="onnx"):
@@ -225,10 +246,16 @@ def summarize(args, arts, loras, pm, parity, lat, mat, lora_serving) -> tuple[di
         lines.append(f"| {t} | {a['b1_ms']:.2f} | {b['b1_ms']:.2f} | {a['b32_ms']:.1f} | {b['b32_ms']:.1f} |")
     mem = pm.memory
     if mem:
-        lines += ["", "Resident memory of a process with 0.." f"{n} task sessions of the pack open: " + ", ".join(f"{x / 1e6:.0f} MB" for x in mem["rss"])
-                  + f" (each further session +{statistics.fmean(mem['per_session'][1:] or mem['per_session']) / 1e6:.0f} MB). Nothing is shared in "
-                  "memory: see the pack's report.md."]
-    data = {"rows": rows, "pack": pm.to_dict(), "parity": parity, "latency": lat, "materialized": mat, "lora_serving": lora_serving,
+        mb = lambda x: f"{x / 1e6:.0f} MB"  # noqa: E731
+        lines += ["", "Memory of one process (VmRSS once loaded, and its peak VmHWM while loading; each session run once):", "",
+                  "| what | resident | peak while loading |", "|---|---|---|"]
+        lines += [f"| {what} | {mb(m['rss'])} | {mb(m['peak'])} |" for what, m in memory.items()]
+        lines += [f"| the pack, {k} task session{'s' if k != 1 else ''} | {mb(r)} | {mb(p)} |" for k, r, p in zip(mem["sessions"], mem["rss"], mem["peak"])]
+        lines += ["", f"Each further task session costs {mb(statistics.fmean(mem['per_session'][1:] or mem['per_session']))} resident: nothing is "
+                  "shared in memory between sessions (see the pack's report.md). The peak is the price of keeping the weights 4-bit on disk: "
+                  "ONNX Runtime folds the packed codes (and, in a pack, the masks) into int8 weights at session load through int32 and "
+                  "float intermediates; compress's sessions hand the freed heap back to the system (malloc_trim) once loaded."]
+    data = {"rows": rows, "pack": pm.to_dict(), "parity": parity, "latency": lat, "materialized": mat, "lora_serving": lora_serving, "memory": memory,
             "lora": {f"{t}-s{s}": r for (t, s), r in loras.items()}}
     return data, "\n".join(lines)
 
@@ -262,9 +289,19 @@ def main():
     parity = dev_parity(pack_dir, first, args.data_dir)
     mat = materialized(pack_dir, first, work)
     lat = latency(pack_dir, first, args.rounds)
-    import lora_glue
+    import tempfile
 
-    data, table = summarize(args, arts, loras, pm, parity, lat, mat, lora_glue.serving_overhead(str(backbone), args.rounds))
+    import lora_glue
+    from compress import pipeline
+    from compress.exporters.anchor import ort_int8
+
+    with tempfile.TemporaryDirectory() as tmp:  # the memory of one standalone artifact's session, and of ORT's own int8 model's
+        m0 = mf.read(first["mrpc"], mf.ArtifactManifest)
+        model = pipeline.restore(first["mrpc"], m0, pipeline.config_from_manifest(m0))[0]
+        anchor = ort_int8(model, m0.model.num_heads, m0.model.hidden_size, Path(tmp))[1]
+        memory = {"standalone artifact": session_memory([first["mrpc"] / "model.onnx"]), "ORT int8 model": session_memory([anchor]),
+                  "no session": session_memory([])}
+    data, table = summarize(args, arts, loras, pm, parity, lat, mat, lora_glue.serving_overhead(str(backbone), args.rounds), memory)
     from _results import write
 
     write(args.results, "One shared 4-bit backbone, a mask per task, one pack (MiniLM, GLUE)", data, table)
