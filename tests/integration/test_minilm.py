@@ -58,11 +58,12 @@ def test_minilm_tasks_share_one_backbone_in_a_pack(glue_dir, tmp_path):
     invoke("quantize", "--model", "minilm", "--bits", "4", "--out", tmp_path / "bb")
     bb = mf.read(tmp_path / "bb", mf.BackboneManifest)
     assert bb.quant.method == "gptq" and bb.calibration.source == "general" and bb.calibration.tokens > 5000
-    for task in ("mrpc", "sst2"):
+    for task, extra in (("mrpc", []), ("sst2", ["--ffn-keep", "0.5"])):  # FFN neurons removed: gathered out of the shared codes
         invoke("run", "--backbone", tmp_path / "bb", "--task", task, "--data-dir", glue_dir, "--epochs", "1", "--max-train-examples", "128",
-               "--max-eval-examples", "128", "--no-bench", "--out", tmp_path / task)
+               "--max-eval-examples", "128", "--no-bench", "--out", tmp_path / task, *extra)
     invoke("pack", tmp_path / "pack", tmp_path / "mrpc", tmp_path / "sst2", "--no-memory")
     pm = mf.read(tmp_path / "pack", mf.PackManifest)
+    assert pm.tasks["sst2"].ffn_neurons == {f"encoder.encoder.layer.{i}.output.dense": [768, 1536] for i in range(6)}
     for name, t in pm.tasks.items():
         assert t.parity_max_abs_diff <= 1e-5
         # 10.6 M masked weights; a task costs its coded mask, head, smoothing factors and graph: a fraction of a bit per weight

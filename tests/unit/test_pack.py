@@ -139,6 +139,8 @@ def test_refusals_name_the_file_and_the_reason(trained, tiny_model_dir, glue2, t
     line = error_line(r)
     assert r.exit_code != 0 and str(tmp_path / "sst2-8" / "manifest.json") in line and "differs from" in line
     assert mf.read(other, mf.BackboneManifest).weights_sha256[:16] in line
+    r = invoke("pack", tmp_path / "p", trained / "mrpc", "--backbone", other)  # a backbone, but not the one it was trained on
+    assert r.exit_code != 0 and "pass the backbone it was trained on" in error_line(r)
     assert not (tmp_path / "p").exists()
 
 
