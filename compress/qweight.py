@@ -129,35 +129,25 @@ def rice_decode(code: RiceCode) -> np.ndarray:
     return np.cumsum((q << code.k) + r + 1) - 1
 
 
-def mask_encode(mask: np.ndarray) -> tuple[str, np.ndarray, bool]:
-    """A boolean mask, coded the smaller way: ("gaps", gaps between the positions of its rarer value, that
-    value), or ("bits", 1 bit per entry, False)."""
+def mask_encode(mask: np.ndarray, rice: bool = False) -> tuple[str, np.ndarray | RiceCode, bool]:
+    """A boolean mask, coded the smaller way: the positions of its rarer value, as ("gaps", a byte per gap, that
+    value) or with rice=True as ("rice", Rice codes, that value); or ("bits", 1 bit per entry, False)."""
     flat = np.asarray(mask, dtype=bool).reshape(-1)
     rare = bool(flat.mean() < 0.5) if flat.size else False
-    gaps = gap_encode(np.flatnonzero(flat == rare))
-    if gaps.size < -(-flat.size // 8):
-        return "gaps", gaps, rare
+    positions = np.flatnonzero(flat == rare)
+    code = rice_encode(positions) if rice else gap_encode(positions)
+    if (code.nbytes if rice else code.size) < -(-flat.size // 8):
+        return "rice" if rice else "gaps", code, rare
     return "bits", pack_bits(flat.astype(np.uint8), 1), False
 
 
 def mask_decode(kind: str, data, rare: bool, size: int) -> np.ndarray:
-    """Inverse of mask_encode and mask_rice: the flat boolean mask of `size` entries."""
+    """Inverse of mask_encode: the flat boolean mask of `size` entries."""
     if kind == "bits":
         return unpack_bits(data, 1, size).astype(bool)
     flat = np.full(size, not rare)
     flat[rice_decode(data) if kind == "rice" else gap_decode(data)] = rare
     return flat
-
-
-def mask_rice(mask: np.ndarray) -> tuple[str, RiceCode | np.ndarray, bool]:
-    """A boolean mask, coded the smaller way: ("rice", Rice code of its rarer value's positions, that value),
-    or ("bits", 1 bit per entry, False)."""
-    flat = np.asarray(mask, dtype=bool).reshape(-1)
-    rare = bool(flat.mean() < 0.5) if flat.size else False
-    code = rice_encode(np.flatnonzero(flat == rare))
-    if code.nbytes < -(-flat.size // 8):
-        return "rice", code, rare
-    return "bits", pack_bits(flat.astype(np.uint8), 1), False
 
 
 # ---------------------------------------------------------------- the weight

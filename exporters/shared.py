@@ -22,7 +22,7 @@ from onnx import TensorProto, numpy_helper
 
 from compress.exporters import functions
 from compress.exporters.weights import Inline, QWeight, WeightMatchError, _Builder
-from compress.qweight import mask_rice
+from compress.qweight import mask_encode
 
 log = logging.getLogger(__name__)
 
@@ -142,7 +142,7 @@ class SharedSource(Inline):
 
     def _mask_graph(self, bld: _Builder, base: str, mask: np.ndarray) -> str:
         """The mask as a bool graph tensor: Rice codes of the gaps between its rarer value's positions, or 1 bit per weight."""
-        kind, code, rare = mask_rice(mask)
+        kind, code, rare = mask_encode(mask, rice=True)
         if kind == "bits":
             self.mask_bytes += code.size
             x = bld.unpacked(base, bld.const(base, code, name=tensor_name(base, "mask_bits")), code.size, mask.shape, 1)

@@ -3,19 +3,10 @@ import json
 import re
 
 import pytest
-from click.testing import CliRunner
 
-from compress.cli import main
-
-
-def invoke(*args):
-    return CliRunner().invoke(main, list(args), catch_exceptions=False)
+from clirunner import error_line, invoke
 
 
-def error_line(result) -> str:
-    lines = [ln for ln in result.output.splitlines() if ln.startswith("Error")]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 @pytest.fixture()

@@ -6,7 +6,7 @@ import pytest
 from onnx import TensorProto, helper, numpy_helper
 
 from compress.exporters import functions
-from compress.qweight import RiceCode, mask_decode, mask_rice, pack_bits, rice_decode, rice_encode, to_unsigned
+from compress.qweight import RiceCode, mask_decode, mask_encode, pack_bits, rice_decode, rice_encode, to_unsigned
 
 
 def run(fn: onnx.FunctionProto, inputs: dict[str, np.ndarray], out_type) -> np.ndarray:
@@ -33,7 +33,7 @@ def test_rice_mask_decodes_in_the_graph(density, rare):
     assert np.array_equal(RiceCode.from_bytes(code.to_bytes()).remainders, code.remainders)
     got = run(functions.mask_rice(rare), {"code": code.to_bytes(), "shape": np.array(mask.shape, np.int64)}, TensorProto.BOOL)
     assert np.array_equal(got, mask)
-    kind, c, r = mask_rice(mask)
+    kind, c, r = mask_encode(mask, rice=True)
     assert np.array_equal(mask_decode(kind, c, r, mask.size).reshape(mask.shape), mask)
 
 

@@ -7,22 +7,13 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from click.testing import CliRunner
 
 from compress import Pack, manifest as mf, masking
-from compress.cli import main
+from clirunner import error_line, invoke
 from compress.pack import PackConfig, PackError, logits_parity, pack
 from compress.runtimes.bench import inputs
 
 
-def invoke(*args):
-    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=False)
-
-
-def error_line(result) -> str:
-    lines = [ln for ln in result.output.splitlines() if ln.startswith("Error")]
-    assert len(lines) == 1, result.output
-    return lines[0]
 
 
 @pytest.fixture(scope="module")
