@@ -203,14 +203,15 @@ def render(pm: mf.PackManifest, seconds: float = 0.0) -> str:
     lines = [f"# Pack: {len(pm.tasks)} tasks on one backbone ({pm.backbone.model}, weights SHA-256 {pm.backbone.sha256[:12]}...)", "",
              f"Command: `{pm.command}`", "", "## Storage", "",
              f"- shared: {mb(s['shared'])} ({pm.shared}: codes, scales, embeddings, biases and LayerNorms; plus the tokenizer)",
-             "", "| task | dev metric (artifact, ONNX Runtime) | own bytes | bits per masked weight | FFN neurons | parity vs artifact |",
-             "|---|---|---|---|---|---|"]
+             "", "| task | dev metric (artifact, ONNX Runtime) | own bytes | of which the mask | bits per masked weight | FFN neurons | "
+             "parity vs artifact |", "|---|---|---|---|---|---|---|"]
     for t in pm.tasks.values():
         ffn = "all" if not t.ffn_neurons else "{} of {}".format(*map(sum, zip(*t.ffn_neurons.values())))
-        lines.append(f"| {t.name} | {t.metric} {t.metrics[t.metric]:.4f} | {t.bytes / 1e3:.0f} kB | {t.bits_per_masked_weight:.3f} | {ffn} | "
-                     f"{t.parity_max_abs_diff:.1e} |")
+        lines.append(f"| {t.name} | {t.metric} {t.metrics[t.metric]:.4f} | {t.bytes / 1e3:.0f} kB | {t.source['mask_bytes'] / 1e3:.0f} kB | "
+                     f"{t.bits_per_masked_weight:.3f} | {ffn} | {t.parity_max_abs_diff:.1e} |")
     n = len(pm.tasks)
-    lines += ["", f"- total: {mb(s['total'])} for {n} tasks",
+    lines += ["", "A task's own bytes: its coded mask, head, activation-smoothing factors, graph and manifest (TASK.json.gz).",
+              "", f"- total: {mb(s['total'])} for {n} tasks",
               f"- {n} standalone artifacts (model.onnx + tokenizer.json each): {mb(s['standalone_model_onnx'] + n * s['tokenizer_json'])}: "
               f"the pack is {s['vs_standalone']:.2f}x",
               f"- {n} ONNX Runtime int8 models (quantize_dynamic per channel, {mb(s['ort_int8_model'])} each, + tokenizer.json): "
