@@ -327,7 +327,8 @@ def read(directory: str | Path, kind: type[Manifest] | None = None, verify: bool
     if name not in KINDS:
         raise ManifestError(f"{path} has kind {name!r}, not one of {list(KINDS)}")
     if kind is not None and name != kind.kind:
-        raise ManifestError(f"{directory} is a {name}, not a {kind.kind}: pass a {kind.kind} directory")
+        a = lambda k: f"{'an' if k[0] in 'aeiou' else 'a'} {k}"  # noqa: E731
+        raise ManifestError(f"{directory} is {a(name)}, not {a(kind.kind)}: pass {a(kind.kind)} directory")
     try:
         m = KINDS[name].from_dict(d)
     except (KeyError, TypeError, ValueError) as e:

@@ -41,7 +41,7 @@ def test_manifest_is_typed_versioned_and_verified(tmp_path):
     assert raw["files"]["weights.safetensors"]["bytes"] == 4
     back = mf.read(tmp_path, mf.BackboneManifest)
     assert back.quant.bits == 4 and back.layers[0].shape == [2, 2] and back.weights_sha256 == m.weights_sha256
-    with pytest.raises(mf.ManifestError, match="is a backbone, not a artifact"):
+    with pytest.raises(mf.ManifestError, match="is a backbone, not an artifact: pass an artifact directory"):
         mf.read(tmp_path, mf.ArtifactManifest)
     (tmp_path / "weights.safetensors").write_bytes(b"tampered")
     with pytest.raises(ArtifactError, match="weights.safetensors does not match its SHA-256"):
