@@ -233,12 +233,14 @@ def bench(artifact_dir, provider, batches, seq_len, threads, data_dir, json_path
               help="Where the artifacts' backbone is now [the path their manifests record].")
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--no-memory", is_flag=True, help="Skip measuring the memory of the task sessions open at once.")
-def pack_cmd(out, artifacts, backbone, overwrite, no_memory):
+@click.option("--allow-failed-guard", is_flag=True, help="Pack artifacts that failed their accuracy guard too (flagged in the pack).")
+def pack_cmd(out, artifacts, backbone, overwrite, no_memory, allow_failed_guard):
     """Pack ARTIFACTS trained on one backbone into OUT: the backbone's weights once, a small graph per task."""
     from compress.pack import PackConfig, PackError, pack, render
 
     try:
-        path, m = pack(PackConfig(tuple(artifacts), out, backbone, overwrite, memory=not no_memory), command=_command_line())
+        path, m = pack(PackConfig(tuple(artifacts), out, backbone, overwrite, memory=not no_memory, allow_failed_guard=allow_failed_guard),
+                       command=_command_line())
     except (PackError, *_user_errors()) as e:
         _fail(e)
     click.echo(f"\n{path}\n")

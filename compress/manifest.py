@@ -264,6 +264,7 @@ class PackTask:
     parity_max_abs_diff: float  # the pack's graph vs the source artifact's model.onnx
     source: dict  # {"artifact": path, "manifest_sha256": ..., "model_onnx_sha256": ...}
     ffn_neurons: dict[str, list[int]] = field(default_factory=dict)
+    guard_passed: bool | None = True  # the artifact's accuracy guard (False: packed with --allow-failed-guard)
 
 
 @dataclass(kw_only=True)

@@ -46,19 +46,21 @@ class PackConfig:
     backbone: str | None = None  # where the backbone is now, if not where the artifacts' manifests say
     overwrite: bool = False
     memory: bool = True  # measure the resident memory of the task sessions open at once (a subprocess)
+    allow_failed_guard: bool = False  # pack artifacts whose int8 graph drifted from PyTorch beyond their guard (flagged)
 
 
-def _check(dirs: list[Path], ms: list[mf.ArtifactManifest]) -> None:
-    """Refuse artifacts that do not share one backbone, repeat a task, or use a kernel a pack cannot share."""
+def _check(dirs: list[Path], ms: list[mf.ArtifactManifest], allow_failed_guard: bool = False) -> None:
+    """Refuse artifacts that do not share one backbone, repeat a task, use a kernel a pack cannot share, or
+    (unless allowed) failed their accuracy guard."""
     if not dirs:
         raise PackError("give at least one artifact to pack")
     for d, m in zip(dirs, ms):
         if m.backbone is None:
             raise PackError(f"{d / mf.FILE} records no backbone: its weights were quantized for {m.task.name} alone; "
                             "train it on a shared backbone (`compress quantize`, then `compress run --backbone DIR`)")
-        if m.passed is False:
+        if m.passed is False and not allow_failed_guard:
             raise PackError(f"{d} failed its accuracy guard ({m.validation.get('failure')}): re-export it "
-                            f"(`compress export {d} --kernel float`) or retrain it before packing")
+                            f"(`compress export {d} --kernel float`), retrain it, or pass --allow-failed-guard to pack it as it is")
         if m.config.export.kernel == "nbits":
             raise PackError(f"{d}: kernel nbits reads its packed codes as they are, so it cannot share them: "
                             f"`compress export {d} --kernel int8` first")
@@ -83,7 +85,7 @@ def pack(cfg: PackConfig, command: str = "") -> tuple[Path, mf.PackManifest]:
     artifact.check_target(out, cfg.overwrite)
     dirs = [Path(a) for a in cfg.artifacts]
     ms = [mf.read(d, mf.ArtifactManifest) for d in dirs]
-    _check(dirs, ms)
+    _check(dirs, ms, cfg.allow_failed_guard)
     ref = ms[0].backbone
     where = cfg.backbone or ref.path
     if not Path(where).is_dir():
@@ -131,7 +133,7 @@ def _pack_task(d: Path, m: mf.ArtifactManifest, backbone, shared, out: Path):
     return mf.PackTask(
         name=m.task.name, onnx=graph.name, metric=m.task.metric, labels=m.task.labels, max_length=m.config.train.max_length,
         pad_token_id=m.model.pad_token_id, inputs=m.model.inputs, metrics=m.metrics.onnx, masked_weights=masked, bytes=own,
-        bits_per_masked_weight=8 * own / max(masked, 1), parity_max_abs_diff=parity,
+        bits_per_masked_weight=8 * own / max(masked, 1), parity_max_abs_diff=parity, guard_passed=m.passed,
         source={"artifact": str(d.resolve()), "manifest_sha256": mf.manifest_sha256(d), "model_onnx_sha256": m.files["model.onnx"].sha256,
                 "model_onnx_bytes": m.files["model.onnx"].bytes, "mask_bytes": res.sizes.get("masks", 0)},
         ffn_neurons=res.ffn_neurons), model
@@ -207,7 +209,8 @@ def render(pm: mf.PackManifest, seconds: float = 0.0) -> str:
              "parity vs artifact |", "|---|---|---|---|---|---|---|"]
     for t in pm.tasks.values():
         ffn = "all" if not t.ffn_neurons else "{} of {}".format(*map(sum, zip(*t.ffn_neurons.values())))
-        lines.append(f"| {t.name} | {t.metric} {t.metrics[t.metric]:.4f} | {t.bytes / 1e3:.0f} kB | {t.source['mask_bytes'] / 1e3:.0f} kB | "
+        failed = " (failed its accuracy guard)" if t.guard_passed is False else ""
+        lines.append(f"| {t.name} | {t.metric} {t.metrics[t.metric]:.4f}{failed} | {t.bytes / 1e3:.0f} kB | {t.source['mask_bytes'] / 1e3:.0f} kB | "
                      f"{t.bits_per_masked_weight:.3f} | {ffn} | {t.parity_max_abs_diff:.1e} |")
     n = len(pm.tasks)
     lines += ["", "A task's own bytes: its coded mask, head, activation-smoothing factors, graph and manifest (TASK.json.gz).",

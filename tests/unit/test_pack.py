@@ -224,3 +224,16 @@ def test_other_grids_pack_exactly(tiny_model_dir, glue2, tmp_path, bits):
     _, pm = pack(PackConfig((str(tmp_path / "a"),), str(tmp_path / "p"), memory=False))
     assert pm.tasks["sst2"].parity_max_abs_diff <= 1e-5
     assert logits_parity(tmp_path / "p" / "sst2.onnx", tmp_path / "a" / "model.onnx", inputs(2, 13, seed=4)) <= 1e-5
+
+
+def test_a_failed_accuracy_guard_is_packed_only_when_allowed(trained, glue2, tmp_path):
+    failed = tmp_path / "failed"
+    r = invoke("run", "--backbone", trained / "bb", "--task", "sst2", "--data-dir", glue2, "--epochs", "1", "--no-bench",
+               "--max-metric-drop", "-1", "--out", failed)  # an impossible guard: the artifact is kept, flagged
+    assert r.exit_code == 1
+    refused = invoke("pack", tmp_path / "p", trained / "mrpc", failed, "--no-memory")
+    assert refused.exit_code != 0 and "--allow-failed-guard" in error_line(refused) and not (tmp_path / "p").exists()
+    ok = invoke("pack", tmp_path / "p", trained / "mrpc", failed, "--no-memory", "--allow-failed-guard")
+    assert ok.exit_code == 0 and "(failed its accuracy guard)" in ok.output
+    pm = mf.read(tmp_path / "p", mf.PackManifest)
+    assert pm.tasks["sst2"].guard_passed is False and pm.tasks["mrpc"].guard_passed is True
