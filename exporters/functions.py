@@ -6,11 +6,11 @@ is one call node. ONNX Runtime inlines model-local functions when it loads the g
 folding, so what runs is the same folded int8 weights on the same kernels. The standalone artifact's
 graph keeps the subgraphs inline (its size is the codes', not the graph's).
 
-    unpack{2,4}(packed uint8 [n], shape int64 [2]) -> int32 [rows, cols]   bit-packed symmetric codes, signed
-    unpack8(packed uint8 [n], shape int64 [2])     -> int32 [rows, cols]   8-bit stored codes (code + 128), signed
+    unpack{2,4}(packed uint8 [n], shape int64 [2]) -> int8 [rows, cols]    bit-packed symmetric codes, signed
+    unpack8(packed uint8 [n], shape int64 [2])     -> int8 [rows, cols]    8-bit stored codes (code + 128), signed
     mask_rice{0,1}(code uint8 [n], shape int64 [2]) -> bool [rows, cols]   Rice-coded positions of the value 0 (1)
                                                    (compress.qweight.RiceCode.to_bytes: header, unary bits, remainders)
-    prep(codes int32 [rows, cols], scale float16 [rows], smooth float [cols]) -> (int8 [cols, rows], float [rows])
+    prep(codes int8 [rows, cols], scale float16 [rows], smooth float [cols]) -> (int8 [cols, rows], float [rows])
                                                    per-channel codes * scale * smoothing, re-rounded, transposed
 """
 from __future__ import annotations
@@ -37,16 +37,16 @@ def _function(name: str, inputs: list[str], outputs: list[str], nodes: list[onnx
 def unpack(bits: int) -> onnx.FunctionProto:
     n = helper.make_node
     if bits == 8:
-        nodes = [_const("off", np.array(128, np.int32)), n("Reshape", ["packed", "shape"], ["u"]), n("Cast", ["u"], ["i"], to=TensorProto.INT32),
-                 n("Sub", ["i", "off"], ["codes"])]
+        nodes = [_const("off", np.array(128, np.int16)), n("Reshape", ["packed", "shape"], ["u"]), n("Cast", ["u"], ["i"], to=TensorProto.INT16),
+                 n("Sub", ["i", "off"], ["s"]), n("Cast", ["s"], ["codes"], to=TensorProto.INT8)]
         return _function("unpack8", ["packed", "shape"], ["codes"], nodes)
     per = 8 // bits
     nodes = [_const("col", np.array([-1, 1], np.int64)), _const("flat", np.array([-1], np.int64)),
              _const("left", np.array([8 - bits * (j + 1) for j in range(per)], np.uint8)), _const("right", np.array([8 - bits], np.uint8)),
-             _const("off", np.array(2 ** (bits - 1), np.int32)),
+             _const("off", np.array(2 ** (bits - 1), np.int8)),
              n("Reshape", ["packed", "col"], ["c"]), n("BitShift", ["c", "left"], ["l"], direction="LEFT"),
              n("BitShift", ["l", "right"], ["r"], direction="RIGHT"), n("Reshape", ["r", "flat"], ["f"]), n("Reshape", ["f", "shape"], ["u"]),
-             n("Cast", ["u"], ["i"], to=TensorProto.INT32), n("Sub", ["i", "off"], ["codes"])]
+             n("Cast", ["u"], ["i"], to=TensorProto.INT8), n("Sub", ["i", "off"], ["codes"])]  # u < 16: exact in int8
     return _function(f"unpack{bits}", ["packed", "shape"], ["codes"], nodes)
 
 

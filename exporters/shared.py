@@ -99,14 +99,15 @@ class SharedSource(Inline):
             x = bld.call(functions.unpack(bits), [packed, shape], base)[0]
         else:  # asymmetric grids (zero points per group), or codes that do not fill their last byte: written out
             stored = packed if bits == 8 else bld.unpacked(base, packed, size, full.shape, bits)
-            x = bld.node("Cast", [bld.node("Reshape", [stored, shape], base)[0]], base, to=TensorProto.INT32)[0]
+            x = bld.node("Cast", [bld.node("Reshape", [stored, shape], base)[0]], base, to=TensorProto.INT16)[0]
             if full.zero is None:
-                x = bld.node("Sub", [x, bld.const(base, np.array(2 ** (bits - 1), np.int32))], base)[0]
+                x = bld.node("Sub", [x, bld.const(base, np.array(2 ** (bits - 1), np.int16))], base)[0]
             else:
                 zname = f"{base}.weight.zero"
                 zero = bld.unpacked(base, self._ref(bld, zname), self.shared.tensors[zname].size, (full.shape[0], full.groups, 1), full.bits)
-                zero = bld.node("Cast", [zero], base, to=TensorProto.INT32)[0]
+                zero = bld.node("Cast", [zero], base, to=TensorProto.INT16)[0]
                 x = bld.grouped(base, full, lambda g: bld.node("Sub", [g, zero], base)[0], x)
+            x = bld.node("Cast", [x], base, to=TensorProto.INT8)[0]
         if base in self.neurons:
             axis, r = self.neurons[base]
             x = bld.node("Gather", [x, self._indices(bld, r)], base, axis=axis)[0]
@@ -120,7 +121,7 @@ class SharedSource(Inline):
         if not conds:
             return x
         cond = conds[0] if len(conds) == 1 else bld.node("And", conds, base)[0]
-        return bld.node("Where", [cond, x, bld.const(base, np.array(0, np.int32))], base)[0]
+        return bld.node("Where", [cond, x, bld.const(base, np.array(0, np.int8))], base)[0]
 
     def scale16(self, bld: _Builder, base: str, w: QWeight) -> str:
         """The backbone's float16 scales (of the kept neurons' rows, for a first FFN projection)."""

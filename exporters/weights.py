@@ -82,14 +82,14 @@ class Inline:
     (a pack's task graph takes them from the shared backbone file instead: compress.exporters.shared)."""
 
     def codes(self, bld: _Builder, base: str, w: QWeight) -> str:
-        """-> int32 [rows, cols] signed codes (folded at load)."""
+        """-> int8 [rows, cols] signed codes (folded at load; int8 keeps the intermediate tensors of the fold small)."""
         rows, cols = w.shape
         if w.storage_bits == 8:
-            return bld.node("Cast", [bld.const(f"{base}.codes_int8", w.codes)], base, to=TensorProto.INT32)[0]
-        x = bld.node("Cast", [bld.unpack(base, w.stored(), w.storage_bits, "codes")], base, to=TensorProto.INT32)[0]
+            return bld.const(f"{base}.codes_int8", w.codes)
+        x = bld.node("Cast", [bld.unpack(base, w.stored(), w.storage_bits, "codes")], base, to=TensorProto.INT8)[0]  # < 16: exact
         if w.zero is None:
-            return bld.node("Sub", [x, bld.const(base, np.array(2 ** (w.storage_bits - 1), np.int32))], base)[0]
-        zero = bld.node("Cast", [bld.unpack(base, w.zero[..., None], w.bits, "zero")], base, to=TensorProto.INT32)[0]
+            return bld.node("Sub", [x, bld.const(base, np.array(2 ** (w.storage_bits - 1), np.int8))], base)[0]
+        zero = bld.node("Cast", [bld.unpack(base, w.zero[..., None], w.bits, "zero")], base, to=TensorProto.INT8)[0]
         return bld.grouped(base, w, lambda x: bld.node("Sub", [x, zero], base)[0], x)
 
     def scale(self, bld: _Builder, base: str, w: QWeight, shape: tuple[int, ...]) -> str:
@@ -204,8 +204,7 @@ class _Builder:
         weights are re-rounded to int8 per row, all folded at load."""
         rows, _ = w.shape
         if w.groups == 1 and smooth is None:
-            codes = self.source.codes(self, base, w)
-            w8, flat = self.node("Cast", [codes], base, to=TensorProto.INT8)[0], self.source.scale(self, base, w, (rows,))
+            w8, flat = self.source.codes(self, base, w), self.source.scale(self, base, w, (rows,))
         elif self.compact and w.groups == 1:
             return self.call(functions.prep(), [self.source.codes(self, base, w), self.source.scale16(self, base, w), smooth], base, 2)
         else:
@@ -340,7 +339,7 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
         if not users:
             raise WeightMatchError(f"{name}: the exported graph has no Gather of {name}.weight (was EmbedLayerNormalization fused?)")
         _check(name, init.name, numpy_helper.to_array(init), w.dequantize())
-        table = bld.node("Cast", [bld.source.codes(bld, name, w)], name, to=TensorProto.INT8)[0]
+        table = bld.source.codes(bld, name, w)
         row_scale = bld.source.scale(bld, name, w, (w.shape[0], 1))
         for g in users:
             ids, y = g.input[1], g.output[0]

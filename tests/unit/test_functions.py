@@ -53,13 +53,13 @@ def test_unpack_gives_the_signed_codes(bits):
     qmax = 2 ** (bits - 1) - 1
     codes = rng.integers(-qmax, qmax + 1, size=(24, 64)).astype(np.int8)
     packed = pack_bits(to_unsigned(codes, bits), bits)
-    got = run(functions.unpack(bits), {"packed": packed, "shape": np.array(codes.shape, np.int64)}, TensorProto.INT32)
+    got = run(functions.unpack(bits), {"packed": packed, "shape": np.array(codes.shape, np.int64)}, TensorProto.INT8)
     assert np.array_equal(got, codes)
 
 
 def test_prep_rounds_each_smoothed_row_to_int8():
     rng = np.random.default_rng(0)
-    codes = rng.integers(-7, 8, size=(8, 32)).astype(np.int32)
+    codes = rng.integers(-7, 8, size=(8, 32)).astype(np.int8)
     scale = (rng.random(8) + 0.5).astype(np.float16)
     smooth = (rng.random(32) + 0.5).astype(np.float32)
     fn = functions.prep()
