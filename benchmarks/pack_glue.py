@@ -265,8 +265,8 @@ def summarize(args, arts, loras, pm, parity, lat, mat, lora_serving, memory) -> 
         lines += [f"| the pack, {k} task session{'s' if k != 1 else ''} | {mb(r)} | {mb(p)} |" for k, r, p in zip(mem["sessions"], mem["rss"], mem["peak"])]
         lines += ["", f"Each further task session costs {mb(statistics.fmean(mem['per_session'][1:] or mem['per_session']))} resident: nothing is "
                   "shared in memory between sessions (see the pack's report.md). The peak is the price of keeping the weights 4-bit on disk: "
-                  "ONNX Runtime folds the packed codes (and, in a pack, the masks) into int8 weights at session load through int32 and "
-                  "float intermediates; compress's sessions hand the freed heap back to the system (malloc_trim) once loaded."]
+                  "ONNX Runtime folds the packed codes (and, in a pack, the masks) into int8 weights at session load through float "
+                  "intermediates (re-rounding the smoothed weights); compress's sessions hand the freed heap back to the system (malloc_trim) once loaded."]
     data = {"rows": rows, "pack": pm.to_dict(), "parity": parity, "latency": lat, "materialized": mat, "lora_serving": lora_serving, "memory": memory,
             "lora": {f"{t}-s{s}": r for (t, s), r in loras.items()}}
     return data, "\n".join(lines)

@@ -224,7 +224,7 @@ def render(pm: mf.PackManifest, seconds: float = 0.0) -> str:
         per = ", ".join(mb(x) for x in mem["per_session"])
         lines += ["## Memory", "", f"Resident memory of a process with 0 .. {n} task sessions open (each run once): "
                   + ", ".join(mb(x) for x in mem["rss"]) + f"; each further session: +{per}. Peak while loading: "
-                  + ", ".join(mb(x) for x in mem["peak"]) + " (folding the codes into int8 weights passes through int32 and float "
+                  + ", ".join(mb(x) for x in mem["peak"]) + " (folding the codes into int8 weights passes through float "
                   "intermediates; the heap they used is returned to the system after each session is created).", "",
                   "Nothing is shared in memory between the sessions: ONNX Runtime unpacks each task's 4-bit codes, applies its mask and "
                   "folds them into int8 weights at session load, and each session keeps its own folded weights (the masks differ, so "

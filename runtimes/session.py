@@ -39,7 +39,7 @@ def release_freed_memory() -> None:
     """Give the heap that session creation freed back to the operating system (glibc only; elsewhere nothing).
 
     Folding the packed codes into int8 weights at load allocates several times the model's size in
-    intermediate tensors (MiniLM: a peak of ~0.75 GB); glibc keeps the freed memory resident (~0.5 GB)
+    intermediate tensors (MiniLM: a peak of ~0.5 GB); glibc keeps most of the freed memory resident
     unless asked to return it."""
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
