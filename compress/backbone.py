@@ -24,7 +24,7 @@ from __future__ import annotations
 import json
 import logging
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from functools import cached_property
 from pathlib import Path
 
@@ -106,7 +106,7 @@ def calibration_tokens(tok, config: quantize.QuantConfig, max_length: int,
 @dataclass(frozen=True)
 class BackboneConfig:
     model: str = "minilm"
-    quant: quantize.QuantConfig = quantize.QuantConfig(bits=4, method="rtn")
+    quant: quantize.QuantConfig = field(default_factory=lambda: quantize.default_config(4, calibration="general"))
     max_length: int = 128  # of the general calibration texts (GPTQ)
     out: str = "backbones/minilm-4bit"
     overwrite: bool = False
@@ -155,9 +155,8 @@ def write(cfg: BackboneConfig, command: str = "") -> tuple[Path, mf.BackboneMani
                   for name, qw in qweights.items()]
         sizes = {"codes": 0, "scales": 0, "embeddings": 0, "floats": 0}
         for key, arr in tensors.items():
-            part = key.rsplit(".", 1)[-1]
-            kind = ("embeddings" if emb and key.startswith(emb[0] + ".") else "codes" if part == "codes" else "scales") \
-                if key.rsplit(".", 2)[0] in qweights and part in PARTS else "floats"
+            owner, _, part = key.rpartition(".weight.")
+            kind = "floats" if owner not in qweights else "embeddings" if emb and owner == emb[0] else "codes" if part == "codes" else "scales"
             sizes[kind] += arr.nbytes
         m = mf.BackboneManifest(
             command=command, model=mf.model_info(clf, source, tok), quant=cfg.quant,
@@ -195,13 +194,18 @@ class Backbone:
         return self.directory / WEIGHTS
 
     @cached_property
-    def header(self) -> dict:
-        """weights.safetensors' header: name -> {dtype, shape, data_offsets} (offsets relative to data_start)."""
-        return read_header(self.weights_path)[0]
+    def layout(self) -> tuple[dict, int]:
+        """weights.safetensors' header (name -> {dtype, shape, data_offsets}) and where its data starts: the offsets
+        of the header are relative to that."""
+        return read_header(self.weights_path)
 
-    @cached_property
+    @property
+    def header(self) -> dict:
+        return self.layout[0]
+
+    @property
     def data_start(self) -> int:
-        return read_header(self.weights_path)[1]
+        return self.layout[1]
 
     def tensors(self) -> dict[str, np.ndarray]:
         from safetensors.numpy import load_file
