@@ -138,8 +138,9 @@ class SharedSource(Inline):
 
     @staticmethod
     def _indices(bld: _Builder, r) -> str:
-        """An FFN's kept neuron indices (one int16 tensor for both projections), cast to int64 in the graph."""
-        return bld.node("Cast", [bld.const(r.second, r.keep.astype(np.int16), name=neurons_name(r))], r.second, to=TensorProto.INT64)[0]
+        """An FFN's kept neuron indices (one int16 tensor for its projections and bias), cast to int64 in the graph."""
+        small = r.keep.astype(np.int16 if r.total <= 2**15 else np.int32)
+        return bld.node("Cast", [bld.const(r.second, small, name=neurons_name(r))], r.second, to=TensorProto.INT64)[0]
 
     def _mask_graph(self, bld: _Builder, base: str, mask: np.ndarray) -> str:
         """The mask as a bool graph tensor: Rice codes of the gaps between its rarer value's positions, or 1 bit per weight."""
@@ -186,7 +187,7 @@ def share_floats(model: onnx.ModelProto, shared: SharedFile, qkv_bias: dict[str,
             r = first_bias[name]
             _same(name, numpy_helper.to_array(init), np.where(r.alive, shared.tensors[name][r.keep], 0).astype(np.float32))
             full = bld.const(name, shared.tensors[name], name=f"{name}:backbone")  # the graph's tensor keeps its name
-            idx = bld.node("Cast", [bld.const(name, r.keep.astype(np.int16), name=neurons_name(r))], name, to=TensorProto.INT64)[0]
+            idx = SharedSource._indices(bld, r)
             bld.node("Mul", [bld.node("Gather", [full, idx], name, axis=0)[0], bld.const(name, r.alive.astype(np.float32))], name,
                      outputs=[name])
             drop.add(name)
