@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from pathlib import Path
 
 import torch
 
@@ -31,7 +32,7 @@ def main():
     ap.add_argument("--bits", type=int, default=4)
     ap.add_argument("--tasks", nargs="+", default=["mrpc", "sst2", "cola", "stsb"])
     ap.add_argument("--examples", type=int, default=256)
-    ap.add_argument("--results", default="results/backbone_error")
+    ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "backbone_error"))
     args = ap.parse_args()
 
     clf, tok, _ = models.build_classifier(args.model, 2)

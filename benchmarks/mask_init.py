@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+from pathlib import Path
 
 import torch
 
@@ -37,7 +38,7 @@ def main():
     ap.add_argument("--model", default="minilm")
     ap.add_argument("--bits", type=int, nargs="+", default=[32, 8, 4, 2])
     ap.add_argument("--examples", type=int, default=128)
-    ap.add_argument("--results", default="results/mask_init")
+    ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "mask_init"))
     args = ap.parse_args()
 
     task = tasks.get_task("mrpc")
