@@ -358,7 +358,7 @@ def _command_line() -> str:
         if ctx.get_parameter_source(p.name) in (ParameterSource.DEFAULT, None) or value in (None, False, ()):
             continue
         if isinstance(p, click.Argument):
-            parts.append(str(value))
+            parts += map(str, value if isinstance(value, tuple) else (value,))
         elif p.is_flag:
             parts.append(p.opts[-1])
         else:

@@ -55,6 +55,7 @@ def packed(trained):
 
 def test_pack_holds_the_backbone_once_and_a_small_graph_per_task(trained, packed):
     pm = mf.read(packed, mf.PackManifest)
+    assert pm.command == f"compress pack {packed} {trained / 'mrpc'} {trained / 'sst2'}"  # the command as typed, every artifact named
     files = {p.name for p in packed.iterdir()}
     assert {"backbone.safetensors", "tokenizer.json", "mrpc.onnx", "mrpc.json.gz", "sst2.onnx", "sst2.json.gz", "report.md", "manifest.json"} <= files
     assert (packed / "backbone.safetensors").read_bytes() == (trained / "bb" / "weights.safetensors").read_bytes()
