@@ -46,6 +46,7 @@ def staging(out: Path, overwrite: bool = False):
     tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
+        _readable(tmp)
         check_target(out, overwrite)
         if out.exists():
             old = out.with_name(f".{out.name}.old")
@@ -58,6 +59,16 @@ def staging(out: Path, overwrite: bool = False):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+def _readable(root: Path) -> None:
+    """Give the staged tree the modes a plain mkdir/open would (mkdtemp makes it 0700, some writers 0600), so that whoever is
+    meant to serve the output (a web server, another user) can read it."""
+    umask = os.umask(0)
+    os.umask(umask)
+    for p in (root, *root.rglob("*")):
+        if not p.is_symlink():
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
 def sha256(path: Path) -> str:

@@ -33,6 +33,25 @@ def test_staging_is_atomic(tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]
 
 
+def test_staged_output_is_readable_by_others(tmp_path):
+    """mkdtemp makes the staging directory 0700: the published one gets plain umask modes (a web server can read it)."""
+    import os
+    import stat
+
+    old = os.umask(0o022)
+    try:
+        with artifact.staging(tmp_path / "run") as tmp:
+            (tmp / "sub").mkdir()
+            (tmp / "sub" / "model.onnx").write_bytes(b"onnx")
+            (tmp / "model.onnx").write_bytes(b"onnx")
+            (tmp / "model.onnx").chmod(0o600)  # as tempfile-based writers leave it
+    finally:
+        os.umask(old)
+    out = tmp_path / "run"
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (out, out / "sub")} == {0o755}
+    assert {stat.S_IMODE(p.stat().st_mode) for p in (out / "model.onnx", out / "sub" / "model.onnx")} == {0o644}
+
+
 def test_manifest_is_typed_versioned_and_verified(tmp_path):
     (tmp_path / "weights.safetensors").write_bytes(b"onnx")
     m = mf.write(tmp_path, backbone_manifest())
