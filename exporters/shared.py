@@ -138,7 +138,8 @@ class SharedSource(Inline):
 
     @staticmethod
     def _indices(bld: _Builder, r) -> str:
-        """An FFN's kept neuron indices (one int16 tensor for its projections and bias), cast to int64 in the graph."""
+        """An FFN's kept neuron indices (one int16 tensor, int32 beyond 32768 neurons, for its projections and bias), cast to
+        int64 in the graph."""
         small = r.keep.astype(np.int16 if r.total <= 2**15 else np.int32)
         return bld.node("Cast", [bld.const(r.second, small, name=neurons_name(r))], r.second, to=TensorProto.INT64)[0]
 

@@ -10,8 +10,6 @@ from compress import backbone, calibration, manifest as mf, masking, models, qua
 from clirunner import error_line, invoke
 
 
-
-
 @pytest.fixture(scope="module")
 def rtn_backbone(tiny_model_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("bb") / "rtn"

@@ -7,8 +7,6 @@ import pytest
 from clirunner import error_line, invoke
 
 
-
-
 @pytest.fixture()
 def run_args(tiny_model_dir, mini_glue, tmp_path):
     return ["run", "--model", str(tiny_model_dir), "--task", "mrpc", "--data-dir", str(mini_glue), "--epochs", "1",
