@@ -23,6 +23,7 @@ from pathlib import Path
 from _results import write  # benchmarks/ is on sys.path when a script here runs
 
 import onnx
+from compress.artifact import graph_path
 
 
 def build_anchors(dense_dir: Path, work: Path) -> dict[str, Path]:
@@ -112,7 +113,7 @@ def main() -> int:
                     + ("" if kernel == m["config"]["export"]["kernel"] else f" ({kernel})"))
             if kernel != m["config"]["export"]["kernel"]:
                 d = reexported(d, kernel, Path(tmp))
-            rows[name], paths[name] = accuracy(d / "model.onnx", task, dev, d / "tokenizer.json", max_length, pad), d / "model.onnx"
+            rows[name], paths[name] = accuracy(graph_path(d), task, dev, d / "tokenizer.json", max_length, pad), graph_path(d)
             rows[name]["torch_metric"] = m["metrics"]["torch"][task.metric]
         for name, lat in latencies(paths, args.rounds).items():
             rows[name].update(lat)

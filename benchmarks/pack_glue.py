@@ -28,6 +28,8 @@ from pathlib import Path
 
 import numpy as np
 
+from compress.artifact import graph_path
+
 TASKS = ("mrpc", "sst2", "cola", "stsb")
 SUBSAMPLE = {"sst2": 8000}  # training examples (SST-2 has 67,349 sentences)
 
@@ -116,7 +118,7 @@ def dev_parity(pack_dir: Path, arts: dict[str, Path], data_dir: str) -> dict[str
         task = tasks.get_task(name)
         dev = tasks.load_task(task, data_dir)["dev"]
         m = mf.read(arts[name], mf.ArtifactManifest)
-        alone = evaluate.texts_logits(open_session(arts[name] / "model.onnx"), arts[name] / "tokenizer.json", m.config.train.max_length,
+        alone = evaluate.texts_logits(open_session(graph_path(arts[name])), arts[name] / "tokenizer.json", m.config.train.max_length,
                                       dev.text_a, dev.text_b, m.model.pad_token_id)
         packed = p.logits(name, dev.text_a, dev.text_b)
         out[name] = {"max_abs_diff": float(np.abs(packed - alone).max()), "pack": metrics.compute(task, packed, dev.labels),
@@ -132,7 +134,7 @@ def latency(pack_dir: Path, arts: dict[str, Path], rounds: int) -> dict[str, dic
     from compress.runtimes.session import open_session
 
     p = Pack(pack_dir)
-    sessions = {(t, "pack"): p.session(t) for t in p.tasks} | {(t, "standalone"): open_session(arts[t] / "model.onnx") for t in p.tasks}
+    sessions = {(t, "pack"): p.session(t) for t in p.tasks} | {(t, "standalone"): open_session(graph_path(arts[t])) for t in p.tasks}
     times = {k: {1: [], 32: []} for k in sessions}
     for _ in range(rounds):
         for k, s in sessions.items():
@@ -172,7 +174,7 @@ def materialized(pack_dir: Path, arts: dict[str, Path], work: Path) -> dict[str,
     for t, d in arts.items():
         target = work / f"materialized-{t}"
         compress("materialize", str(pack_dir), t, "--out", str(target), "--overwrite")
-        out[t] = logits_parity(target / "model.onnx", d / "model.onnx", feeds)
+        out[t] = logits_parity(graph_path(target), graph_path(d), feeds)
     return out
 
 
@@ -322,7 +324,7 @@ def main():
         alone = Path(tmp) / "standalone"  # exported again by this version, as the pack's graphs were
         shutil.copytree(first["mrpc"], alone)
         pipeline.reexport(alone)
-        memory = {"standalone artifact (mrpc)": session_memory([alone / "model.onnx"]), "ORT int8 model": session_memory([anchor]),
+        memory = {"standalone artifact (mrpc)": session_memory([graph_path(alone)]), "ORT int8 model": session_memory([anchor]),
                   "no session": session_memory([])}
     data, table = summarize(args, arts, loras, pm, parity, lat, mat, lora_glue.serving_overhead(str(backbone), args.rounds), memory)
     from _results import write

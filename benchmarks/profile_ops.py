@@ -18,6 +18,7 @@ import numpy as np
 
 from _results import write  # benchmarks/ is on sys.path when a script here runs
 from export_vs_ort import build_anchors
+from compress.artifact import graph_path
 
 
 def profile(path: Path, threads: int, runs: int, prefix: str) -> dict:
@@ -56,7 +57,7 @@ def main():
     args = ap.parse_args()
     with tempfile.TemporaryDirectory() as tmp:
         models = {"ORT int8 dynamic": build_anchors(args.dense, Path(tmp))["ORT int8 dynamic"]}
-        models.update({d.name: d / "model.onnx" for d in args.artifacts})
+        models.update({d.name: graph_path(d) for d in args.artifacts})
         rows = {name: profile(p, args.threads, args.runs, str(Path(tmp) / f"prof{i}")) for i, (name, p) in enumerate(models.items())}
     ops = list(dict.fromkeys(op for r in rows.values() for op in r["ops"]))
     lines = ["| operator | " + " | ".join(f"{n} ms (nodes)" for n in rows) + " |", "|---" * (len(rows) + 1) + "|"]

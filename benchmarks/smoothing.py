@@ -23,6 +23,7 @@ import numpy as np
 
 from _results import write  # benchmarks/ is on sys.path when a script here runs
 from export_vs_ort import reexported
+from compress.artifact import graph_path
 
 
 def ort_dynamic(float_graph: Path, work: Path) -> Path:
@@ -50,7 +51,7 @@ def with_alpha(art: Path, alpha: float | None, work: Path) -> Path:
     m["config"]["export"].update(kernel="int8", smooth_alpha=alpha, smooth_max_bits=8)  # smoothed at any bits, for the comparison
     (d / "manifest.json").write_text(json.dumps(m))
     reexport(d)
-    return d / "model.onnx"
+    return graph_path(d)
 
 
 def main() -> int:
@@ -78,7 +79,7 @@ def main() -> int:
                 return evaluate.texts_logits(open_session(path), art / "tokenizer.json", m["config"]["train"]["max_length"],
                                              dev.text_a, dev.text_b, m["model"]["pad_token_id"])
 
-            exact = reexported(art, "float", work) / "model.onnx"
+            exact = graph_path(reexported(art, "float", work))
             ref = logits(exact)
             q, mode = m["config"]["quant"], m["config"]["train"]["mode"]
             label = f"{art.name} ({mode}, {q['bits']}-bit {q.get('method', 'rtn')})"

@@ -1,6 +1,8 @@
 """The artifact directory: the contract between stages.
 
-    model.onnx         the shipped graph (packed low-bit weights, int8 kernels)
+    onnx/model.onnx    the shipped graph (packed low-bit weights, int8 kernels), where Hugging Face-style loaders
+                       look for it (``model.onnx`` at the top in artifacts written before; ``graph_path``)
+    config.json        what Optimum and Transformers.js read: labels, problem type (compress.hf_layout)
     mask.npz           the learned binary masks (bit-packed or gap-coded, whichever is smaller)
     calibration.npz    the task's calibration tokens (activation smoothing; GPTQ on task text), so
                        that a re-export quantizes alike without the data
@@ -28,8 +30,18 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+GRAPH = "onnx/model.onnx"  # an artifact's shipped graph, relative to its directory
+LEGACY_GRAPH = "model.onnx"  # where artifacts written before the Hugging Face layout keep it
+
+
 class ArtifactError(RuntimeError):
     """The artifact directory is missing, incomplete or altered."""
+
+
+def graph_path(directory: Path) -> Path:
+    """The shipped graph of an artifact directory (onnx/model.onnx, or model.onnx in older artifacts)."""
+    d = Path(directory)
+    return d / GRAPH if (d / GRAPH).is_file() or not (d / LEGACY_GRAPH).is_file() else d / LEGACY_GRAPH
 
 
 def check_target(out: Path, overwrite: bool) -> None:
@@ -93,7 +105,8 @@ def versions() -> dict[str, str]:
     import importlib.metadata as md
 
     out = {"python": platform.python_version()}
-    for pkg in ("compress-encoders", "torch", "transformers", "onnx", "onnxruntime", "optimum", "numpy", "tokenizers"):
+    for pkg in ("compress-encoders", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-extensions", "optimum-onnx", "numpy",
+                "tokenizers"):
         try:
             out[pkg] = md.version(pkg)
         except md.PackageNotFoundError:

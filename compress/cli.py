@@ -6,7 +6,13 @@ import shlex
 
 import click
 
+from compress.artifact import GRAPH
+
 BITS = ("1", "2", "4", "8", "16", "32")
+ACTIVATIONS = click.option(
+    "--activations", type=click.Choice(["token", "tensor"]), default=None,
+    help="int8 kernel's activation scales [token]: one per token, so a sequence's prediction does not depend on its batch-mates or "
+         "padding; tensor: one per padded batch (ONNX Runtime's fused DynamicQuantizeMatMul/QAttention: faster, batch-dependent).")
 DEVICE = click.option("--device", type=str, default=None,
                       help="Training device: auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:N [auto].")
 LEARNING = (  # how the mask (and the head, or the weights) are learned: shared by run and sweep
@@ -50,6 +56,7 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Error types that mean bad input or a failed check: one line, non-zero exit, no traceback."""
     from compress.artifact import ArtifactError
     from compress.backbone import BackboneError
+    from compress.exporters.tokenizer_graph import TokenizerGraphError
     from compress.exporters.verify import ExportValidationError
     from compress.exporters.weights import WeightMatchError
     from compress.models import ModelLoadError
@@ -57,8 +64,8 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from compress.runtimes.providers import ProviderUnavailableError
     from compress.tasks import TaskDataError
 
-    return (ArtifactError, BackboneError, ExportValidationError, WeightMatchError, ModelLoadError, QuantConfigError, TaskDataError,
-            ProviderUnavailableError, ValueError)
+    return (ArtifactError, BackboneError, ExportValidationError, TokenizerGraphError, WeightMatchError, ModelLoadError, QuantConfigError,
+            TaskDataError, ProviderUnavailableError, ValueError)
 
 
 def _fail(e: BaseException):
@@ -99,6 +106,7 @@ def main(verbose: bool):
 @click.option("--pooling", type=click.Choice(["mean", "cls", "pooler"]), default=None, help="Override the checkpoint's pooling.")
 @click.option("--kernel", type=click.Choice(["int8", "float", "nbits"]), default="int8", show_default=True,
               help="int8: integer matmuls (fastest on x86); float: weights dequantized at load (exact); nbits: MatMulNBits on the packed codes.")
+@ACTIVATIONS
 @click.option("--max-metric-drop", type=float, default=None, help="Fail if ONNX Runtime's dev metric trails PyTorch's by more.")
 @click.option("--max-train-examples", type=int, default=None, help="Use only the first N training examples.")
 @click.option("--max-eval-examples", type=int, default=None, help="Use only the first N dev examples.")
@@ -122,7 +130,7 @@ def run(**o):
                                         **({"calibration": o["calibration"]} if o["calibration"] else {}))
         mask = _mask_config(o)
         tr = _train_config(o, mode=o["mode"], bf16=False if o["no_bf16"] else None)
-        exp = _pick(ExportConfig, kernel=o["kernel"], max_metric_drop=o["max_metric_drop"])
+        exp = _pick(ExportConfig, kernel=o["kernel"], max_metric_drop=o["max_metric_drop"], activations=o["activations"])
         model_tag = (o["backbone"] or o["model"]).rstrip("/").split("/")[-1]
         out = o["out"] or (f"runs/{model_tag}-{o['task']}" if o["backbone"] else f"runs/{model_tag}-{o['task']}-{o['mode']}-{bits}bit")
         cfg = RunConfig(model=o["model"], task=o["task"], out=out, data_dir=o["data_dir"], overwrite=o["overwrite"],
@@ -176,23 +184,31 @@ def quantize(model, bits, group_size, symmetric, quantizer, calibration_examples
 @main.command("export")
 @click.argument("artifact_dir", type=click.Path(file_okay=False))
 @click.option("--kernel", type=click.Choice(["int8", "float", "nbits"]), default=None, help="Matmul kernel (default: the artifact's).")
+@ACTIVATIONS
 @click.option("--format", "fmt", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
-              help="onnx: rebuild model.onnx; ort: also write model.ort for ONNX Runtime mobile builds.")
+              help="onnx: rebuild onnx/model.onnx; ort: also write onnx/model.ort for ONNX Runtime mobile builds.")
 @click.option("--backbone", type=click.Path(file_okay=False), default=None,
               help="Where the backbone the artifact was trained on is now [the path its manifest records].")
-def export_cmd(artifact_dir, kernel, fmt, backbone):
+@click.option("--with-tokenizer", is_flag=True,
+              help="Also write onnx/model_with_tokenizer.onnx: raw strings in (text, text_pair), the tokenizer inside the graph "
+                   "(onnxruntime-extensions' BertTokenizer op; the app registers its custom-op library).")
+def export_cmd(artifact_dir, kernel, activations, fmt, backbone, with_tokenizer):
     """Re-export ARTIFACT_DIR from its mask and head, without retraining, and verify it."""
     from compress.pipeline import reexport
 
     try:
-        m = reexport(artifact_dir, kernel=kernel, fmt=fmt, command=_command_line(), backbone_dir=backbone)
+        m = reexport(artifact_dir, kernel=kernel, fmt=fmt, command=_command_line(), backbone_dir=backbone, activations=activations,
+                     with_tokenizer=with_tokenizer)
     except _user_errors() as e:
         _fail(e)
-    click.echo(f"{artifact_dir}/model.onnx: {m.sizes['onnx_total'] / 1e6:.2f} MB, kernel {m.config.export.kernel}, "
+    click.echo(f"{artifact_dir}/{GRAPH}: {m.sizes['onnx_total'] / 1e6:.2f} MB, kernel {m.config.export.kernel}, "
                f"float-kernel parity {m.validation['parity_max_abs_diff']:.2e}")
     if fmt == "ort":
-        click.echo(f"{artifact_dir}/model.ort: {m.sizes['ort_total'] / 1e6:.2f} MB, "
-                   f"max abs diff to model.onnx {m.validation['ort_max_abs_diff']:.2e}")
+        click.echo(f"{artifact_dir}/onnx/model.ort: {m.sizes['ort_total'] / 1e6:.2f} MB, "
+                   f"max abs diff to {GRAPH} {m.validation['ort_max_abs_diff']:.2e}")
+    if with_tokenizer:
+        click.echo(f"{artifact_dir}/onnx/model_with_tokenizer.onnx: {m.sizes['with_tokenizer_total'] / 1e6:.2f} MB, "
+                   f"max abs logit diff to tokenizer.json + {GRAPH} {m.validation['with_tokenizer_max_abs_diff']:.2e}")
 
 
 @main.command()
@@ -204,7 +220,7 @@ def export_cmd(artifact_dir, kernel, fmt, backbone):
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Also measure the dev metric (GLUE-layout directory).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results to this file (bench.json).")
 def bench(artifact_dir, provider, batches, seq_len, threads, data_dir, json_path):
-    """Time an artifact's model.onnx, or every task of a pack, in ONNX Runtime (reads only ARTIFACT_DIR)."""
+    """Time an artifact's graph, or every task of a pack, in ONNX Runtime (reads only ARTIFACT_DIR)."""
     from compress import manifest as mf
 
     try:
@@ -260,7 +276,7 @@ def materialize(pack_dir, task, out, overwrite):
         path, m = run(pack_dir, task, out, overwrite, command=_command_line())
     except (PackError, *_user_errors()) as e:
         _fail(e)
-    click.echo(f"{path}/model.onnx: {m.sizes['onnx_total'] / 1e6:.2f} MB, {task}, max abs logit diff to the pack "
+    click.echo(f"{path}/{GRAPH}: {m.sizes['onnx_total'] / 1e6:.2f} MB, {task}, max abs logit diff to the pack "
                f"{m.validation['pack_max_abs_diff']:.1e}")
 
 

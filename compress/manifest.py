@@ -106,7 +106,8 @@ class RunSettings:
 
         mask = dict(d["mask"])
         mask["nm"] = tuple(mask["nm"]) if mask.get("nm") else None
-        return cls(QuantConfig(**d["quant"]), MaskConfig(**mask), TrainConfig(**d["train"]), ExportConfig(**d["export"]), d.get("embedding_bits"))
+        export = {"activations": "tensor", **d["export"]}  # written before per-token activation scales existed
+        return cls(QuantConfig(**d["quant"]), MaskConfig(**mask), TrainConfig(**d["train"]), ExportConfig(**export), d.get("embedding_bits"))
 
 
 @dataclass(frozen=True)

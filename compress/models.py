@@ -1,6 +1,7 @@
 """Pretrained encoders: aliases, loading (embedded / local directory / hub), pooling, the classifier."""
 from __future__ import annotations
 
+import inspect
 import json
 import logging
 import os
@@ -124,7 +125,9 @@ class SequenceClassifier(torch.nn.Module):
         self.num_labels = num_labels
         self.dropout = torch.nn.Dropout(dropout)
         self.classifier = torch.nn.Linear(encoder.config.hidden_size, num_labels)
-        self.uses_token_types = "token_type_ids" in encoder.forward.__code__.co_varnames and getattr(encoder.config, "type_vocab_size", 0) > 1
+        # the signature, not forward.__code__: transformers 5 wraps forward in decorators whose code takes *args, **kwargs
+        self.uses_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters and \
+            getattr(encoder.config, "type_vocab_size", 0) > 1
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         kw = {"token_type_ids": token_type_ids} if self.uses_token_types and token_type_ids is not None else {}

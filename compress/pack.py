@@ -121,9 +121,10 @@ def _pack_task(d: Path, m: mf.ArtifactManifest, backbone, shared, out: Path):
     linears, embedding = pipeline.prepare(model, qweights)
     graph = out / f"{m.task.name}.onnx"
     res = export(model, linears, embedding, graph, run_cfg.export, sample(), calibration.batches(calib), shared=shared)
-    parity = logits_parity(graph, d / "model.onnx", sample())
+    own_graph = artifact.graph_path(d)
+    parity = logits_parity(graph, own_graph, sample())
     if parity > PARITY_ATOL:
-        raise PackError(f"{graph.name}: logits differ from {d / 'model.onnx'} by {parity:.3g} > {PARITY_ATOL}: "
+        raise PackError(f"{graph.name}: logits differ from {own_graph} by {parity:.3g} > {PARITY_ATOL}: "
                         "the artifact's graph was not made from its mask and head; re-export it (`compress export DIR`)")
     task_json = out / f"{m.task.name}.json.gz"
     task_json.write_bytes(gzip.compress(json.dumps({k: v for k, v in m.to_dict().items() if k != "files"}).encode(), mtime=0))
@@ -134,8 +135,8 @@ def _pack_task(d: Path, m: mf.ArtifactManifest, backbone, shared, out: Path):
         name=m.task.name, onnx=graph.name, metric=m.task.metric, labels=m.task.labels, max_length=m.config.train.max_length,
         pad_token_id=m.model.pad_token_id, inputs=m.model.inputs, metrics=m.metrics.onnx, masked_weights=masked, bytes=own,
         bits_per_masked_weight=8 * own / max(masked, 1), parity_max_abs_diff=parity, guard_passed=m.passed,
-        source={"artifact": str(d.resolve()), "manifest_sha256": mf.manifest_sha256(d), "model_onnx_sha256": m.files["model.onnx"].sha256,
-                "model_onnx_bytes": m.files["model.onnx"].bytes, "mask_bytes": res.sizes.get("masks", 0)},
+        source={"artifact": str(d.resolve()), "manifest_sha256": mf.manifest_sha256(d), "model_onnx_sha256": m.files[own_graph.relative_to(d).as_posix()].sha256,
+                "model_onnx_bytes": m.files[own_graph.relative_to(d).as_posix()].bytes, "mask_bytes": res.sizes.get("masks", 0)},
         ffn_neurons=res.ffn_neurons), model
 
 
@@ -257,19 +258,38 @@ def materialize(pack_dir: str | Path, task: str, out: str | Path, overwrite: boo
         for init in model.graph.initializer:
             init.data_location = onnx.TensorProto.DEFAULT
             del init.external_data[:]
-        onnx.save(model, str(tmp / "model.onnx"))
+        graph = tmp / artifact.GRAPH
+        graph.parent.mkdir()
+        onnx.save(model, str(graph))
         for name in TOKENIZER_FILES:
             if (pack_dir / name).is_file():
                 shutil.copy2(pack_dir / name, tmp / name)
+        _hf_config(tmp, m)
         _recover(model, m, tmp)
-        parity = logits_parity(tmp / "model.onnx", pack_dir / t.onnx, sample())
+        parity = logits_parity(graph, pack_dir / t.onnx, sample())
         m.materialized_from = {"pack": str(pack_dir.resolve()), "manifest_sha256": mf.manifest_sha256(pack_dir), "task": task}
-        m.sizes = {**m.sizes, "onnx_total": (tmp / "model.onnx").stat().st_size, "masks": (tmp / "mask.npz").stat().st_size}
+        m.sizes = {**m.sizes, "onnx_total": graph.stat().st_size, "masks": (tmp / "mask.npz").stat().st_size}
         m.validation = {**m.validation, "pack_max_abs_diff": parity}
         m.command = command or m.command
         (tmp / "report.md").write_text(report.render(m))
         mf.write(tmp, m)
     return out, m
+
+
+def _hf_config(out: Path, m: mf.ArtifactManifest) -> None:
+    """config.json (compress.hf_layout) from the base model's config, where it can be read (the embedded model, a local
+    directory, the hub when online); without it the artifact still serves compress and ONNX Runtime."""
+    from transformers import AutoConfig
+
+    from compress import hf_layout, models, tasks
+
+    location = str(models.embedded_dir()) if m.model.name == models.EMBEDDED else m.model.location
+    try:
+        encoder_config = AutoConfig.from_pretrained(location)
+    except (OSError, ValueError) as e:
+        log.warning("no config.json for Hugging Face loaders: cannot read the config of %s (%s)", location, e)
+        return
+    hf_layout.write(out, encoder_config, tasks.get_task(m.task.name), m.config.train.max_length)
 
 
 def _recover(model, m: mf.ArtifactManifest, out: Path) -> None:

@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from compress import artifact, backbone, calibration, manifest as mf, masking, metrics, models, quantize, report, tasks, train
+from compress import artifact, backbone, calibration, hf_layout, manifest as mf, masking, metrics, models, quantize, report, tasks, train
 from compress.exporters.export import ExportConfig, export
 from compress.exporters.verify import AccuracyDriftError
 from compress.qweight import QWeight
@@ -64,12 +64,14 @@ def resolve_backbone(cfg: RunConfig, expect_sha256: str | None = None) -> tuple[
     return dataclasses.replace(cfg, quant=bb.manifest.quant, model=bb.manifest.model.name), ref
 
 
-def build(cfg: RunConfig, task: tasks.Task, calib: tasks.Split | dict[str, np.ndarray] | None = None):
+def build(cfg: RunConfig, task: tasks.Task, calib: tasks.Split | dict[str, np.ndarray] | None = None, token_types: bool | None = None):
     """Model with quantized frozen weights and (mode=structure) masks.
 
     calib: the task's calibration texts (a Split: its first cfg.quant.calibration_examples are
     tokenized) or tokens (arrays from an artifact): the export's activation smoothing, and GPTQ when
     cfg.quant.calibration is "task". With cfg.backbone the codes are the backbone's, not re-quantized.
+    token_types: whether the model feeds token_type_ids to the encoder, as an artifact being rebuilt was made
+    (None: whenever the encoder takes them).
     -> (model, tokenizer, source, qweights, task calibration tokens or None when nothing is quantized)
     """
     if cfg.backbone:
@@ -77,6 +79,8 @@ def build(cfg: RunConfig, task: tasks.Task, calib: tasks.Split | dict[str, np.nd
     else:
         clf, tok, source = models.build_classifier(cfg.model, task.num_labels, cfg.pooling, seed=cfg.train.seed)
         qweights = {}
+    if token_types is not None:
+        clf.uses_token_types = token_types
     if isinstance(calib, tasks.Split):
         calib = calibration.tokens(tok, calib, cfg.quant.calibration_examples, cfg.train.max_length) if cfg.quant.enabled else None
     if cfg.train.mode == "structure":
@@ -151,12 +155,13 @@ def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: s
     with artifact.staging(out, cfg.overwrite) as tmp:
         stages.set_description("export")
         tok.save_pretrained(tmp)
+        hf_layout.write(tmp, model.encoder.config, task, cfg.train.max_length)
         mask_bytes = masking.save_masks(tmp / "mask.npz", model) if cfg.train.mode == "structure" else 0
         _save_tensors(trained, tmp / "trainable.safetensors")
         if calib is not None:
             np.savez_compressed(tmp / calibration.FILE, **calib)
         sample = next(iter(batches(dev_enc, 32, pad)))
-        res = export(model, linears, embedding, tmp / "model.onnx", cfg.export, sample, calibration.batches(calib))
+        res = export(model, linears, embedding, tmp / artifact.GRAPH, cfg.export, sample, calibration.batches(calib))
         stages.update()
 
         stages.set_description("validate")
@@ -177,7 +182,7 @@ def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: s
                                                "sample_max_abs_diff": res.deployed_max_abs_diff},
             fusions=res.fusions,
             ffn_neurons=res.ffn_neurons,
-            sizes={**res.sizes, "onnx_total": (tmp / "model.onnx").stat().st_size, "masks": mask_bytes,
+            sizes={**res.sizes, "onnx_total": (tmp / artifact.GRAPH).stat().st_size, "masks": mask_bytes,
                    "head": (tmp / "trainable.safetensors").stat().st_size},
             bench=validation["bench"],
             seconds=time.perf_counter() - t_start,
@@ -225,7 +230,7 @@ def validate(directory: Path, task, dev, torch_logits, torch_metrics, cfg: RunCo
     from compress.runtimes import bench, evaluate
     from compress.runtimes.session import open_session
 
-    sess = open_session(directory / "model.onnx", threads=cfg.threads)
+    sess = open_session(artifact.graph_path(directory), threads=cfg.threads)
     ort_logits = evaluate.texts_logits(sess, directory / "tokenizer.json", cfg.train.max_length, dev.text_a, dev.text_b, pad_id)
     ort_metrics = metrics.compute(task, ort_logits, dev.labels)
     p_t, p_o = metrics.predictions(task, torch_logits), metrics.predictions(task, ort_logits)
@@ -246,14 +251,14 @@ def validate(directory: Path, task, dev, torch_logits, torch_metrics, cfg: RunCo
 
 def bench(directory: Path, provider: str = "cpu", batch_sizes=(1, 32), seq_len: int = 128, threads: int | None = None,
           data_dir: str | None = None) -> dict:
-    """Time an artifact's model.onnx (and with data_dir, its dev metric) reading only the directory."""
+    """Time an artifact's graph (and with data_dir, its dev metric) reading only the directory."""
     from compress.runtimes import bench as rbench, evaluate
     from compress.runtimes.providers import require
     from compress.runtimes.session import open_session
 
     directory = Path(directory)
     m = mf.read(directory, mf.ArtifactManifest)
-    sess = open_session(directory / "model.onnx", require(provider), threads=threads)
+    sess = open_session(artifact.graph_path(directory), require(provider), threads=threads)
     out = {"kind": "bench", "artifact": str(directory), "model": m.model.name, "task": m.task.name,
            "provider": provider, "latency": [rbench.latency(sess, batch=b, seq_len=seq_len) for b in batch_sizes]}
     if data_dir is not None:
@@ -297,7 +302,7 @@ def restore(directory: Path, m: mf.ArtifactManifest, cfg: RunConfig):
             calib = {k: z[k] for k in z.files}
     elif cfg.quant.method == "gptq" and cfg.quant.enabled and cfg.quant.calibration == "task" and not cfg.backbone:
         raise artifact.ArtifactError(f"{directory / calibration.FILE} is missing: GPTQ needs its calibration tokens; rerun `compress run`")
-    model, tok, source, qweights, _ = build(cfg, task, calib)
+    model, tok, source, qweights, _ = build(cfg, task, calib, token_types="token_type_ids" in m.model.inputs)
     trained = load_file(str(directory / "trainable.safetensors"))
     if cfg.train.mode == "structure":
         masking.set_masks_(model, masking.load_masks(directory / "mask.npz"))
@@ -312,15 +317,18 @@ def restore(directory: Path, m: mf.ArtifactManifest, cfg: RunConfig):
 
 
 def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", command: str = "",
-             backbone_dir: str | None = None) -> mf.ArtifactManifest:
+             backbone_dir: str | None = None, activations: str | None = None, with_tokenizer: bool = False) -> mf.ArtifactManifest:
     """Re-export an artifact without retraining; returns the new manifest.
 
-    fmt="onnx": rebuild model.onnx from base model (or backbone) + mask.npz + trainable.safetensors (e.g. with another kernel).
-    fmt="ort":  also write model.ort (ONNX Runtime's format for mobile builds), checked against model.onnx.
+    fmt="onnx": rebuild onnx/model.onnx (and config.json) from base model (or backbone) + mask.npz + trainable.safetensors
+                (e.g. with another kernel); an artifact written before the Hugging Face layout gets it.
+    fmt="ort":  also write onnx/model.ort (ONNX Runtime's format for mobile builds), checked against the graph.
+    with_tokenizer: also write onnx/model_with_tokenizer.onnx (raw strings in; compress.exporters.tokenizer_graph),
+                checked against the two-step path on the shipped general text.
     """
     import shutil
 
-    from compress.exporters import ort_format, verify
+    from compress.exporters import ort_format, tokenizer_graph, verify
     from compress.runtimes.bench import sample as padded_sample
     from compress.runtimes.session import open_session, run_logits
 
@@ -330,32 +338,44 @@ def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", comm
     m = mf.read(directory, mf.ArtifactManifest)
     sample = padded_sample()
     with artifact.staging(directory, overwrite=True) as tmp:
-        for f in directory.iterdir():
-            if f.is_file():
-                shutil.copy2(f, tmp / f.name)
-        if fmt == "onnx" or kernel is not None:
-            cfg = config_from_manifest(m, backbone_dir, kernel=kernel)
+        shutil.copytree(directory, tmp, dirs_exist_ok=True)
+        graph = artifact.graph_path(tmp)
+        if fmt == "onnx" or kernel is not None or activations is not None:
+            cfg = config_from_manifest(m, backbone_dir, kernel=kernel, activations=activations)
             model, _, qweights, calib = restore(directory, m, cfg)
             linears, embedding = prepare(model, qweights)
-            res = export(model, linears, embedding, tmp / "model.onnx", cfg.export, sample, calibration.batches(calib))
+            for stale in (tmp / artifact.LEGACY_GRAPH, tmp / "model.ort", tmp / "model.required_operators.config",
+                          tmp / "onnx" / "model.ort", tmp / "onnx" / "model.required_operators.config",
+                          tmp / "onnx" / tokenizer_graph.FILE):  # the old graph's
+                stale.unlink(missing_ok=True)
+            graph = tmp / artifact.GRAPH
+            res = export(model, linears, embedding, graph, cfg.export, sample, calibration.batches(calib))
+            hf_layout.write(tmp, model.encoder.config, tasks.get_task(m.task.name), m.config.train.max_length)
             m.config = dataclasses.replace(m.config, export=cfg.export)
             if m.backbone is not None:
                 m.backbone = dataclasses.replace(m.backbone, path=str(Path(cfg.backbone).resolve()))
-            m.sizes.update({**res.sizes, "onnx_total": (tmp / "model.onnx").stat().st_size})
+            m.sizes.update({**res.sizes, "onnx_total": graph.stat().st_size})
             m.validation.update({"parity_max_abs_diff": res.parity_max_abs_diff, "sample_max_abs_diff": res.deployed_max_abs_diff,
                                  "passed": None})  # a new graph: its dev metric is measured by `compress bench DIR --data-dir`
             m.fusions = res.fusions
             m.ffn_neurons = res.ffn_neurons
-            for stale in (tmp / "model.ort", tmp / "model.required_operators.config"):  # made from the old graph
-                stale.unlink(missing_ok=True)
-            m.sizes.pop("ort_total", None)
-            m.validation.pop("ort_max_abs_diff", None)
+            for key in ("ort_total", "with_tokenizer_total"):
+                m.sizes.pop(key, None)
+            for key in ("ort_max_abs_diff", "with_tokenizer_max_abs_diff"):
+                m.validation.pop(key, None)
         if fmt == "ort":
-            ort_file = next(p for p in ort_format.to_ort(tmp / "model.onnx", tmp) if p.suffix == ".ort")
-            ref = {"logits": run_logits(open_session(tmp / "model.onnx"), sample)}
+            ort_file = next(p for p in ort_format.to_ort(graph, graph.parent) if p.suffix == ".ort")
+            ref = {"logits": run_logits(open_session(graph), sample)}
             diff = verify.compare(ref, {"logits": run_logits(open_session(ort_file), sample)}, m.config.export.parity_atol, "model.ort")
             m.sizes["ort_total"] = ort_file.stat().st_size
             m.validation["ort_max_abs_diff"] = diff["logits"]
+        if with_tokenizer:
+            text = calibration.general_sentences()[:64]
+            pair = tasks.get_task(m.task.name).text_cols[1:] != ()
+            res = tokenizer_graph.write(graph, tmp, graph.parent / tokenizer_graph.FILE, pair, m.config.train.max_length,
+                                        (text[0::2], text[1::2]) if pair else (text, None), m.config.export.parity_atol)
+            m.sizes["with_tokenizer_total"] = res["bytes"]
+            m.validation["with_tokenizer_max_abs_diff"] = res["max_abs_diff"]
         m.exported_by = command
         (tmp / "report.md").write_text(report.render(m))
         return mf.write(tmp, m)

@@ -24,7 +24,7 @@ def summary_rows(m: ArtifactManifest) -> list[tuple[str, str]]:
         *([("FFN neurons kept", "{} of {} (the rest removed from the graph)".format(*map(sum, zip(*m.ffn_neurons.values()))))]
           if m.ffn_neurons else []),
         *([("backbone", f"{m.backbone.path} (weights SHA-256 {m.backbone.sha256[:12]}...)")] if m.backbone else []),
-        ("model.onnx", _mb(m.sizes["onnx_total"])),
+        ("onnx/model.onnx", _mb(m.sizes["onnx_total"])),
     ]
     for key, b in m.bench.items():
         rows.append((f"latency {b['batch']}x{b['seq_len']} (median)", f"{b['median_ms']:.2f} ms ({b['throughput_seq_s']:.0f} seq/s)"))
@@ -35,16 +35,16 @@ def size_lines(m: ArtifactManifest) -> list[str]:
     """What each part of the artifact costs: the graph's parts, the mask file, the task head."""
     sz = m.sizes
     masked = sum(r["shape"][0] * r["shape"][1] for r in m.layers if r.get("masked"))
-    lines = [f"- model.onnx: {_mb(sz['onnx_total'])} = encoder weight codes {_mb(sz.get('weights', 0))} + scales and zero points "
+    lines = [f"- onnx/model.onnx: {_mb(sz['onnx_total'])} = encoder weight codes {_mb(sz.get('weights', 0))} + scales and zero points "
              f"{_mb(sz.get('scales', 0))} + word embeddings {_mb(sz.get('embeddings', 0))} + other {_mb(sz.get('other', 0))} "
              "(biases, LayerNorms, position embeddings, head, graph)"]
     if sz.get("masks"):
         lines.append(f"- mask.npz: {_mb(sz['masks'])} ({8 * sz['masks'] / max(masked, 1):.3f} bits per masked weight; "
-                     "already folded into model.onnx, kept to re-export or to apply to the shared quantized weights)")
+                     "already folded into onnx/model.onnx, kept to re-export or to apply to the shared quantized weights)")
     if "head" in sz:
         lines.append(f"- trainable.safetensors (what the task trained): {_mb(sz['head'])}")
     if "ort_total" in sz:
-        lines.append(f"- model.ort: {_mb(sz['ort_total'])}")
+        lines.append(f"- onnx/model.ort: {_mb(sz['ort_total'])}")
     return lines
 
 

@@ -55,6 +55,9 @@ TASKS = {
 }
 ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli"}
 # the `datasets` library encodes labels as integers in this order (MNLI: entailment, neutral, contradiction)
+# what each class means, in logit order (GLUE's names; the TSV files say 0/1): an app's config.json id2label
+LABEL_NAMES = {"cola": ("unacceptable", "acceptable"), "sst2": ("negative", "positive"), "mrpc": ("not_equivalent", "equivalent"),
+               "qqp": ("not_duplicate", "duplicate"), "wnli": ("not_entailment", "entailment"), "stsb": ("similarity",)}
 HF_LABEL_NAMES = {"mnli": ("entailment", "neutral", "contradiction"), "qnli": ("entailment", "not_entailment"),
                   "rte": ("entailment", "not_entailment")}
 
@@ -176,3 +179,8 @@ def _load_hf(task: Task) -> dict[str, Split]:
         out[ours] = Split(task.name, ours, list(d[cols[0]]), list(d[cols[1]]) if len(cols) == 2 else None,
                           [float(x) if task.is_regression else int(x) for x in labels], f"datasets:glue/{task.name}/{theirs}")
     return out
+
+
+def label_names(task: Task) -> tuple[str, ...]:
+    """Names of the head's outputs in logit order (a regression head's one output is named too)."""
+    return LABEL_NAMES.get(task.name, task.labels or ("score",))

@@ -4,6 +4,7 @@
 """
 from __future__ import annotations
 
+import hashlib
 import json
 import sys
 from pathlib import Path
@@ -13,18 +14,31 @@ import onnxruntime as ort
 from tokenizers import Tokenizer
 
 
+def verified(d: Path, name: str, manifest: dict) -> str:
+    """The path of an artifact file whose SHA-256 is the one its manifest records (refuses an altered file)."""
+    h = hashlib.sha256()
+    with open(d / name, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    if h.hexdigest() != manifest["files"][name]["sha256"]:
+        raise ValueError(f"{d / name}: SHA-256 differs from manifest.json's: the file was altered or truncated; copy the artifact again")
+    return str(d / name)
+
+
 class Classifier:
     def __init__(self, artifact_dir: str | Path):
         d = Path(artifact_dir)
         manifest = json.loads((d / "manifest.json").read_text())
+        graph = "onnx/model.onnx" if "onnx/model.onnx" in manifest["files"] else "model.onnx"  # older artifacts: at the top
         if manifest["validation"].get("passed") is False:  # kept by `compress run` after failing its accuracy guard
             raise ValueError(f"{d}: {manifest['validation']['failure']}; re-export it with `compress export {d} --kernel float`")
         self.task = manifest["task"]["name"]
+        self.labels = json.loads((d / "config.json").read_text())["id2label"] if (d / "config.json").is_file() else {}
         self.inputs = manifest["model"]["inputs"]
-        self.tokenizer = Tokenizer.from_file(str(d / "tokenizer.json"))
+        self.tokenizer = Tokenizer.from_file(verified(d, "tokenizer.json", manifest))
         self.tokenizer.enable_truncation(manifest["config"]["train"]["max_length"])
         self.tokenizer.enable_padding(pad_id=manifest["model"]["pad_token_id"])  # RoBERTa pads with 1, not 0
-        self.session = ort.InferenceSession(str(d / "model.onnx"), providers=["CPUExecutionProvider"])
+        self.session = ort.InferenceSession(verified(d, graph, manifest), providers=["CPUExecutionProvider"])
 
     def logits(self, text_a: list[str], text_b: list[str] | None = None) -> np.ndarray:
         encs = self.tokenizer.encode_batch(list(zip(text_a, text_b)) if text_b else text_a)
@@ -44,7 +58,8 @@ def main(argv: list[str]) -> int:
         print(f"{clf.task}: score {out[0]:.3f}")
     else:
         p = np.exp(out - out.max()) / np.exp(out - out.max()).sum()
-        print(f"{clf.task}: label {int(p.argmax())} (p={p.max():.3f})")
+        k = int(p.argmax())
+        print(f"{clf.task}: label {k} {clf.labels.get(str(k), '')} (p={p.max():.3f})")
     return 0
 
 

@@ -26,10 +26,13 @@ class ExportConfig:
     max_metric_drop: float = 0.01  # deployed graph's dev metric may trail PyTorch's by at most this
     smooth_alpha: float | None = 0.75  # int8 kernel: SmoothQuant-style migration of activation outliers (None: off)
     smooth_max_bits: int = 4  # smooth only weights of this many bits or fewer (8-bit codes stay exact; see weights.Smoothing)
+    activations: str = "token"  # int8 kernel: activation scale per token (batch-independent), or "tensor" (ORT's fused kernels)
 
     def __post_init__(self):
         if self.kernel not in weights.KERNELS:
             raise ValueError(f"kernel '{self.kernel}' is not one of {weights.KERNELS}")
+        if self.activations not in weights.ACTIVATIONS:
+            raise ValueError(f"activations '{self.activations}' is not one of {weights.ACTIVATIONS}")
         if self.smooth_alpha is not None and not 0 < self.smooth_alpha < 1:
             raise ValueError(f"smooth_alpha={self.smooth_alpha} must be in (0, 1), or None for no smoothing")
 
@@ -83,7 +86,7 @@ def export(model: torch.nn.Module, linears: dict[str, QWeight], embedding: tuple
     qkv_bias = {n.input[2]: attention[n.name] for n in fp32.graph.node if n.name in attention and len(n.input) > 2}
     source = shared.source(masks, removed) if shared is not None else None
     shipped, sizes = (weights.quantize_graph(fp32, linears, embedding, kernel=config.kernel, smooth=smooth, attention=attention,
-                                             source=source) if (linears or embedding)
+                                             source=source, activations=config.activations) if (linears or embedding)
                       else (fp32, {"weights": 0, "scales": 0, "embeddings": 0}))
     path.parent.mkdir(parents=True, exist_ok=True)
     if shared is None:

@@ -7,10 +7,15 @@ subgraph (BitShift / Reshape / Cast / Sub) turns the packed bytes back into inte
 "low-bit on disk, int8 in the kernel".
 
 Kernels (``kernel=``):
-  "int8"  DynamicQuantizeLinear(x) -> MatMulInteger(x_q, W_int8) -> Cast -> Mul(x_scale * w_scale):
-          ONNX Runtime's own dynamic-quantization pattern, which it fuses into DynamicQuantizeMatMul
+  "int8"  activations quantized to uint8 at run time -> MatMulInteger(x_q, W_int8) -> Cast -> Mul(x_scale * w_scale)
           (u8 x s8 VNNI/AMX kernels). Per-channel codes feed it exactly; group-wise codes are
           dequantized and re-rounded to per-channel int8 at load (<= 1/254 of the row's range).
+          activations="token" (default): one scale per token (max |x| of its row / 127, zero point
+          128), so a sequence's logits do not depend on its batch-mates or on the padding; Q/K/V
+          are one integer matmul on the packed weight feeding MultiHeadAttention.
+          activations="tensor": ONNX Runtime's own dynamic-quantization pattern, DynamicQuantizeLinear
+          (one scale for the whole padded batch) fused into DynamicQuantizeMatMul / QAttention:
+          faster, but a sequence's logits move with whatever it is batched with.
   "float" W = Cast(codes) * scale folded to fp32 at load -> MatMul: bit-exact with PyTorch.
   "nbits" com.microsoft MatMulNBits (accuracy_level 4: int8 compute) on the packed codes as they are,
           block = the group size (per-channel scales repeated over blocks of <= 256 inputs); no
@@ -40,6 +45,7 @@ from compress.qweight import QWeight, pack_bits
 
 log = logging.getLogger(__name__)
 KERNELS = ("int8", "float", "nbits")
+ACTIVATIONS = ("token", "tensor")  # int8 kernel: activation scales per token, or per tensor (the whole batch)
 NBITS_ACCURACY_LEVEL = 4  # MatMulNBits: quantize the activations to int8 per block, integer dot products
 
 
@@ -242,7 +248,7 @@ def _check(name: str, where: str, got: np.ndarray, expected: np.ndarray) -> None
 
 def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embedding: tuple[str, QWeight] | None,
                    kernel: str = "int8", smooth: Smoothing | None = None, attention: dict[str, tuple[str, str, str]] | None = None,
-                   source: Inline | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
+                   source: Inline | None = None, activations: str = "token") -> tuple[onnx.ModelProto, dict[str, int]]:
     """Replace every quantized weight by its integer encoding: fused Attention -> QAttention with the
     packed int8 Q/K/V weight, MatMul -> integer matmul, word-embedding Gather -> int8 Gather.
 
@@ -251,6 +257,9 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
     """
     if kernel not in KERNELS:
         raise ValueError(f"kernel '{kernel}' is not one of {KERNELS}")
+    if activations not in ACTIVATIONS:
+        raise ValueError(f"activations '{activations}' is not one of {ACTIVATIONS}")
+    per_token = activations == "token"
     graph = model.graph
     inits = {i.name: i for i in graph.initializer}
     consumers: dict[str, list[onnx.NodeProto]] = {}
@@ -265,12 +274,37 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
     qkv = {lin: (fused[att], j) for att, names in (attention or {}).items() if att in fused for j, lin in enumerate(names)}
     bld, drop_nodes, drop_inits, dql = _Builder(source, compact=getattr(source, "compact", False)), set(), set(), {}
 
-    def quantized_input(x: str, base: str, sm: str | None = None) -> list[str]:
+    def quantized_input(x: str, base: str, sm: str | None, channels: int) -> list[str]:
+        """-> (uint8 codes, scale, zero point) of activation x (divided by the smoothing factors sm), made once per
+        activation and smoothing and shared by its consumers: scale [..., 1] per token, or one per tensor."""
         key = (x, sm)
-        if key not in dql:  # one DynamicQuantizeLinear per activation (and smoothing), shared by its consumers
+        if key not in dql:
             xs = x if sm is None else bld.node("Div", [x, sm], base)[0]
-            dql[key] = bld.node("DynamicQuantizeLinear", [xs], base, outputs=[bld.name(f"{x}_q"), bld.name(f"{x}_scale"), bld.name(f"{x}_zp")])
+            if per_token:  # tokens as rows [tokens, channels]: QuantizeLinear and DequantizeLinear per row (axis 0)
+                rows = bld.node("Reshape", [xs, bld.const(base, np.array([-1, channels], np.int64))], base)[0]
+                absmax = bld.node("ReduceMax", [bld.node("Abs", [rows], base)[0]], base, axes=[1], keepdims=0)[0]
+                absmax = bld.node("Max", [absmax, bld.const(base, np.array(2.0**-24, np.float32))], base)[0]
+                scale = bld.node("Div", [absmax, bld.const(base, np.array(127.0, np.float32))], base, outputs=[bld.name(f"{x}_scale")])[0]
+                zps = bld.node("Expand", [bld.const(base, np.array(128, np.uint8)), bld.node("Shape", [scale], base)[0]], base)[0]
+                q = bld.node("QuantizeLinear", [rows, scale, zps], base, outputs=[bld.name(f"{x}_q")], axis=0)[0]  # |x/scale| <= 127
+                lead = bld.node("Slice", [bld.node("Shape", [x], base)[0], bld.const(base, np.array([0], np.int64)),
+                                          bld.const(base, np.array([-1], np.int64))], base)[0]
+                dql[key] = [q, scale, bld.const(base, np.array(128, np.uint8)), lead]
+            else:
+                dql[key] = bld.node("DynamicQuantizeLinear", [xs], base, outputs=[bld.name(f"{x}_q"), bld.name(f"{x}_scale"), bld.name(f"{x}_zp")])
         return dql[key]
+
+    def int8_matmul(x: str, y: str, base: str, wt: str, w_scale: str, sm: str | None, shape: tuple[int, int]) -> None:
+        """y = x @ W^T through the integer kernel: W [rows, cols] = `shape` as int8 [cols, rows] with per-row scales w_scale."""
+        xq, xs, xzp, *lead = quantized_input(x, base, sm, shape[1])
+        acc = bld.node("MatMulInteger", [xq, wt, xzp], base)[0]
+        if per_token:  # int32 [tokens, outputs] * token scales (per row) * weight scales, back to [..., outputs]
+            yf = bld.node("Mul", [bld.node("DequantizeLinear", [acc, xs], base, axis=0)[0], w_scale], base)[0]
+            shape = bld.node("Concat", [lead[0], bld.const(base, np.array([shape[0]], np.int64))], base, axis=0)[0]
+            bld.node("Reshape", [yf, shape], base, outputs=[y])
+        else:
+            acc = bld.node("Cast", [acc], base, to=TensorProto.FLOAT)[0]
+            bld.node("Mul", [acc, bld.node("Mul", [xs, w_scale], base)[0]], base, outputs=[y])
 
     def smoothing(names: list[str]) -> str | None:
         bits = max(linears[n].bits for n in names)
@@ -298,12 +332,7 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
                 bld.matmul_nbits(name, x, y, w)
             else:
                 sm = smoothing([name])
-                wt, s8 = bld.int8_weight(name, w, sm)
-                xq, xs, xzp = quantized_input(x, name, sm)
-                acc = bld.node("MatMulInteger", [xq, wt, xzp], name)[0]
-                accf = bld.node("Cast", [acc], name, to=TensorProto.FLOAT)[0]
-                scale = bld.node("Mul", [xs, s8], name)[0]
-                bld.node("Mul", [accf, scale], name, outputs=[y])
+                int8_matmul(x, y, name, *bld.int8_weight(name, w, sm), sm, w.shape)
             drop_nodes.add(id(mm))
             drop_inits.add(mm.input[1])
     for att_name, names in attentions.items():
@@ -324,11 +353,21 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
             int8 = [bld.int8_weight(n, linears[n], sm) for n in names]
             parts = [wt for wt, _ in int8]
             col_scale = bld.node("Concat", [s8 for _, s8 in int8], base, axis=0)[0]  # per column of the packed weight
-            xq, xs, xzp = quantized_input(att.input[0], base, sm)
+            packed = bld.node("Concat", parts, base, axis=1)[0]
             mask_index = att.input[3] if len(att.input) > 3 else ""
-            new = helper.make_node("QAttention", [xq, bld.node("Concat", parts, base, axis=1)[0], att.input[2], xs, col_scale,
-                                                  mask_index, xzp], list(att.output), name=bld.name(base), domain="com.microsoft")
-            new.attribute.extend(a for a in att.attribute if a.name in ("num_heads", "unidirectional"))
+            if per_token:  # QAttention takes one input scale: project Q/K/V as one integer matmul, then attend
+                qkv_out = bld.name(f"{base}/qkv")
+                int8_matmul(att.input[0], qkv_out, base, packed, col_scale, sm,
+                            (sum(linears[n].shape[0] for n in names), linears[names[0]].shape[1]))
+                q, k, v = bld.node("Split", [qkv_out], base, outputs=[bld.name(f"{base}/{p}") for p in "qkv"], axis=-1)
+                new = helper.make_node("MultiHeadAttention", [q, k, v, att.input[2], mask_index], list(att.output),
+                                       name=bld.name(base), domain="com.microsoft")
+                new.attribute.extend(a for a in att.attribute if a.name == "num_heads")
+            else:
+                xq, xs, xzp = quantized_input(att.input[0], base, sm, linears[names[0]].shape[1])
+                new = helper.make_node("QAttention", [xq, packed, att.input[2], xs, col_scale, mask_index, xzp], list(att.output),
+                                       name=bld.name(base), domain="com.microsoft")
+                new.attribute.extend(a for a in att.attribute if a.name in ("num_heads", "unidirectional"))
         bld.nodes.append(new)
         drop_nodes.add(id(att))
         drop_inits.add(att.input[1])

@@ -69,8 +69,8 @@ def test_run_on_a_backbone_learns_the_mask_on_its_codes(rtn_backbone, mini_glue,
     masks = {k: v.numpy() for k, v in masking.masks(model).items()}
     for name, qw in prepare(model, qweights)[0].items():
         assert np.array_equal(qw.codes, np.where(masks[name], stored[name].codes, 0))
-    before = (out / "model.onnx").read_bytes()
-    assert invoke("export", out).exit_code == 0 and (out / "model.onnx").read_bytes() == before
+    before = (out / "onnx" / "model.onnx").read_bytes()
+    assert invoke("export", out).exit_code == 0 and (out / "onnx" / "model.onnx").read_bytes() == before
     # the backbone moved: a clear error, then --backbone says where it is now
     moved = tmp_path / "moved"
     shutil.copytree(rtn_backbone, moved)

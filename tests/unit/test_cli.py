@@ -18,10 +18,10 @@ def test_tiny_run_writes_a_complete_artifact(run_args, tmp_path):
     assert r.exit_code == 0, r.output
     out = tmp_path / "out"
     names = {p.name for p in out.iterdir()}
-    assert {"model.onnx", "mask.npz", "calibration.npz", "trainable.safetensors", "tokenizer.json", "manifest.json", "report.md"} <= names
+    assert {"onnx", "config.json", "mask.npz", "calibration.npz", "trainable.safetensors", "tokenizer.json", "manifest.json", "report.md"} <= names
     m = json.loads((out / "manifest.json").read_text())
     assert m["config"]["quant"]["bits"] == 4 and m["task"]["name"] == "mrpc" and m["model"]["pooling"] == "pooler"
-    assert m["validation"]["parity_max_abs_diff"] < 1e-4 and set(m["files"]) >= {"model.onnx", "mask.npz"}
+    assert m["validation"]["parity_max_abs_diff"] < 1e-4 and set(m["files"]) >= {"onnx/model.onnx", "mask.npz", "config.json"}
     assert len(m["layers"]) == 2 * 6 + 1 and all(0.9 < l["density"] <= 1 for l in m["layers"])
     assert "dev f1 (ONNX Runtime)" in r.output and m["command"].startswith("compress run")
     # a stage rerun on its own reads only the directory
@@ -32,21 +32,28 @@ def test_tiny_run_writes_a_complete_artifact(run_args, tmp_path):
     from pathlib import Path
     app = subprocess.run([sys.executable, str(Path(__file__).parents[2] / "examples" / "classify.py"), str(out), "a b", "c d"],
                          capture_output=True, text=True)
-    assert app.returncode == 0 and app.stdout.startswith("mrpc: label "), app.stderr
+    assert app.returncode == 0 and app.stdout.startswith("mrpc: label ") and "equivalent" in app.stdout, app.stderr
+    import shutil
+    altered = shutil.copytree(out, tmp_path / "altered")
+    with open(altered / "onnx" / "model.onnx", "ab") as f:
+        f.write(b"\0")
+    app = subprocess.run([sys.executable, str(Path(__file__).parents[2] / "examples" / "classify.py"), str(altered), "a b", "c d"],
+                         capture_output=True, text=True)
+    assert app.returncode != 0 and "SHA-256 differs" in app.stderr
     # re-export without retraining: the same graph from mask.npz + trainable.safetensors
     e = invoke("export", str(out))
     assert e.exit_code == 0, e.output
     m2 = json.loads((out / "manifest.json").read_text())
-    assert m2["files"]["model.onnx"]["sha256"] == m["files"]["model.onnx"]["sha256"]
+    assert m2["files"]["onnx/model.onnx"]["sha256"] == m["files"]["onnx/model.onnx"]["sha256"]
     assert m2["validation"]["parity_max_abs_diff"] < 1e-4 and m2["exported_by"] == f"compress export {out}"
     o = invoke("export", str(out), "--format", "ort")
     assert o.exit_code == 0, o.output
     m3 = json.loads((out / "manifest.json").read_text())
-    assert {"model.ort", "model.required_operators.config"} <= set(m3["files"]) and m3["validation"]["ort_max_abs_diff"] < 1e-4
-    assert m3["files"]["model.onnx"]["sha256"] == m["files"]["model.onnx"]["sha256"]  # converted, not rebuilt
+    assert {"onnx/model.ort", "onnx/model.required_operators.config"} <= set(m3["files"]) and m3["validation"]["ort_max_abs_diff"] < 1e-4
+    assert m3["files"]["onnx/model.onnx"]["sha256"] == m["files"]["onnx/model.onnx"]["sha256"]  # converted, not rebuilt
     f = invoke("export", str(out), "--kernel", "float")
     assert f.exit_code == 0 and "kernel float" in f.output
-    assert not (out / "model.ort").exists()  # a rebuilt graph drops the .ort made from the old one
+    assert not (out / "onnx" / "model.ort").exists()  # a rebuilt graph drops the .ort made from the old one
     m = json.loads((out / "manifest.json").read_text())
     # refuses to overwrite, and leaves the artifact as it was
     again = invoke(*run_args)
@@ -64,7 +71,7 @@ def test_weights_mode(run_args, tmp_path, bits):
     assert (m["sizes"]["weights"] == 0) == (bits == "32")
     e = invoke("export", str(out))  # post-training quantization is redone identically from the saved weights
     assert e.exit_code == 0, e.output
-    assert json.loads((out / "manifest.json").read_text())["files"]["model.onnx"]["sha256"] == m["files"]["model.onnx"]["sha256"]
+    assert json.loads((out / "manifest.json").read_text())["files"]["onnx/model.onnx"]["sha256"] == m["files"]["onnx/model.onnx"]["sha256"]
 
 
 def test_two_bits_default_to_gptq_asymmetric_groups(run_args, tmp_path):
@@ -80,7 +87,7 @@ def test_two_bits_default_to_gptq_asymmetric_groups(run_args, tmp_path):
     # GPTQ is redone from the calibration tokens saved in the artifact: the same graph, without the data
     e = invoke("export", str(out))
     assert e.exit_code == 0, e.output
-    assert json.loads((out / "manifest.json").read_text())["files"]["model.onnx"]["sha256"] == m["files"]["model.onnx"]["sha256"]
+    assert json.loads((out / "manifest.json").read_text())["files"]["onnx/model.onnx"]["sha256"] == m["files"]["onnx/model.onnx"]["sha256"]
     n = invoke("export", str(out), "--kernel", "nbits")
     assert n.exit_code == 0 and "kernel nbits" in n.output
     (out / "calibration.npz").unlink()
@@ -143,11 +150,11 @@ def test_ffn_keep_removes_neurons_from_the_graph(run_args, tmp_path):
     m = json.loads((out / "manifest.json").read_text())
     assert m["ffn_neurons"] == {f"encoder.encoder.layer.{i}.output.dense": [64, 128] for i in range(2)}
     assert [h["ffn_keep"] for h in m["training"]["history"]][-1] == 0.5 and m["config"]["mask"]["ffn_keep"] == 0.5
-    before = (out / "model.onnx").read_bytes()
+    before = (out / "onnx" / "model.onnx").read_bytes()
     e = invoke("export", str(out))  # restored from mask.npz alone: the same neurons leave the same graph
     assert e.exit_code == 0, e.output
     assert json.loads((out / "manifest.json").read_text())["ffn_neurons"] == m["ffn_neurons"]
-    assert (out / "model.onnx").read_bytes() == before
+    assert (out / "onnx" / "model.onnx").read_bytes() == before
     assert "ffn_keep=1.5" in error_line(invoke(*run_args, "--ffn-keep", "1.5"))
 
 

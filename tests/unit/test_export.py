@@ -63,7 +63,7 @@ def test_export_parity_every_bit_width(tiny_classifier, tmp_path, bits, group, s
 def test_ort_folds_unpacking_and_runs_integer_kernels(tiny_classifier, tmp_path):
     clf, _ = tiny_classifier
     linears, embedding = prepare(clf, masked_quantized(clf, 4))
-    export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(), sample())
+    export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(activations="tensor"), sample())
     open_session(tmp_path / "model.onnx", optimized_path=tmp_path / "opt.onnx")
     opt = onnx.load(str(tmp_path / "opt.onnx")).graph
     ops = Counter(n.op_type for n in opt.node)
@@ -77,6 +77,57 @@ def test_ort_folds_unpacking_and_runs_integer_kernels(tiny_classifier, tmp_path)
         if n.op_type == "QAttention":
             assert inits[n.input[1]].data_type == onnx.TensorProto.INT8 and list(inits[n.input[1]].dims) == [64, 192]
             assert list(inits[n.input[4]].dims) == [192]  # per-column weight scales
+
+
+def test_per_token_graph_runs_integer_matmuls(tiny_classifier, tmp_path):
+    clf, _ = tiny_classifier
+    linears, embedding = prepare(clf, masked_quantized(clf, 4))
+    export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(), sample())
+    open_session(tmp_path / "model.onnx", optimized_path=tmp_path / "opt.onnx")
+    opt = onnx.load(str(tmp_path / "opt.onnx")).graph
+    ops = Counter(n.op_type for n in opt.node)
+    layers = clf.encoder.config.num_hidden_layers
+    # one integer matmul per projection, Q/K/V packed into one; attention itself in float; no per-tensor scale anywhere
+    assert ops["MatMulInteger"] + ops["MatMulIntegerToFloat"] == len(linears) - 2 * layers
+    assert ops["MultiHeadAttention"] == layers and ops["QAttention"] == 0 and ops["DynamicQuantizeLinear"] == 0
+    assert ops["BitShift"] == 0 and ops["MatMul"] == 0
+    inits = {i.name: i for i in opt.initializer}
+    assert all(inits[n.input[1]].data_type == onnx.TensorProto.INT8 for n in opt.node if n.op_type == "MatMulInteger")
+
+
+def _rows(feeds, rows, length=None):
+    """feeds restricted to `rows`, cut or padded to `length` tokens."""
+    out = {k: v[rows] for k, v in feeds.items()}
+    if length is not None:
+        n = out["input_ids"].shape[1]
+        out = {k: (v[:, :length] if length <= n else np.pad(v, ((0, 0), (0, length - n)))) for k, v in out.items()}
+    return out
+
+
+@pytest.mark.parametrize("activations,independent", [("token", True), ("tensor", False)])
+def test_logits_do_not_depend_on_batch_or_padding(tiny_classifier, tmp_path, activations, independent):
+    """Per-token activation scales: a sequence's logits are the same alone, in any batch, with any padding
+    (to float summation order); per-tensor scales move them with the batch's largest activation."""
+    clf, _ = tiny_classifier
+    linears, embedding = prepare(clf, masked_quantized(clf, 4))
+    rng = np.random.default_rng(0)
+    batch, length = 6, 20
+    lens = np.array([20, 7, 12, 20, 3, 15])
+    feeds = {"input_ids": rng.integers(1000, 3000, (batch, length)), "attention_mask": (np.arange(length) < lens[:, None]).astype(np.int64),
+             "token_type_ids": np.zeros((batch, length), np.int64)}
+    feeds["input_ids"] = feeds["input_ids"] * feeds["attention_mask"]
+    export(clf, linears, embedding, tmp_path / "m.onnx", ExportConfig(activations=activations), sample())
+    sess = open_session(tmp_path / "m.onnx")
+    together = run_logits(sess, feeds)
+    worst = 0.0
+    for i in range(batch):
+        alone = run_logits(sess, _rows(feeds, [i], int(lens[i])))  # no padding at all
+        padded = run_logits(sess, _rows(feeds, [i], 64))  # padded far beyond its length
+        worst = max(worst, float(np.abs(alone - together[i]).max()), float(np.abs(padded - together[i]).max()))
+    if independent:
+        assert worst < 1e-6  # measured 0.0
+    else:
+        assert worst > 1e-5  # the test can tell the difference (measured 6e-5: this tiny model's logits are ~0.1)
 
 
 @pytest.mark.parametrize("bits,group,symmetric", [(4, None, True), (4, 16, False), (2, 16, False), (1, None, True)])
@@ -120,7 +171,8 @@ def test_mismatched_weights_are_refused(tiny_classifier, tmp_path):
 
 
 def test_smoothing_evens_out_activation_outliers(tiny_classifier, tmp_path):
-    """One input channel 30x larger than the rest (as ahead of MiniLM's FFNs): smoothing cuts the int8 error."""
+    """One input channel 30x larger than the rest (as ahead of MiniLM's FFNs): smoothing cuts the int8 error
+    (shown with one activation scale per tensor, where the outlier costs most)."""
     from compress import calibration
 
     clf, _ = tiny_classifier
@@ -132,7 +184,7 @@ def test_smoothing_evens_out_activation_outliers(tiny_classifier, tmp_path):
     calib = calibration.batches({k: v.astype(np.int32) for k, v in feeds.items()})
     err = {}
     for alpha in (None, 0.75):
-        res = export(clf, linears, embedding, tmp_path / f"{alpha}.onnx", ExportConfig(smooth_alpha=alpha), feeds, calib)
+        res = export(clf, linears, embedding, tmp_path / f"{alpha}.onnx", ExportConfig(smooth_alpha=alpha, activations="tensor"), feeds, calib)
         assert res.parity_max_abs_diff < 1e-4  # the exact graph is not smoothed
         err[alpha] = res.deployed_max_abs_diff
     assert err[0.75] < 0.6 * err[None], err
@@ -142,4 +194,5 @@ def test_smoothing_evens_out_activation_outliers(tiny_classifier, tmp_path):
     # 8-bit codes are exact int8 already: they are not re-rounded, so not smoothed
     linears8, embedding8 = prepare(clf, masked_quantized(clf, 8))
     export(clf, linears8, embedding8, tmp_path / "8bit.onnx", ExportConfig(), feeds, calib)
-    assert Counter(n.op_type for n in onnx.load(str(tmp_path / "8bit.onnx")).graph.node)["Div"] == 0
+    assert not any(".smooth" in i.name for i in onnx.load(str(tmp_path / "8bit.onnx")).graph.initializer)
+    assert any(".smooth" in i.name for i in onnx.load(str(tmp_path / "0.75.onnx")).graph.initializer)

@@ -90,10 +90,10 @@ def test_pack_graph_folds_to_the_standalone_int8_weights(trained, packed):
     feeds = inputs(3, 17, seed=7)
     feeds["attention_mask"][2, 9:] = 0
     for name in ("mrpc", "sst2"):
-        assert logits_parity(packed / f"{name}.onnx", trained / name / "model.onnx", feeds) <= 1e-5
+        assert logits_parity(packed / f"{name}.onnx", trained / name / "onnx" / "model.onnx", feeds) <= 1e-5
     open_session(packed / "mrpc.onnx", optimized_path=trained / "opt.onnx")
     ops = Counter(n.op_type for n in onnx.load(str(trained / "opt.onnx"), load_external_data=False).graph.node)
-    assert ops["QAttention"] == 2 and ops["DynamicQuantizeMatMul"] + ops["MatMulIntegerToFloat"] == 6
+    assert ops["MultiHeadAttention"] == 2 and ops["MatMulInteger"] + ops["MatMulIntegerToFloat"] == 8  # per layer: QKV, out, FFN x 2
     assert ops["BitShift"] == ops["ScatterElements"] == ops["NonZero"] == ops["CumSum"] == 0
 
 
@@ -105,7 +105,7 @@ def test_pack_api_predicts_like_the_artifacts(trained, packed, glue2):
 
     texts = ["a great film , 3 times over", "a dull film"]
     assert p.predict("sst2", texts) == [str(i) for i in p.logits("sst2", texts).argmax(-1)] and list(p._sessions) == ["sst2"]
-    ref = evaluate.texts_logits(open_session(trained / "sst2" / "model.onnx"), trained / "sst2" / "tokenizer.json", 128, texts, None)
+    ref = evaluate.texts_logits(open_session(trained / "sst2" / "onnx" / "model.onnx"), trained / "sst2" / "tokenizer.json", 128, texts, None)
     assert np.abs(p.logits("sst2", texts) - ref).max() <= 1e-5
     assert len(p.predict("mrpc", ["one", "two"], ["uno", "dos"])) == 2
     with pytest.raises(KeyError, match="no task 'cola'"):
@@ -144,7 +144,7 @@ def test_ffn_keep_artifacts_pack_and_materialize(trained, tmp_path):
     assert t.ffn_neurons == {f"encoder.encoder.layer.{i}.output.dense": [64, 128] for i in range(2)} and t.parity_max_abs_diff <= 1e-5
     r = invoke("materialize", out, "mrpc", "--out", tmp_path / "mat")
     assert r.exit_code == 0, r.output
-    assert logits_parity(tmp_path / "mat" / "model.onnx", trained / "mrpc-ffn" / "model.onnx", inputs(2, 11, seed=3)) <= 1e-5
+    assert logits_parity(tmp_path / "mat" / "onnx" / "model.onnx", trained / "mrpc-ffn" / "onnx" / "model.onnx", inputs(2, 11, seed=3)) <= 1e-5
     # the recovered mask removes the same neurons: a re-export gives the same graph's logits
     a, b = masking.load_masks(trained / "mrpc-ffn" / "mask.npz"), masking.load_masks(tmp_path / "mat" / "mask.npz")
     second = "encoder.encoder.layer.0.output.dense"
@@ -158,9 +158,11 @@ def test_materialize_gives_a_standalone_artifact(trained, packed, tmp_path):
     assert r.exit_code == 0, r.output
     m = mf.read(out, mf.ArtifactManifest)
     assert m.materialized_from["task"] == "sst2" and m.validation["pack_max_abs_diff"] == 0.0
-    assert logits_parity(out / "model.onnx", trained / "sst2" / "model.onnx", inputs(2, 9, seed=5)) <= 1e-5
-    onnx.checker.check_model(str(out / "model.onnx"), full_check=True)
-    assert not [i for i in onnx.load(str(out / "model.onnx")).graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
+    # the Hugging Face layout, as a trained artifact has it
+    assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
+    assert logits_parity(out / "onnx" / "model.onnx", trained / "sst2" / "onnx" / "model.onnx", inputs(2, 9, seed=5)) <= 1e-5
+    onnx.checker.check_model(str(out / "onnx" / "model.onnx"), full_check=True)
+    assert not [i for i in onnx.load(str(out / "onnx" / "model.onnx")).graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
     orig = masking.load_masks(trained / "sst2" / "mask.npz")
     assert all(np.array_equal(v, masking.load_masks(out / "mask.npz")[k]) for k, v in orig.items())
     from safetensors.numpy import load_file
@@ -224,7 +226,7 @@ def test_other_grids_pack_exactly(tiny_model_dir, glue2, tmp_path, bits):
     assert r.exit_code == 0, r.output
     _, pm = pack(PackConfig((str(tmp_path / "a"),), str(tmp_path / "p"), memory=False))
     assert pm.tasks["sst2"].parity_max_abs_diff <= 1e-5
-    assert logits_parity(tmp_path / "p" / "sst2.onnx", tmp_path / "a" / "model.onnx", inputs(2, 13, seed=4)) <= 1e-5
+    assert logits_parity(tmp_path / "p" / "sst2.onnx", tmp_path / "a" / "onnx" / "model.onnx", inputs(2, 13, seed=4)) <= 1e-5
 
 
 def test_a_failed_accuracy_guard_is_packed_only_when_allowed(trained, glue2, tmp_path):
