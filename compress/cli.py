@@ -191,7 +191,7 @@ def quantize(model, bits, group_size, symmetric, quantizer, calibration_examples
               help="Where the backbone the artifact was trained on is now [the path its manifest records].")
 @click.option("--with-tokenizer", is_flag=True,
               help="Also write onnx/model_with_tokenizer.onnx: raw strings in (text, text_pair), the tokenizer inside the graph "
-                   "(onnxruntime-extensions' BertTokenizer op; the app registers its custom-op library).")
+                   "(onnxruntime-extensions' BERT tokenizer ops; the app registers its custom-op library).")
 def export_cmd(artifact_dir, kernel, activations, fmt, backbone, with_tokenizer):
     """Re-export ARTIFACT_DIR from its mask and head, without retraining, and verify it."""
     from compress.pipeline import reexport

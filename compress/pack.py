@@ -129,14 +129,15 @@ def _pack_task(d: Path, m: mf.ArtifactManifest, backbone, shared, out: Path):
     task_json = out / f"{m.task.name}.json.gz"
     task_json.write_bytes(gzip.compress(json.dumps({k: v for k, v in m.to_dict().items() if k != "files"}).encode(), mtime=0))
     masked = sum(r["shape"][0] * r["shape"][1] for r in m.layers if r.get("masked"))
+    source_graph = m.files[own_graph.relative_to(d).as_posix()]
     own = graph.stat().st_size + task_json.stat().st_size
     log.info("packed %s: %d bytes (%.3f bits per masked weight), parity %.2g", m.task.name, own, 8 * own / max(masked, 1), parity)
     return mf.PackTask(
         name=m.task.name, onnx=graph.name, metric=m.task.metric, labels=m.task.labels, max_length=m.config.train.max_length,
         pad_token_id=m.model.pad_token_id, inputs=m.model.inputs, metrics=m.metrics.onnx, masked_weights=masked, bytes=own,
         bits_per_masked_weight=8 * own / max(masked, 1), parity_max_abs_diff=parity, guard_passed=m.passed,
-        source={"artifact": str(d.resolve()), "manifest_sha256": mf.manifest_sha256(d), "model_onnx_sha256": m.files[own_graph.relative_to(d).as_posix()].sha256,
-                "model_onnx_bytes": m.files[own_graph.relative_to(d).as_posix()].bytes, "mask_bytes": res.sizes.get("masks", 0)},
+        source={"artifact": str(d.resolve()), "manifest_sha256": mf.manifest_sha256(d), "model_onnx_sha256": source_graph.sha256,
+                "model_onnx_bytes": source_graph.bytes, "mask_bytes": res.sizes.get("masks", 0)},
         ffn_neurons=res.ffn_neurons), model
 
 

@@ -55,9 +55,9 @@ class WeightMatchError(RuntimeError):
 
 @dataclass
 class Smoothing:
-    """SmoothQuant (Xiao et al. 2023) for the int8 kernel: activations are quantized per tensor at run
-    time, so a few outlier input channels (MiniLM: up to 15x the median channel's range ahead of the
-    FFN) cost every other channel its resolution. Dividing input channel j by s_j and multiplying
+    """SmoothQuant (Xiao et al. 2023) for the int8 kernel: activations are quantized per token (or per
+    tensor) at run time, one scale across all channels, so a few outlier input channels (MiniLM: up to
+    15x the median channel's range ahead of the FFN) cost every other channel its resolution. Dividing input channel j by s_j and multiplying
     the weight's column j by s_j leaves the product unchanged and evens the ranges out:
     s_j = max|x_j|^alpha / max|W_j|^(1 - alpha), x's ranges from calibration text. The weight is then
     rounded to int8 per output channel at load (<= 1/254 of the row's range); the file keeps the
@@ -249,8 +249,9 @@ def _check(name: str, where: str, got: np.ndarray, expected: np.ndarray) -> None
 def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embedding: tuple[str, QWeight] | None,
                    kernel: str = "int8", smooth: Smoothing | None = None, attention: dict[str, tuple[str, str, str]] | None = None,
                    source: Inline | None = None, activations: str = "token") -> tuple[onnx.ModelProto, dict[str, int]]:
-    """Replace every quantized weight by its integer encoding: fused Attention -> QAttention with the
-    packed int8 Q/K/V weight, MatMul -> integer matmul, word-embedding Gather -> int8 Gather.
+    """Replace every quantized weight by its integer encoding: fused Attention -> one integer matmul on the packed int8
+    Q/K/V weight + MultiHeadAttention (activations="tensor": QAttention), MatMul -> integer matmul, word-embedding
+    Gather -> int8 Gather.
 
     attention: fused Attention node name -> the (Q, K, V) module names it was built from (fusions.optimize).
     Returns the new model and byte counts {weights, scales, embeddings} of the initializers written.
@@ -276,7 +277,8 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
 
     def quantized_input(x: str, base: str, sm: str | None, channels: int) -> list[str]:
         """-> (uint8 codes, scale, zero point) of activation x (divided by the smoothing factors sm), made once per
-        activation and smoothing and shared by its consumers: scale [..., 1] per token, or one per tensor."""
+        activation and smoothing and shared by its consumers. Per token: codes [tokens, channels], scales [tokens], and
+        the shape of x without its last axis (to restore the matmul's output); per tensor: DynamicQuantizeLinear's outputs."""
         key = (x, sm)
         if key not in dql:
             xs = x if sm is None else bld.node("Div", [x, sm], base)[0]
