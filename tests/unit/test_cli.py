@@ -51,6 +51,11 @@ def test_tiny_run_writes_a_complete_artifact(run_args, tmp_path):
     m3 = json.loads((out / "manifest.json").read_text())
     assert {"onnx/model.ort", "onnx/model.required_operators.config"} <= set(m3["files"]) and m3["validation"]["ort_max_abs_diff"] < 1e-4
     assert m3["files"]["onnx/model.onnx"]["sha256"] == m["files"]["onnx/model.onnx"]["sha256"]  # converted, not rebuilt
+    t = invoke("export", str(out), "--activations", "tensor")  # ORT's fused per-tensor kernels, recorded in the manifest
+    assert t.exit_code == 0, t.output
+    assert json.loads((out / "manifest.json").read_text())["config"]["export"]["activations"] == "tensor"
+    import onnx
+    assert "DynamicQuantizeLinear" in {n.op_type for n in onnx.load(str(out / "onnx" / "model.onnx")).graph.node}
     f = invoke("export", str(out), "--kernel", "float")
     assert f.exit_code == 0 and "kernel float" in f.output
     assert not (out / "onnx" / "model.ort").exists()  # a rebuilt graph drops the .ort made from the old one
