@@ -220,6 +220,7 @@ class ArtifactManifest(Manifest):
     config: RunSettings
     backbone: BackboneRef | None = None
     density: float = 1.0
+    mask_sha256: str | None = None  # masking.mask_sha256 of the learned mask (structure mode): the same run gives the same hash
     layers: list[dict] = field(default_factory=list)
     training: Training = field(default_factory=lambda: Training([], 0, 0.0))
     metrics: Metrics = field(default_factory=lambda: Metrics({}, {}))
@@ -241,7 +242,8 @@ class ArtifactManifest(Manifest):
     def from_dict(cls, d: dict) -> ArtifactManifest:
         bb = d.get("backbone")
         return cls(**cls._envelope(d), model=ModelInfo(**d["model"]), task=TaskInfo(**d["task"]), config=RunSettings.from_dict(d["config"]),
-                   backbone=BackboneRef(**bb) if bb else None, density=d.get("density", 1.0), layers=d.get("layers", []),
+                   backbone=BackboneRef(**bb) if bb else None, density=d.get("density", 1.0), mask_sha256=d.get("mask_sha256"),
+                   layers=d.get("layers", []),
                    training=Training(**d["training"]), metrics=Metrics(**d["metrics"]), validation=d.get("validation", {}),
                    fusions=d.get("fusions", {}), ffn_neurons=d.get("ffn_neurons", {}), sizes=d.get("sizes", {}), bench=d.get("bench", {}),
                    seconds=d.get("seconds", 0.0), exported_by=d.get("exported_by"), materialized_from=d.get("materialized_from"))

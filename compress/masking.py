@@ -15,6 +15,7 @@ cubic schedule over the first ``ffn_ramp`` of training, so the pretrained networ
 from __future__ import annotations
 
 import copy
+import hashlib
 import logging
 from pathlib import Path
 from dataclasses import dataclass
@@ -198,6 +199,15 @@ def set_masks_(model: torch.nn.Module, mask_by_name: dict[str, np.ndarray | torc
 # 0.5), or the positions of its rarer value as gaps between them (compress.qweight.gap_encode), which at
 # density 0.95 costs ~0.32 bits per weight against an entropy of 0.31. The .npz is deflated on top.
 # Plain numpy arrays: any numpy can read it.
+def mask_sha256(masks_: dict[str, np.ndarray]) -> str:
+    """A mask's identity, independent of how mask.npz codes it: SHA-256 over each layer's name, shape and bits, by name."""
+    h = hashlib.sha256()
+    for name in sorted(masks_):
+        m = np.asarray(masks_[name]).astype(bool)
+        h.update(name.encode() + b"\0" + np.array(m.shape, np.int64).tobytes() + np.packbits(m.ravel()).tobytes())
+    return h.hexdigest()
+
+
 def save_masks(path, model: torch.nn.Module) -> int:
     """Write mask.npz; returns its size in bytes."""
     return write_masks(path, {name: m.numpy() for name, m in masks(model).items()})

@@ -243,7 +243,7 @@ def materialize(pack_dir: str | Path, task: str, out: str | Path, overwrite: boo
     the tokenizer, mask.npz and trainable.safetensors recovered from the graph, the task's manifest."""
     import onnx
 
-    from compress import report
+    from compress import masking, report
     from compress.runtimes.bench import sample
 
     pack_dir, out = Path(pack_dir), Path(out)
@@ -270,6 +270,7 @@ def materialize(pack_dir: str | Path, task: str, out: str | Path, overwrite: boo
         parity = logits_parity(graph, pack_dir / t.onnx, sample())
         m.materialized_from = {"pack": str(pack_dir.resolve()), "manifest_sha256": mf.manifest_sha256(pack_dir), "task": task}
         m.sizes = {**m.sizes, "onnx_total": graph.stat().st_size, "masks": (tmp / "mask.npz").stat().st_size}
+        m.mask_sha256 = masking.mask_sha256(masking.load_masks(tmp / "mask.npz"))  # dropped FFN neurons' rows come back unpruned
         m.validation = {**m.validation, "pack_max_abs_diff": parity}
         m.command = command or m.command
         (tmp / "report.md").write_text(report.render(m))

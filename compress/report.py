@@ -20,7 +20,7 @@ def summary_rows(m: ArtifactManifest) -> list[tuple[str, str]]:
         (f"dev {metric} (ONNX Runtime)", f"{o[metric]:.4f}"),
         ("prediction agreement", f"{v['agreement']:.4f}"),
         ("max abs logit diff, float kernel / shipped", f"{v['parity_max_abs_diff']:.2e} / {v['dev_max_abs_diff']:.2e}"),
-        ("mask density", f"{m.density:.4f}"),
+        ("mask density", f"{m.density:.4f}" + (f" (mask SHA-256 {m.mask_sha256[:12]}...)" if m.mask_sha256 else "")),
         *([("FFN neurons kept", "{} of {} (the rest removed from the graph)".format(*map(sum, zip(*m.ffn_neurons.values()))))]
           if m.ffn_neurons else []),
         *([("backbone", f"{m.backbone.path} (weights SHA-256 {m.backbone.sha256[:12]}...)")] if m.backbone else []),
