@@ -206,6 +206,8 @@ def export_cmd(artifact_dir, kernel, activations, fmt, backbone, with_tokenizer)
     if fmt == "ort":
         click.echo(f"{artifact_dir}/onnx/model.ort: {m.sizes['ort_total'] / 1e6:.2f} MB, "
                    f"max abs diff to {GRAPH} {m.validation['ort_max_abs_diff']:.2e}")
+    if not m.metrics.onnx:
+        click.echo(f"  its dev metric is not measured yet (the old graph's figures were removed): compress bench {artifact_dir} --data-dir D")
     if with_tokenizer:
         click.echo(f"{artifact_dir}/onnx/model_with_tokenizer.onnx: {m.sizes['with_tokenizer_total'] / 1e6:.2f} MB, "
                    f"max abs logit diff to tokenizer.json + {GRAPH} {m.validation['with_tokenizer_max_abs_diff']:.2e}")

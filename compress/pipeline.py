@@ -356,8 +356,14 @@ def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", comm
             if m.backbone is not None:
                 m.backbone = dataclasses.replace(m.backbone, path=str(Path(cfg.backbone).resolve()))
             m.sizes.update({**res.sizes, "onnx_total": graph.stat().st_size})
-            m.validation.update({"parity_max_abs_diff": res.parity_max_abs_diff, "sample_max_abs_diff": res.deployed_max_abs_diff,
-                                 "passed": None})  # a new graph: its dev metric is measured by `compress bench DIR --data-dir`
+            m.validation.update({"parity_max_abs_diff": res.parity_max_abs_diff, "sample_max_abs_diff": res.deployed_max_abs_diff})
+            old = m.files.get(artifact.GRAPH)
+            if old is None or artifact.sha256(graph) != old.sha256:  # another graph: the old one's figures are void, not kept
+                for key in ("agreement", "metric_drop", "dev_max_abs_diff", "failure"):
+                    m.validation.pop(key, None)
+                m.validation["passed"] = None  # its dev metric is measured by `compress bench DIR --data-dir D`
+                m.metrics = dataclasses.replace(m.metrics, onnx={})
+                m.bench = {}
             m.fusions = res.fusions
             m.ffn_neurons = res.ffn_neurons
             for key in ("ort_total", "with_tokenizer_total"):

@@ -15,11 +15,13 @@ def summary_rows(m: ArtifactManifest) -> list[tuple[str, str]]:
     metric = m.task.metric
     t, o = m.metrics.torch, m.metrics.onnx
     v = m.validation
+    unmeasured = "not measured (re-exported: `compress bench DIR --data-dir D`)"
     rows = [
         (f"dev {metric} (PyTorch, masked)" if m.config.train.mode == "structure" else f"dev {metric} (PyTorch)", f"{t[metric]:.4f}"),
-        (f"dev {metric} (ONNX Runtime)", f"{o[metric]:.4f}"),
-        ("prediction agreement", f"{v['agreement']:.4f}"),
-        ("max abs logit diff, float kernel / shipped", f"{v['parity_max_abs_diff']:.2e} / {v['dev_max_abs_diff']:.2e}"),
+        (f"dev {metric} (ONNX Runtime)", f"{o[metric]:.4f}" if metric in o else unmeasured),
+        ("prediction agreement", f"{v['agreement']:.4f}" if "agreement" in v else unmeasured),
+        ("max abs logit diff, float kernel / shipped",
+         f"{v['parity_max_abs_diff']:.2e} / " + (f"{v['dev_max_abs_diff']:.2e}" if "dev_max_abs_diff" in v else "not measured")),
         ("mask density", f"{m.density:.4f}" + (f" (mask SHA-256 {m.mask_sha256[:12]}...)" if m.mask_sha256 else "")),
         *([("FFN neurons kept", "{} of {} (the rest removed from the graph)".format(*map(sum, zip(*m.ffn_neurons.values()))))]
           if m.ffn_neurons else []),

@@ -44,6 +44,7 @@ def test_tiny_run_writes_a_complete_artifact(run_args, tmp_path):
     e = invoke("export", str(out))
     assert e.exit_code == 0, e.output
     m2 = json.loads((out / "manifest.json").read_text())
+    assert m2["metrics"]["onnx"] == m["metrics"]["onnx"] and m2["validation"]["passed"] is True  # the same graph keeps its figures
     assert m2["files"]["onnx/model.onnx"]["sha256"] == m["files"]["onnx/model.onnx"]["sha256"]
     assert m2["validation"]["parity_max_abs_diff"] < 1e-4 and m2["exported_by"] == f"compress export {out}"
     o = invoke("export", str(out), "--format", "ort")
@@ -57,7 +58,14 @@ def test_tiny_run_writes_a_complete_artifact(run_args, tmp_path):
     import onnx
     assert "DynamicQuantizeLinear" in {n.op_type for n in onnx.load(str(out / "onnx" / "model.onnx")).graph.node}
     f = invoke("export", str(out), "--kernel", "float")
-    assert f.exit_code == 0 and "kernel float" in f.output
+    assert f.exit_code == 0 and "kernel float" in f.output and "not measured" in f.output
+    # another graph: the old graph's dev metric, agreement and latency are gone, not shown as if they were its own
+    mf_ = json.loads((out / "manifest.json").read_text())
+    assert mf_["metrics"]["onnx"] == {} and mf_["bench"] == {} and "agreement" not in mf_["validation"]
+    assert mf_["validation"]["passed"] is None and "not measured" in (out / "report.md").read_text()
+    (tmp_path / "baseline.json").write_text(json.dumps({"metrics": {f"onnx.{k}": v for k, v in m["metrics"]["onnx"].items()}}))
+    stale = invoke("check", str(out), "--baseline", str(tmp_path / "baseline.json"))
+    assert stale.exit_code == 1 and "missing" in stale.output  # compress check finds no ONNX metric to pass on
     assert not (out / "onnx" / "model.ort").exists()  # a rebuilt graph drops the .ort made from the old one
     m = json.loads((out / "manifest.json").read_text())
     # refuses to overwrite, and leaves the artifact as it was
