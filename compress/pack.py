@@ -212,7 +212,8 @@ def render(pm: mf.PackManifest, seconds: float = 0.0) -> str:
     for t in pm.tasks.values():
         ffn = "all" if not t.ffn_neurons else "{} of {}".format(*map(sum, zip(*t.ffn_neurons.values())))
         failed = " (failed its accuracy guard)" if t.guard_passed is False else ""
-        lines.append(f"| {t.name} | {t.metric} {f"{t.metrics[t.metric]:.4f}" if t.metric in t.metrics else "not measured"}{failed} | {t.bytes / 1e3:.0f} kB | {t.source['mask_bytes'] / 1e3:.0f} kB | "
+        metric = f"{t.metrics[t.metric]:.4f}" if t.metric in t.metrics else "not measured"
+        lines.append(f"| {t.name} | {t.metric} {metric}{failed} | {t.bytes / 1e3:.0f} kB | {t.source['mask_bytes'] / 1e3:.0f} kB | "
                      f"{t.bits_per_masked_weight:.3f} | {ffn} | {t.parity_max_abs_diff:.1e} |")
     n = len(pm.tasks)
     lines += ["", "A task's own bytes: its coded mask, head, activation-smoothing factors, graph and manifest (TASK.json.gz).",
