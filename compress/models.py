@@ -87,6 +87,36 @@ def _offline_message(source: ModelSource, err: Exception) -> str:
             f"go online, pass a local copy (--model /path/to/dir), or use the embedded --model {EMBEDDED}")
 
 
+HUB_PROBE_TIMEOUT_S = 3.0  # how long to wait for the hub's host before calling it unreachable
+
+
+def hub_reachable(timeout: float = HUB_PROBE_TIMEOUT_S) -> bool:
+    """Can the Hugging Face hub's host be reached at all? (One TCP connect; the hub client would otherwise retry for a minute.)"""
+    import socket
+    from urllib.parse import urlparse
+
+    from huggingface_hub import constants
+
+    if constants.HF_HUB_OFFLINE:
+        return False
+    url = urlparse(constants.ENDPOINT)
+    try:
+        socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=timeout).close()
+        return True
+    except OSError:
+        return False
+
+
+def hub_or_cache(location: str) -> str:
+    """The hub id itself when the hub can be reached; otherwise its cached snapshot's directory, or OSError at once
+    (loading a hub id offline makes the hub client retry for a minute, even with local_files_only)."""
+    if hub_reachable():
+        return location
+    from huggingface_hub import snapshot_download
+
+    return snapshot_download(location, local_files_only=True)
+
+
 def load_tokenizer(location: str):
     from transformers import AutoTokenizer
 
@@ -98,8 +128,9 @@ def load_encoder(source: ModelSource):
     from transformers import AutoModel
 
     try:
-        encoder = AutoModel.from_pretrained(source.location, attn_implementation="eager")
-        tokenizer = load_tokenizer(source.location)
+        location = source.location if source.local else hub_or_cache(source.location)
+        encoder = AutoModel.from_pretrained(location, attn_implementation="eager")
+        tokenizer = load_tokenizer(location)
     except OSError as e:
         if source.local:
             raise ModelLoadError(f"could not load model from {source.location}: {e}") from e

@@ -145,6 +145,22 @@ def test_hub_name_offline_says_what_to_pass(run_args, monkeypatch):
     assert "google-bert/bert-base-uncased" in line and "--model minilm" in line
 
 
+def test_hub_name_without_network_fails_in_seconds(run_args, monkeypatch):
+    """No network (the host cannot be reached) and nothing cached: a clear line at once, not a minute of retries."""
+    import socket
+    import time
+
+    def unreachable(*args, **kwargs):
+        raise OSError("Name or service not known")
+
+    monkeypatch.setattr(socket, "create_connection", unreachable)
+    monkeypatch.setenv("HF_HOME", str(run_args[-1]) + "-empty-cache")  # nothing cached
+    t0 = time.perf_counter()
+    r = invoke(*run_args, "--model", "google-bert/bert-base-uncased")
+    assert time.perf_counter() - t0 < 10
+    assert r.exit_code != 0 and "cannot download 'google-bert/bert-base-uncased'" in error_line(r)
+
+
 def test_two_four_sparsity(run_args, tmp_path):
     r = invoke(*run_args, "--sparsity", "2:4", "--kernel", "float")
     assert r.exit_code == 0, r.output
