@@ -19,6 +19,7 @@ Writes go to a temporary sibling directory that is renamed into place only when 
 from __future__ import annotations
 
 import contextlib
+import errno
 import hashlib
 import logging
 import os
@@ -49,13 +50,38 @@ def check_target(out: Path, overwrite: bool) -> None:
         raise ArtifactError(f"output directory {out} already exists: pass --overwrite to replace it, or choose another --out")
 
 
+def recover(out: Path) -> None:
+    """Undo what a process killed while publishing `out` left behind: the previous version set aside (``.NAME.old``) is put
+    back when `out` is missing, and staging directories of processes that no longer run are removed."""
+    out = Path(out)
+    old = out.with_name(f".{out.name}.old")
+    if old.is_dir() and not out.exists():
+        log.warning("%s was being replaced when its writer stopped: restoring the previous version", out)
+        old.rename(out)
+    for stale in out.parent.glob(f".{out.name}.*.tmp") if out.parent.is_dir() else ():
+        pid = stale.name[len(out.name) + 2:].split(".", 1)[0]
+        if pid.isdigit() and not _alive(int(pid)):
+            shutil.rmtree(stale, ignore_errors=True)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
 @contextlib.contextmanager
 def staging(out: Path, overwrite: bool = False):
     """Yield a temporary directory beside `out`; on success it replaces `out`, on error it is removed."""
     out = Path(out)
+    recover(out)
     check_target(out, overwrite)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.", suffix=".tmp", dir=out.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.{os.getpid()}.", suffix=".tmp", dir=out.parent))
     try:
         yield tmp
         _readable(tmp)
@@ -68,8 +94,11 @@ def staging(out: Path, overwrite: bool = False):
             shutil.rmtree(old, ignore_errors=True)
         else:
             tmp.rename(out)
-    except BaseException:
+    except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
+            raise ArtifactError(f"no space left on the device of {out.parent.resolve()} while writing {out}: free some space and rerun "
+                                "(nothing was written; a training checkpoint, if any, is kept)") from None
         raise
 
 

@@ -16,6 +16,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from compress.errors import ConfigError
+
 FILE = "calibration.npz"
 GENERAL_TEXT = Path(__file__).parent / "data" / "general_text.txt"
 SENTENCES_PER_EXAMPLE = 4
@@ -40,7 +42,7 @@ def general_tokens(tok, examples: int, max_length: int) -> dict[str, np.ndarray]
     sents = general_sentences()
     n = SENTENCES_PER_EXAMPLE
     if examples * n > len(sents):
-        raise ValueError(f"{examples} general calibration examples need {examples * n} sentences; {GENERAL_TEXT} has {len(sents)}: "
+        raise ConfigError(f"{examples} general calibration examples need {examples * n} sentences; {GENERAL_TEXT} has {len(sents)}: "
                          f"calibrate on at most {len(sents) // n}")
     groups = [sents[i * n:(i + 1) * n] for i in range(examples)]
     singles = tok([" ".join(g) for g in groups[0::2]], truncation=True, max_length=max_length)

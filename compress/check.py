@@ -41,6 +41,12 @@ def _numbers(d: dict, prefix: str = "") -> dict[str, float]:
     return {prefix + k: float(v) for k, v in d.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
 
 
+def _number(v) -> float:
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise TypeError(f"{str(v)[:20]!r} is not a number")
+    return float(v)
+
+
 def read_metrics(path: str | Path) -> dict[str, float]:
     """{metric name: value} from an artifact, manifest.json, bench.json, sweep.json or {"metrics": {...}}."""
     from compress import manifest as mf
@@ -59,9 +65,20 @@ def read_metrics(path: str | Path) -> dict[str, float]:
         raise CheckError(f"{path} is not valid JSON ({e}): pass the file `compress run/bench/sweep` wrote") from None
     except mf.ManifestError as e:
         raise CheckError(str(e)) from None
+    except OSError as e:
+        raise CheckError(f"{path} cannot be read ({e.strerror or type(e).__name__}): pass a readable report") from None
+    try:
+        return _extract(data, path)
+    except (KeyError, TypeError, AttributeError, ValueError) as e:
+        kind = data.get("kind") if isinstance(data, dict) else None
+        raise CheckError(f"{path} does not have the layout of {'a ' + kind if isinstance(kind, str) else 'a metrics'} file "
+                         f"({type(e).__name__}: {str(e)[:80]}): pass the file `compress run/bench/sweep/pack` wrote") from None
+
+
+def _extract(data, path: Path) -> dict[str, float]:
     kind = data.get("kind") if isinstance(data, dict) else None
     if kind == "sweep":
-        return {f"{c['mode']}.{c['bits']}bit.{k}": v["mean"] for c in data["summary"] for k, v in c["metrics"].items()}
+        return {f"{c['mode']}.{c['bits']}bit.{k}": _number(v["mean"]) for c in data["summary"] for k, v in c["metrics"].items()}
     if kind == "pack":
         return {f"{name}.onnx.{k}": v for name, t in data["tasks"].items() for k, v in _numbers(t["metrics"]).items()}
     if kind == "bench" and "tasks" in data:  # `compress bench PACK --data-dir D --json F`

@@ -56,16 +56,30 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     """Error types that mean bad input or a failed check: one line, non-zero exit, no traceback."""
     from compress.artifact import ArtifactError
     from compress.backbone import BackboneError
+    from compress.checkpoint import CheckpointError
+    from compress.errors import ConfigError
     from compress.exporters.tokenizer_graph import TokenizerGraphError
     from compress.exporters.verify import ExportValidationError
     from compress.exporters.weights import WeightMatchError
     from compress.models import ModelLoadError
     from compress.quantize import QuantConfigError
+    from compress.resources import ResourceError
     from compress.runtimes.providers import ProviderUnavailableError
+    from compress.runtimes.session import GraphLoadError
     from compress.tasks import TaskDataError
 
-    return (ArtifactError, BackboneError, ExportValidationError, TokenizerGraphError, WeightMatchError, ModelLoadError, QuantConfigError,
-            TaskDataError, ProviderUnavailableError, ValueError)
+    return (ArtifactError, BackboneError, CheckpointError, ExportValidationError, TokenizerGraphError, WeightMatchError, ModelLoadError, QuantConfigError, ResourceError,
+            TaskDataError, ProviderUnavailableError, GraphLoadError, ConfigError)
+
+
+def _sigterm_as_interrupt() -> None:
+    """SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: temporary outputs are removed and training saves a checkpoint."""
+    import signal
+
+    def stop(signum, frame):
+        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
+
+    signal.signal(signal.SIGTERM, stop)
 
 
 def _fail(e: BaseException):
@@ -107,21 +121,29 @@ def main(verbose: bool):
 @click.option("--kernel", type=click.Choice(["int8", "float", "nbits"]), default="int8", show_default=True,
               help="int8: integer matmuls (fastest on x86); float: weights dequantized at load (exact); nbits: MatMulNBits on the packed codes.")
 @ACTIVATIONS
-@click.option("--max-metric-drop", type=float, default=None, help="Fail if ONNX Runtime's dev metric trails PyTorch's by more.")
+@click.option("--max-metric-drop", type=float, default=None, help="Fail if ONNX Runtime's dev metric trails PyTorch's by more [0.01].")
+@click.option("--max-logit-diff", type=float, default=None, help="Fail if ONNX Runtime's logits differ from PyTorch's by more [2.0].")
 @click.option("--max-train-examples", type=int, default=None, help="Use only the first N training examples.")
 @click.option("--max-eval-examples", type=int, default=None, help="Use only the first N dev examples.")
 @click.option("--no-bench", is_flag=True, help="Skip the latency benchmark.")
 @click.option("--no-bf16", is_flag=True, help="Train in fp32 instead of bf16 autocast.")
 @DEVICE
-@click.option("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch and ONNX Runtime.")
 @click.option("--init-from", type=click.Path(file_okay=False), default=None,
               help="--mode weights: quantize the fine-tuned weights of this artifact instead of training (PTQ at other --bits).")
+@click.option("--checkpoint-every", type=click.IntRange(min=0), default=None,
+              help="Save the training state every N steps (and at epoch ends, and on Ctrl-C/SIGTERM) beside --out [200; 0: epoch ends only].")
+@click.option("--resume", "resume", flag_value="require", default=None,
+              help="Continue the checkpoint of an interrupted run (rerunning the same command does this too); fail if there is none.")
+@click.option("--restart", "resume", flag_value="restart", help="Discard an interrupted run's checkpoint and start over.")
 def run(**o):
     """Quantize, learn the task mask, export ONNX and validate it: one artifact directory."""
     from compress import quantize
+    from compress.checkpoint import CheckpointConfig, Interrupted
     from compress.exporters.export import ExportConfig
     from compress.pipeline import RunConfig, run as run_pipeline
 
+    _sigterm_as_interrupt()
     try:
         bits = int(o["bits"])
         if o["backbone"]:
@@ -130,16 +152,22 @@ def run(**o):
                                         **({"calibration": o["calibration"]} if o["calibration"] else {}))
         mask = _mask_config(o)
         tr = _train_config(o, mode=o["mode"], bf16=False if o["no_bf16"] else None)
-        exp = _pick(ExportConfig, kernel=o["kernel"], max_metric_drop=o["max_metric_drop"], activations=o["activations"])
+        exp = _pick(ExportConfig, kernel=o["kernel"], max_metric_drop=o["max_metric_drop"], max_logit_diff=o["max_logit_diff"],
+                    activations=o["activations"])
         model_tag = (o["backbone"] or o["model"]).rstrip("/").split("/")[-1]
         out = o["out"] or (f"runs/{model_tag}-{o['task']}" if o["backbone"] else f"runs/{model_tag}-{o['task']}-{o['mode']}-{bits}bit")
         cfg = RunConfig(model=o["model"], task=o["task"], out=out, data_dir=o["data_dir"], overwrite=o["overwrite"],
                         pooling=o["pooling"], quant=quant, mask=mask, train=tr, export=exp, bench=not o["no_bench"], threads=o["threads"],
-                        init_from=o["init_from"], backbone=o["backbone"])
+                        init_from=o["init_from"], backbone=o["backbone"],
+                        checkpoint=_pick(CheckpointConfig, every=o["checkpoint_every"], resume=o["resume"]))
         path, manifest = run_pipeline(cfg, command=_command_line(), progress=True)
     except _user_errors() as e:
         _fail(e)
-    _print_summary(path, manifest)
+    except Interrupted as e:
+        click.echo(f"\nStopped: {e}", err=True)
+        raise SystemExit(130) from None
+    if manifest is not None:  # None: a torchrun process other than 0 (which writes and reports the artifact)
+        _print_summary(path, manifest)
 
 
 def _refuse_with_backbone(*options: str) -> None:
@@ -196,6 +224,7 @@ def export_cmd(artifact_dir, kernel, activations, fmt, backbone, with_tokenizer)
     """Re-export ARTIFACT_DIR from its mask and head, without retraining, and verify it."""
     from compress.pipeline import reexport
 
+    _sigterm_as_interrupt()
     try:
         m = reexport(artifact_dir, kernel=kernel, fmt=fmt, command=_command_line(), backbone_dir=backbone, activations=activations,
                      with_tokenizer=with_tokenizer)
@@ -216,9 +245,9 @@ def export_cmd(artifact_dir, kernel, activations, fmt, backbone, with_tokenizer)
 @main.command()
 @click.argument("artifact_dir", type=click.Path(file_okay=False))
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
-@click.option("--batch", "batches", type=int, multiple=True, default=(1, 32), show_default=True, help="Batch sizes to time.")
-@click.option("--seq-len", type=int, default=128, show_default=True)
-@click.option("--threads", type=int, default=None)
+@click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, default=(1, 32), show_default=True, help="Batch sizes to time.")
+@click.option("--seq-len", type=click.IntRange(min=1), default=128, show_default=True)
+@click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Also measure the dev metric (GLUE-layout directory).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results to this file (bench.json).")
 def bench(artifact_dir, provider, batches, seq_len, threads, data_dir, json_path):
@@ -320,7 +349,7 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
 @click.option("--task", default="mrpc", show_default=True, help="GLUE task.")
 @click.option("--bits", default="32,8,4,2,1", show_default=True, help="Comma-separated bit widths (32: no quantization).")
 @click.option("--modes", default="weights,structure", show_default=True, help="Comma-separated: weights, structure.")
-@click.option("--seeds", type=int, default=3, show_default=True, help="Runs per cell (seeds SEED .. SEED+N-1).")
+@click.option("--seeds", type=click.IntRange(min=1), default=3, show_default=True, help="Runs per cell (seeds SEED .. SEED+N-1).")
 @click.option("--seed", type=int, default=None, help="First seed.")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Sweep directory [runs/sweep-MODEL-TASK].")
 @click.option("--data-dir", type=click.Path(file_okay=False), envvar="GLUE_DIR", help="GLUE-layout directory (env GLUE_DIR).")
@@ -331,15 +360,17 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
 @click.option("--max-eval-examples", type=int, default=None)
 @learning_options
 @DEVICE
-@click.option("--threads", type=int, default=None, help="CPU threads for torch and ONNX Runtime in each cell.")
+@click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch and ONNX Runtime in each cell.")
 @click.option("--parallel", type=click.Choice(["serial", "ray"]), default="serial", show_default=True,
               help="ray: run cells as Ray tasks (pip install -e \".[ray]\"; RAY_ADDRESS joins a cluster).")
-@click.option("--cpus-per-cell", type=int, default=2, show_default=True, help="Ray: CPUs (and threads) per cell.")
+@click.option("--cpus-per-cell", type=click.IntRange(min=1), default=2, show_default=True, help="Ray: CPUs (and threads) per cell.")
 def sweep(**o):
     """Every (mode, bits, seed) cell, resumable: sweep.json, table.md (mean ± SD) and plot.png."""
     from compress.pipeline import RunConfig
+    from compress.checkpoint import Interrupted
     from compress.sweep import SweepConfig, SweepError, sweep as run_sweep
 
+    _sigterm_as_interrupt()
     try:
         out = o["out"] or f"runs/sweep-{o['model'].rstrip('/').split('/')[-1]}-{o['task']}"
         run_cfg = RunConfig(model=o["model"], task=o["task"], data_dir=o["data_dir"], mask=_mask_config(o), train=_train_config(o),
@@ -350,6 +381,9 @@ def sweep(**o):
         data = run_sweep(cfg, progress=True)
     except (SweepError, *_user_errors()) as e:
         _fail(e)
+    except Interrupted as e:
+        click.echo(f"\nStopped: {e} (finished cells are kept; the sweep continues from them)", err=True)
+        raise SystemExit(130) from None
     from compress.sweep import tables
 
     click.echo(f"\n{out}/sweep.json, table.md, plot.png\n")

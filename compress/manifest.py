@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from compress.artifact import ArtifactError, sha256, versions
+from compress.artifact import ArtifactError, recover, sha256, versions
 
 if TYPE_CHECKING:
     from compress.exporters.export import ExportConfig
@@ -162,6 +162,7 @@ class Training:
     best_epoch: int
     seconds: float
     init_from: str | None = None
+    processes: int = 1  # distributed data parallel processes (torchrun) that trained it
 
 
 @dataclass(kw_only=True)
@@ -302,6 +303,8 @@ def write(directory: Path, m: Manifest) -> Manifest:
 def load_dict(directory: Path) -> dict:
     """manifest.json as JSON, without verification (to tell kinds apart)."""
     path = Path(directory) / FILE
+    if not Path(directory).exists():
+        recover(Path(directory))  # a writer killed between setting the old version aside and renaming the new one in
     if not path.is_file():
         raise ManifestError(f"{directory} has no {FILE}: pass a directory written by `compress run`, `compress quantize` or `compress pack`")
     try:
@@ -335,9 +338,11 @@ def read(directory: str | Path, kind: type[Manifest] | None = None, verify: bool
         raise ManifestError(f"{directory} is {a(name)}, not {a(kind.kind)}: pass {a(kind.kind)} directory")
     try:
         m = KINDS[name].from_dict(d)
-    except (KeyError, TypeError, ValueError) as e:
-        raise ManifestError(f"{path} is not a valid {name} manifest ({type(e).__name__}: {e}): "
-                            "re-create it with this version of compress") from e
+        _check_types(m, name)
+        _check_files(m)
+    except (KeyError, TypeError, ValueError, AttributeError) as e:
+        what = f"{type(e).__name__}: {str(e).splitlines()[0][:200]}" if str(e) else type(e).__name__
+        raise ManifestError(f"{path} is not a valid {name} manifest ({what}): re-create it with this version of compress") from None
     if verify:
         for rel, entry in m.files.items():
             f = directory / rel
@@ -346,6 +351,62 @@ def read(directory: str | Path, kind: type[Manifest] | None = None, verify: bool
             if f.stat().st_size != entry.bytes or sha256(f) != entry.sha256:
                 raise ManifestError(f"{f} does not match its SHA-256 in {FILE}: it was altered; restore it or re-create {directory}")
     return m
+
+
+def _conforms(value, hint) -> bool:
+    """Whether a loaded value has its annotated type (JSON gives lists for tuples; ints are floats too; bools are not numbers)."""
+    import types
+    import typing
+
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if hint is Any:
+        return True
+    if origin in (typing.Union, types.UnionType):
+        return any(_conforms(value, a) for a in args)
+    if hint is type(None):
+        return value is None
+    if origin is dict:
+        return isinstance(value, dict) and all(_conforms(k, args[0]) and _conforms(v, args[1]) for k, v in value.items())
+    if origin in (list, tuple):
+        return isinstance(value, (list, tuple)) and all(_conforms(x, args[0]) for x in value) if args else isinstance(value, (list, tuple))
+    if hint is float:
+        return isinstance(value, (int, float)) and not isinstance(value, bool)
+    if hint is int:
+        return isinstance(value, int) and not isinstance(value, bool)
+    if dataclasses.is_dataclass(hint):
+        return isinstance(value, hint) and _check_types(value, hint.__name__) is None
+    return isinstance(value, hint) if isinstance(hint, type) else True
+
+
+def _check_types(obj, where: str) -> None:
+    """Every field of a loaded manifest (nested configs included) has its annotated type; TypeError names the first that does not."""
+    import typing
+
+    # configs named under TYPE_CHECKING (QuantConfig, TrainConfig, ...) resolve to the classes from_dict built them with:
+    # nothing more is imported, so a pack still loads without torch
+    values = [getattr(obj, f.name) for f in dataclasses.fields(obj)]
+    localns = {type(v).__name__: type(v) for v in values if dataclasses.is_dataclass(v)}
+    hints = typing.get_type_hints(type(obj), localns=localns)
+    for f in dataclasses.fields(obj):
+        if f.name in hints and not _conforms(getattr(obj, f.name), hints[f.name]):
+            raise TypeError(f"{where}.{f.name} is {str(getattr(obj, f.name))[:60]!r}, not {hints[f.name]}")
+
+
+def _check_files(m: Manifest) -> None:
+    """The listed files stay inside the directory, and the kind's essential files are listed (a manifest listing nothing verifies nothing)."""
+    from compress.artifact import GRAPH, LEGACY_GRAPH
+
+    for rel in m.files:
+        if rel.startswith("/") or ".." in Path(rel).parts or not rel:
+            raise ValueError(f"file entry {rel!r} points outside the directory")
+    if isinstance(m, ArtifactManifest):
+        need = [GRAPH if GRAPH in m.files or LEGACY_GRAPH not in m.files else LEGACY_GRAPH, "trainable.safetensors"]
+    elif isinstance(m, BackboneManifest):
+        need = [BACKBONE_WEIGHTS]
+    else:
+        need = [m.shared, m.tokenizer, *(t.onnx for t in m.tasks.values())]
+    if missing := [f for f in need if f not in m.files]:
+        raise ValueError(f"it does not list {missing}")
 
 
 def manifest_sha256(directory: Path) -> str:

@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 from pathlib import Path
 from dataclasses import dataclass
 
@@ -24,6 +25,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
+from compress.errors import ConfigError
 from compress.qweight import mask_decode, mask_encode
 from compress.quantize import target_linears
 
@@ -43,14 +45,16 @@ class MaskConfig:
     ffn_ramp: float = 0.5  # fraction of the training steps over which the kept fraction falls from 1 to ffn_keep
 
     def __post_init__(self):
+        if not all(map(math.isfinite, (self.init_low, self.init_high, self.threshold))):
+            raise ConfigError(f"score init ({self.init_low}, {self.init_high}) and threshold {self.threshold} must be finite numbers")
         if not self.init_low < self.init_high:
-            raise ValueError(f"mask init range ({self.init_low}, {self.init_high}) is empty: init_low must be < init_high")
+            raise ConfigError(f"mask init range ({self.init_low}, {self.init_high}) is empty: init_low must be < init_high")
         if self.nm is not None and not (0 < self.nm[0] < self.nm[1]):
-            raise ValueError(f"nm={self.nm}: need 0 < n < m, e.g. (2, 4)")
+            raise ConfigError(f"nm={self.nm}: need 0 < n < m, e.g. (2, 4)")
         if self.ffn_keep is not None and not 0 < self.ffn_keep <= 1:
-            raise ValueError(f"ffn_keep={self.ffn_keep}: the kept fraction of FFN neurons must be in (0, 1], e.g. 0.6")
+            raise ConfigError(f"ffn_keep={self.ffn_keep}: the kept fraction of FFN neurons must be in (0, 1], e.g. 0.6")
         if not 0 <= self.ffn_ramp <= 1:
-            raise ValueError(f"ffn_ramp={self.ffn_ramp}: the fraction of training for the pruning schedule must be in [0, 1]")
+            raise ConfigError(f"ffn_ramp={self.ffn_ramp}: the fraction of training for the pruning schedule must be in [0, 1]")
 
     def ffn_keep_at(self, progress: float) -> float:
         """The kept fraction of FFN neurons after `progress` (0..1) of training: cubic from 1 to ffn_keep."""
@@ -83,7 +87,7 @@ class MaskedLinear(torch.nn.Module):
         super().__init__()
         self.config = config
         if config.nm and linear.in_features % config.nm[1]:
-            raise ValueError(f"in_features={linear.in_features} is not divisible by m={config.nm[1]} for N:M sparsity")
+            raise ConfigError(f"in_features={linear.in_features} is not divisible by m={config.nm[1]} for N:M sparsity")
         self.register_buffer("weight", linear.weight.detach().clone())
         self.register_buffer("bias", None if linear.bias is None else linear.bias.detach().clone())
         if config.nm is None:
@@ -122,7 +126,7 @@ def intermediate_size(model: torch.nn.Module) -> int:
     cfg = model.encoder.config
     size = getattr(cfg, "intermediate_size", None) or getattr(cfg, "hidden_dim", None)
     if not size:
-        raise ValueError(f"{cfg.model_type}: its config names no FFN intermediate size, so FFN neurons cannot be pruned; drop ffn_keep")
+        raise ConfigError(f"{cfg.model_type}: its config names no FFN intermediate size, so FFN neurons cannot be pruned; drop ffn_keep")
     return size
 
 

@@ -10,6 +10,8 @@ from pathlib import Path
 
 import torch
 
+from compress.errors import ConfigError
+
 log = logging.getLogger(__name__)
 
 EMBEDDED = "minilm"
@@ -134,13 +136,20 @@ def load_encoder(source: ModelSource):
         encoder = AutoModel.from_pretrained(location, attn_implementation="eager")
         tokenizer = load_tokenizer(location)
     except OSError as e:
+        if source.local and "no file named" in str(e):
+            raise ModelLoadError(f"{source.location} has a config.json but no weights (model.safetensors or pytorch_model.bin): "
+                                 "save the model with save_pretrained(), or copy its weight file there") from None
         if source.local:
-            raise ModelLoadError(f"could not load model from {source.location}: {e}") from e
+            raise ModelLoadError(f"could not load model from {source.location}: {str(e).splitlines()[0]}") from e
         raise ModelLoadError(_offline_message(source, e)) from e
     except Exception as e:  # hub client errors (connection, timeouts) are not all OSError
         if not source.local and any(k in type(e).__name__ for k in ("Connect", "Timeout", "Offline", "HTTP", "Hub")):
             raise ModelLoadError(_offline_message(source, e)) from e
         raise
+    vocab = getattr(encoder.config, "vocab_size", None)
+    if vocab is not None and len(tokenizer) > vocab:
+        raise ModelLoadError(f"the tokenizer in {source.location} has {len(tokenizer)} tokens but the model's embedding table has {vocab}: "
+                             "they do not belong together; put the model's own tokenizer files beside its config.json")
     return encoder, tokenizer
 
 
@@ -150,7 +159,7 @@ class SequenceClassifier(torch.nn.Module):
     def __init__(self, encoder: torch.nn.Module, num_labels: int, pooling: str, dropout: float = 0.1):
         super().__init__()
         if pooling not in POOLINGS:
-            raise ValueError(f"pooling '{pooling}' is not one of {POOLINGS}")
+            raise ConfigError(f"pooling '{pooling}' is not one of {POOLINGS}")
         if pooling == "pooler" and getattr(encoder, "pooler", None) is None:
             pooling = "cls"
         self.encoder = encoder

@@ -11,7 +11,8 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from compress import artifact, backbone, calibration, hf_layout, manifest as mf, masking, metrics, models, quantize, report, tasks, train
+from compress import artifact, backbone, calibration, checkpoint, distributed, hf_layout, manifest as mf, masking, metrics, models, quantize, report, tasks, train
+from compress.errors import ConfigError
 from compress.exporters.export import ExportConfig, export
 from compress.exporters.verify import AccuracyDriftError
 from compress.qweight import QWeight
@@ -36,11 +37,26 @@ class RunConfig:
     threads: int | None = None
     init_from: str | None = None  # mode=weights: take the fine-tuned weights of this artifact, no training (PTQ at other bits)
     backbone: str | None = None  # a `compress quantize` directory: learn the mask on its codes (no quantization here)
+    checkpoint: checkpoint.CheckpointConfig = field(default_factory=checkpoint.CheckpointConfig)  # training state beside --out
 
 
 def settings(cfg: RunConfig, embedding: bool) -> mf.RunSettings:
     """What the artifact's manifest records as its configs."""
     return mf.RunSettings(cfg.quant, cfg.mask, cfg.train, cfg.export, quantize.embedding_bits(cfg.quant) if embedding else None)
+
+
+def checkpoint_settings(cfg: RunConfig, ref: mf.BackboneRef | None, train_split: tasks.Split) -> dict:
+    """What a checkpoint must share with the run that continues it: everything that shapes training, and the data itself
+    (not where outputs go, export options, threads or benchmarking)."""
+    import hashlib
+
+    d = dataclasses.asdict(cfg)
+    for k in ("out", "overwrite", "bench", "threads", "export", "checkpoint", "data_dir", "backbone"):
+        d.pop(k)
+    h = hashlib.sha256()
+    for row in zip(train_split.text_a, train_split.text_b or [""] * len(train_split), train_split.labels):
+        h.update(repr(row).encode())
+    return d | {"backbone_sha256": ref.sha256 if ref else None, "train_data": {"examples": len(train_split), "sha256": h.hexdigest()}}
 
 
 def prepare(model: torch.nn.Module, qweights: dict[str, QWeight]) -> tuple[dict[str, QWeight], tuple[str, QWeight] | None]:
@@ -81,6 +97,9 @@ def build(cfg: RunConfig, task: tasks.Task, calib: tasks.Split | dict[str, np.nd
         qweights = {}
     if token_types is not None:
         clf.uses_token_types = token_types
+    positions = getattr(clf.encoder.config, "max_position_embeddings", None)
+    if positions is not None and cfg.train.max_length > positions:
+        raise ConfigError(f"--max-length {cfg.train.max_length} exceeds the {positions} positions of {cfg.model}: use --max-length {positions} or less")
     if isinstance(calib, tasks.Split):
         calib = calibration.tokens(tok, calib, cfg.quant.calibration_examples, cfg.train.max_length) if cfg.quant.enabled else None
     if cfg.train.mode == "structure":
@@ -137,10 +156,15 @@ def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: s
     model, tok, source, qweights, calib = build(cfg, task, train_split)
     stages.update()
     stages.set_description(f"train ({cfg.train.mode})")
+    ckpt = None
     if cfg.init_from:
         history = _load_fine_tuned(Path(cfg.init_from), model, cfg)
     else:
-        history = train.fit(model, task, train_split, dev, tok, cfg.train, progress=progress)
+        if cfg.checkpoint.enabled:
+            ckpt = checkpoint.Checkpointer(checkpoint.work_dir(out), checkpoint_settings(cfg, ref, train_split), cfg.checkpoint)
+        history = train.fit(model, task, train_split, dev, tok, cfg.train, progress=progress, checkpoint=ckpt)
+        if not distributed.is_main():  # under torchrun, process 0 exports, validates and writes the artifact
+            return out, None
     trained = trainable_tensors(model, cfg.train.mode)  # before post-training quantization: re-export quantizes again
     if cfg.train.mode == "weights":
         qweights = _quantize(model, cfg, tok, calib)  # post-training quantization
@@ -176,7 +200,7 @@ def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: s
             density=masking.densities(model)[1],
             mask_sha256=masking.mask_sha256({k: v.numpy() for k, v in masking.masks(model).items()}) if cfg.train.mode == "structure" else None,
             layers=layer_table(model, linears, embedding),
-            training=mf.Training(history.history, history.best_epoch, history.seconds, cfg.init_from),
+            training=mf.Training(history.history, history.best_epoch, history.seconds, cfg.init_from, history.processes),
             metrics=mf.Metrics(validation["metrics"]["torch"], validation["metrics"]["onnx"],
                                metrics.majority_baseline(task, splits["train"].labels, dev.labels)),
             validation=validation["checks"] | {"parity_max_abs_diff": res.parity_max_abs_diff, "parity_atol": cfg.export.parity_atol,
@@ -190,6 +214,8 @@ def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: s
         )
         (tmp / "report.md").write_text(report.render(m))
         mf.write(tmp, m)
+    if ckpt is not None:  # the artifact is published: the training state is no longer needed
+        ckpt.remove()
     if not m.passed:  # kept, so that hours of training are not lost; but it fails
         raise AccuracyDriftError(f"{m.validation['failure']}: the artifact is kept at {out} with validation.passed = false; "
                                  f"`compress export {out} --kernel float` ships the exact graph without retraining")
@@ -237,12 +263,15 @@ def validate(directory: Path, task, dev, torch_logits, torch_metrics, cfg: RunCo
     p_t, p_o = metrics.predictions(task, torch_logits), metrics.predictions(task, ort_logits)
     agreement = float(np.mean(p_t == p_o)) if not task.is_regression else float(np.corrcoef(p_t, p_o)[0, 1])
     drop = torch_metrics[task.metric] - ort_metrics[task.metric]
-    checks = {"agreement": agreement, "metric_drop": drop, "max_metric_drop": cfg.export.max_metric_drop,
-              "dev_max_abs_diff": float(np.max(np.abs(ort_logits - torch_logits)))}
-    checks["passed"] = bool(drop <= cfg.export.max_metric_drop)
-    if not checks["passed"]:
+    diff = float(np.max(np.abs(ort_logits.astype(np.float64) - torch_logits)))
+    checks = {"agreement": agreement, "metric_drop": drop, "max_metric_drop": cfg.export.max_metric_drop, "dev_max_abs_diff": diff,
+              "max_logit_diff": cfg.export.max_logit_diff}
+    checks["passed"] = bool(drop <= cfg.export.max_metric_drop and diff <= cfg.export.max_logit_diff)
+    if not drop <= cfg.export.max_metric_drop:
         checks["failure"] = (f"ONNX Runtime dev {task.metric} {ort_metrics[task.metric]:.4f} trails PyTorch's "
                              f"{torch_metrics[task.metric]:.4f} by {drop:.4f} > {cfg.export.max_metric_drop}")
+    elif not diff <= cfg.export.max_logit_diff:
+        checks["failure"] = f"ONNX Runtime's dev logits differ from PyTorch's by up to {diff:.3g} > max_logit_diff {cfg.export.max_logit_diff:g}"
     results = {}
     if cfg.bench:
         for b in (1, 32):
@@ -259,7 +288,7 @@ def bench(directory: Path, provider: str = "cpu", batch_sizes=(1, 32), seq_len: 
 
     directory = Path(directory)
     m = mf.read(directory, mf.ArtifactManifest)
-    sess = open_session(artifact.graph_path(directory), require(provider), threads=threads)
+    sess = open_session(artifact.graph_path(directory), require(provider), threads=threads, sparse=tuple(m.config.mask.nm or ()) == (2, 4))
     out = {"kind": "bench", "artifact": str(directory), "model": m.model.name, "task": m.task.name,
            "provider": provider, "latency": [rbench.latency(sess, batch=b, seq_len=seq_len) for b in batch_sizes]}
     if data_dir is not None:
@@ -334,7 +363,7 @@ def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", comm
     from compress.runtimes.session import open_session, run_logits
 
     if fmt not in ("onnx", "ort"):
-        raise ValueError(f"format '{fmt}' is not one of onnx, ort")
+        raise ConfigError(f"format '{fmt}' is not one of onnx, ort")
     directory = Path(directory)
     m = mf.read(directory, mf.ArtifactManifest)
     sample = padded_sample()
@@ -351,6 +380,10 @@ def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", comm
                 stale.unlink(missing_ok=True)
             graph = tmp / artifact.GRAPH
             res = export(model, linears, embedding, graph, cfg.export, sample, calibration.batches(calib))
+            if not res.deployed_max_abs_diff <= cfg.export.max_logit_diff:  # NaN fails too; the old artifact stays as it was
+                raise verify.ParityError(f"the new {cfg.export.kernel}-kernel graph's logits differ from PyTorch's by up to "
+                                         f"{res.deployed_max_abs_diff:.3g} > max_logit_diff {cfg.export.max_logit_diff:g} on the parity "
+                                         f"sample: {directory} is unchanged; export with --kernel float (exact)")
             hf_layout.write(tmp, model.encoder.config, tasks.get_task(m.task.name), m.config.train.max_length)
             m.config = dataclasses.replace(m.config, export=cfg.export)
             if m.backbone is not None:

@@ -127,9 +127,8 @@ def done(cfg: SweepConfig, cell: Cell) -> mf.ArtifactManifest | None:
         return None
     try:
         manifest = mf.read(d, mf.ArtifactManifest)
-    except artifact.ArtifactError as e:
-        log.warning("%s is incomplete (%s): running it again", d, e)
-        return None
+    except artifact.ArtifactError as e:  # artifacts are published whole, so this is damage or an edit, not an interrupted write
+        raise SweepError(f"cell {cell.name}: {str(e).splitlines()[0]}; delete {d} to train it again") from None
     if diff := _differences(cfg, cell, manifest):
         raise SweepError(f"{d} was made with other settings ({'; '.join(diff[:3])}): "
                          f"pass the settings it was made with, another --out, or delete {d}")
@@ -176,19 +175,24 @@ def _run_ray(cfg: SweepConfig, todo: list[Cell], bar) -> list[dict]:
 
 
 def summarize(records: list[dict]) -> list[dict]:
-    """Mean and SD over seeds of every metric, per (mode, bits)."""
+    """Mean and SD over seeds of every metric, per (mode, bits), over the cells that passed their accuracy guard (a cell whose
+    ONNX graph trails PyTorch is a failed export, not a sample of the method); ``failed`` counts the others."""
     groups: dict[tuple, list[dict]] = {}
     for r in records:
         groups.setdefault((r["mode"], r["bits"]), []).append(r)
     out = []
     for (mode, bits), rs in sorted(groups.items(), key=lambda kv: (MODES.index(kv[0][0]), -kv[0][1])):
-        out.append({"mode": mode, "bits": bits, "n": len(rs), "metrics": _mean_sd(rs, "metrics"),
-                    "torch_metrics": _mean_sd(rs, "torch_metrics"), "density": statistics.fmean(r["density"] for r in rs),
-                    "onnx_mb": statistics.fmean(r["onnx_bytes"] for r in rs) / 1e6})
+        ok = [r for r in rs if r.get("validation_passed") is not False]
+        out.append({"mode": mode, "bits": bits, "n": len(ok), "failed": len(rs) - len(ok), "metrics": _mean_sd(ok, "metrics"),
+                    "torch_metrics": _mean_sd(ok, "torch_metrics"),
+                    "density": statistics.fmean(r["density"] for r in ok) if ok else None,
+                    "onnx_mb": statistics.fmean(r["onnx_bytes"] for r in ok) / 1e6 if ok else None})
     return out
 
 
 def _mean_sd(records: list[dict], key: str) -> dict[str, dict[str, float]]:
+    if not records:
+        return {}
     names = records[0][key].keys()
     return {k: {"mean": statistics.fmean(r[key][k] for r in records),
                 "sd": statistics.stdev(r[key][k] for r in records) if len(records) > 1 else 0.0} for k in names}
@@ -211,10 +215,21 @@ def table(data: dict, source: str = "metrics") -> str:
         row = []
         for b in bits:
             s = cells_.get((mode, b))
-            row.append("" if s is None else f"{s[source][metric]['mean']:.3f} ± {s[source][metric]['sd']:.3f}")
+            row.append("" if s is None else _cell_text(s, source, metric))
         lines.append(f"| {ROW_NAMES[mode]} | " + " | ".join(row) + " |")
     lines.append(f"| majority class | {data['majority']:.3f} |" + " |" * (len(bits) - 1))
+    if any(s.get("failed") for s in summary):
+        lines += ["", "Cells that failed their accuracy guard (ONNX Runtime's dev metric trailing PyTorch's by more than "
+                      "--max-metric-drop) are left out of mean and SD, and counted in the cell."]
     return "\n".join(lines) + "\n"
+
+
+def _cell_text(s: dict, source: str, metric: str) -> str:
+    failed = s.get("failed", 0)
+    if not s["n"]:
+        return f"all {failed} failed their guard"
+    text = f"{s[source][metric]['mean']:.3f} ± {s[source][metric]['sd']:.3f}"
+    return text + (f" ({s['n']} seeds; {failed} failed its guard)" if failed else "")
 
 
 def tables(data: dict) -> str:
@@ -231,7 +246,7 @@ def plot(data: dict, path: Path) -> None:
     metric = data["metric"]
     fig, ax = plt.subplots(figsize=(6, 4))
     for mode in MODES:
-        rows = sorted((s for s in data["summary"] if s["mode"] == mode), key=lambda s: s["bits"])
+        rows = sorted((s for s in data["summary"] if s["mode"] == mode and s.get("n", 1)), key=lambda s: s["bits"])
         if rows:
             xs = [min(s["bits"], 16) for s in rows]  # fp32 drawn at 16 on the log axis
             ax.errorbar(xs, [s["metrics"][metric]["mean"] for s in rows], yerr=[s["metrics"][metric]["sd"] for s in rows],

@@ -6,6 +6,7 @@ inside sentences), UTF-8 with an optional byte-order mark (MRPC), one row per `\
 from __future__ import annotations
 
 import logging
+import math
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -90,7 +91,13 @@ class Split:
 
 def read_tsv(path: Path, task: Task, split: str) -> Split:
     """One GLUE TSV file -> Split, raising TaskDataError(file:line) on a malformed row."""
-    text = path.read_text(encoding="utf-8-sig")  # strips MRPC's byte-order mark
+    try:
+        text = path.read_text(encoding="utf-8-sig")  # strips MRPC's byte-order mark
+    except UnicodeDecodeError as e:
+        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        raise TaskDataError(f"{path}:{line}: byte {e.start} is not UTF-8 ({e.reason}): save the file as UTF-8") from None
+    except OSError as e:
+        raise TaskDataError(f"{path} cannot be read ({e.strerror or type(e).__name__}): pass a readable GLUE TSV") from None
     rows = text.split("\n")
     if rows and rows[-1] == "":
         rows.pop()
@@ -107,11 +114,13 @@ def read_tsv(path: Path, task: Task, split: str) -> Split:
             try:
                 label = float(raw_label)
             except ValueError:
-                raise TaskDataError(f"{path}:{lineno}: score '{raw_label}' is not a number: fix or remove that row") from None
+                label = math.nan
+            if not math.isfinite(label):
+                raise TaskDataError(f"{path}:{lineno}: score '{raw_label[:40]}' is not a finite number: fix or remove that row")
         elif raw_label in task.labels:
             label = task.labels.index(raw_label)
         else:
-            raise TaskDataError(f"{path}:{lineno}: label '{raw_label}' is not one of {list(task.labels)}: fix or remove that row")
+            raise TaskDataError(f"{path}:{lineno}: label '{raw_label[:40]}' is not one of {list(task.labels)}: fix or remove that row")
         out.text_a.append(cols[task.text_cols[0]])
         if out.text_b is not None:
             out.text_b.append(cols[task.text_cols[1]])

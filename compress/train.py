@@ -18,7 +18,9 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from compress import masking, metrics
+from compress import distributed, masking, metrics, resources
+from compress.errors import ConfigError
+from compress.checkpoint import Checkpointer, Interrupted, rng_state, set_rng_state_
 from compress.runtimes.evaluate import pad
 from compress.tasks import Split, Task
 
@@ -47,13 +49,20 @@ class TrainConfig:
 
     def __post_init__(self):
         if self.mode not in MODES:
-            raise ValueError(f"mode '{self.mode}' is not one of {MODES}")
+            raise ConfigError(f"mode '{self.mode}' is not one of {MODES}")
         if self.select not in ("best", "last"):
-            raise ValueError(f"select '{self.select}' must be 'best' or 'last'")
+            raise ConfigError(f"select '{self.select}' must be 'best' or 'last'")
         if self.epochs < 1 or self.batch_size < 1 or self.max_length < 8:
-            raise ValueError("epochs and batch_size must be >= 1 and max_length >= 8")
+            raise ConfigError(f"epochs={self.epochs}, batch_size={self.batch_size}, max_length={self.max_length}: epochs and batch size "
+                              "must be >= 1 and max_length >= 8")
+        if not (self.mask_lr > 0 and self.head_lr > 0 and self.lr > 0 and 0 <= self.warmup_ratio <= 1 and self.head_warmup_steps >= 0):
+            raise ConfigError(f"mask_lr={self.mask_lr}, head_lr={self.head_lr}, lr={self.lr}: learning rates must be > 0 "
+                              f"(warmup_ratio={self.warmup_ratio} in [0, 1], head_warmup_steps={self.head_warmup_steps} >= 0)")
+        for name in ("max_train_examples", "max_eval_examples"):
+            if getattr(self, name) is not None and getattr(self, name) < 1:
+                raise ConfigError(f"{name}={getattr(self, name)}: use at least 1 example (or leave it unset for all)")
         if not (self.device in ("auto", "cpu", "cuda") or re.fullmatch(r"cuda:\d+", self.device)):
-            raise ValueError(f"device '{self.device}' is not one of auto, cpu, cuda, cuda:N")
+            raise ConfigError(f"device '{self.device}' is not one of auto, cpu, cuda, cuda:N")
 
 
 @dataclass
@@ -61,6 +70,7 @@ class TrainResult:
     history: list[dict] = field(default_factory=list)  # per epoch: loss, dev metrics, density, seconds
     best_epoch: int = 0
     seconds: float = 0.0
+    processes: int = 1  # DistributedDataParallel processes that shared each batch
 
 
 # ---------------------------------------------------------------- device
@@ -69,7 +79,7 @@ def resolve_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
     if name.startswith("cuda") and not torch.cuda.is_available():
-        raise ValueError(f"device '{name}': this torch build sees no CUDA GPU (torch {torch.__version__}); "
+        raise ConfigError(f"device '{name}': this torch build sees no CUDA GPU (torch {torch.__version__}); "
                          "pass --device cpu, or install a CUDA build of torch")
     return torch.device(name)
 
@@ -144,6 +154,13 @@ def _trainable_state(model, cfg: TrainConfig) -> dict[str, torch.Tensor]:
     return {n: p.detach().clone() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def _restore_trainable(model, cfg: TrainConfig, tensors: dict[str, torch.Tensor]) -> None:
+    if cfg.mode == "weights":
+        model.load_state_dict(tensors)
+    else:
+        load_parameters_(model, tensors)
+
+
 @torch.no_grad()
 def load_parameters_(model, tensors: dict[str, torch.Tensor]) -> None:
     """Copy tensors into the model's parameters of the same names (e.g. mask scores and head)."""
@@ -152,21 +169,30 @@ def load_parameters_(model, tensors: dict[str, torch.Tensor]) -> None:
         params[name].copy_(value)
 
 
-def fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfig, progress: bool = False) -> TrainResult:
+def fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfig, progress: bool = False,
+        checkpoint: Checkpointer | None = None) -> TrainResult:
     """Train in place on cfg.device; on return the model holds the selected epoch's parameters, on the CPU.
 
-    The caller passes the splits to use (``RunConfig`` applies max_train/eval_examples).
+    The caller passes the splits to use (``RunConfig`` applies max_train/eval_examples). With a checkpointer the
+    training state is saved as it says (compress.checkpoint) and a saved state is continued.
     """
-    device = resolve_device(cfg.device)
-    log.info("training on %s", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu")
+    device = distributed.device(resolve_device(cfg.device))
+    distributed.init(device)
+    log.info("training on %s%s", torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu",
+             f" (process {distributed.rank()} of {distributed.world()})" if distributed.world() > 1 else "")
     model.to(device)
     try:
-        return _fit(model, task, train, dev, tokenizer, cfg, device, progress)
+        if checkpoint is None:
+            return _fit(model, task, train, dev, tokenizer, cfg, device, progress, None)
+        with checkpoint.signals():
+            return _fit(model, task, train, dev, tokenizer, cfg, device, progress, checkpoint)
     finally:
         model.to("cpu")  # quantized tensors, export and ONNX validation live on the CPU
+        distributed.finish()  # training is the only collective work; process 0 goes on alone
 
 
-def _fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfig, device: torch.device, progress: bool) -> TrainResult:
+def _fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfig, device: torch.device, progress: bool,
+         checkpoint: Checkpointer | None) -> TrainResult:
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     np.random.seed(cfg.seed)
@@ -174,6 +200,9 @@ def _fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfi
     tr_enc, dev_enc = encode(tokenizer, train, cfg.max_length), encode(tokenizer, dev, cfg.max_length)
     y = labels_tensor(task, train.labels).to(device)
     groups, scores = _param_groups(model, cfg)
+    # stop now with advice rather than be killed mid-epoch (each process holds its share of the batch)
+    resources.check(model, math.ceil(cfg.batch_size / distributed.world()), cfg.max_length, device)
+    trained = distributed.wrap(model, device, find_unused=cfg.head_warmup_steps > 0)  # DDP under torchrun, else the model
     opt = torch.optim.AdamW(groups)
     steps_per_epoch = math.ceil(len(train) / cfg.batch_size)
     total = steps_per_epoch * cfg.epochs
@@ -183,20 +212,46 @@ def _fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfi
     t_start, step = time.perf_counter(), 0
     ffn_target = masking.ffn_keep_target(model)  # the FFN neuron schedule's end (1.0: no neuron pruning)
     rng = np.random.default_rng(cfg.seed)
-    for epoch in range(1, cfg.epochs + 1):
+    start_epoch, start_batch, order, losses, seconds_before = 1, 0, None, [], 0.0
+    saved = checkpoint.restore() if checkpoint else None
+    if saved is not None:
+        _restore_trainable(model, cfg, saved["trainable"])
+        opt.load_state_dict(saved["optimizer"])
+        sched.load_state_dict(saved["scheduler"])
+        set_rng_state_(saved["rng"], rng)
+        step, start_epoch, start_batch = saved["step"], saved["epoch"], saved["batch"]
+        order = None if saved["order"] is None else saved["order"].numpy()
+        losses, seconds_before = list(saved["losses"]), saved["seconds"]
+        result.history, result.best_epoch, best_metric, best_state = saved["history"], saved["best_epoch"], saved["best_metric"], saved["best_state"]
+
+    def save(epoch: int, batch: int, order_, due: bool) -> None:
+        """Save if due or asked to stop (then raise Interrupted); every process reaches this at each step, so all stop together."""
+        stop = distributed.any_true(checkpoint.stop_requested, device)
+        if (due or stop) and distributed.is_main():
+            checkpoint.save({"step": step, "epoch": epoch, "batch": batch, "order": None if order_ is None else torch.from_numpy(order_),
+                             "losses": losses, "history": result.history, "best_epoch": result.best_epoch, "best_metric": best_metric,
+                             "best_state": best_state, "trainable": _trainable_state(model, cfg), "optimizer": opt.state_dict(),
+                             "scheduler": sched.state_dict(), "rng": rng_state(rng),
+                             "seconds": seconds_before + time.perf_counter() - t_start})
+        if stop:
+            raise Interrupted(checkpoint.path, step)
+
+    for epoch in range(start_epoch, cfg.epochs + 1):
         model.train()
-        t0, losses = time.perf_counter(), []
-        order = rng.permutation(len(train))
+        t0 = time.perf_counter()
+        if epoch != start_epoch or order is None:
+            order, losses, start_batch = rng.permutation(len(train)), [], 0
         # updated by hand: a bar that is iterated closes itself before the dev metric can be shown
-        bar = tqdm(total=steps_per_epoch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=True, unit="step")
-        for b in range(steps_per_epoch):
-            idx = order[b * cfg.batch_size:(b + 1) * cfg.batch_size]
+        bar = tqdm(total=steps_per_epoch, initial=start_batch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not progress, leave=True,
+                   unit="step")
+        for b in range(start_batch, steps_per_epoch):
+            idx = distributed.shard(order[b * cfg.batch_size:(b + 1) * cfg.batch_size])  # all of it with one process
             batch = collate(tr_enc, idx, pad_id, device)
             for s in scores:  # head warm-up: scores frozen for the first steps
                 s.requires_grad_(step >= cfg.head_warmup_steps)
             masking.set_ffn_keep_(model, step / total)
             with _autocast(device, cfg.bf16):
-                out = model(**batch).float()
+                out = trained(**batch).float()
             target = y[torch.from_numpy(idx).to(device)]
             loss = loss_fn(out.squeeze(-1), target) if task.is_regression else loss_fn(out, target)
             opt.zero_grad(set_to_none=True)
@@ -208,6 +263,8 @@ def _fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfi
             bar.update()
             if b % 10 == 0:
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
+            if checkpoint and b + 1 < steps_per_epoch:  # the epoch's last step is saved after its dev pass
+                save(epoch, b + 1, order, checkpoint.due(step))
         ffn_keep = masking.set_ffn_keep_(model, step / total)  # where the neuron schedule stands after this epoch
         logits = predict(model, dev_enc, pad_id, bf16=cfg.bf16)
         dev_metrics = metrics.compute(task, logits, dev.labels)
@@ -224,10 +281,13 @@ def _fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfi
         if not pruning and (cfg.select == "last" or dev_metrics[task.metric] > best_metric):  # only epochs at the final sparsity
             best_metric, result.best_epoch = dev_metrics[task.metric], epoch
             best_state = _trainable_state(model, cfg)
+        losses = []
+        if checkpoint:  # every epoch's end (the last one too: an export that fails does not cost the training)
+            save(epoch + 1, 0, None, True)
     if best_state is not None and result.best_epoch != cfg.epochs:
-        if cfg.mode == "weights":
-            model.load_state_dict(best_state)
-        else:
-            load_parameters_(model, best_state)
-    result.seconds = time.perf_counter() - t_start
+        _restore_trainable(model, cfg, best_state)
+    result.seconds = seconds_before + time.perf_counter() - t_start
+    result.processes = distributed.world()
+    log.info("process %d: mask sha256 %s", distributed.rank(),
+             masking.mask_sha256({k: v.cpu().numpy() for k, v in masking.masks(model).items()}) if cfg.mode == "structure" else "-")
     return result

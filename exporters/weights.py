@@ -40,6 +40,7 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from compress.errors import ConfigError
 from compress.exporters import functions
 from compress.qweight import QWeight, pack_bits
 
@@ -188,12 +189,12 @@ class _Builder:
     def matmul_nbits(self, base: str, x: str, y: str, w: QWeight) -> None:
         """y = x @ W^T with com.microsoft MatMulNBits reading the stored codes directly."""
         if type(self.source) is not Inline:
-            raise ValueError(f"{base}: MatMulNBits reads packed codes as they are, so they cannot come from a shared backbone: use kernel int8")
+            raise ConfigError(f"{base}: MatMulNBits reads packed codes as they are, so they cannot come from a shared backbone: use kernel int8")
         rows, cols = w.shape
         bits = w.storage_bits
         block = w.group_size if w.groups > 1 else min(cols & -cols, 256)  # a power of two >= 16 that divides cols
         if block < 16:
-            raise ValueError(f"{base}: MatMulNBits needs blocks of >= 16 inputs, and {cols} inputs allow only {block}: use --kernel int8")
+            raise ConfigError(f"{base}: MatMulNBits needs blocks of >= 16 inputs, and {cols} inputs allow only {block}: use --kernel int8")
         blocks = cols // block
         codes = pack_bits(w.stored(), bits).reshape(rows, blocks, block * bits // 8)
         scale = np.repeat(w.scale.reshape(rows, -1), blocks // w.groups, axis=1)

@@ -18,6 +18,7 @@ from pathlib import Path
 import numpy as np
 
 from compress import manifest as mf
+from compress.errors import ConfigError
 from compress.runtimes import evaluate
 from compress.runtimes.session import open_session
 
@@ -53,7 +54,7 @@ class Pack:
 
     def logits(self, name: str, texts: list[str], texts_b: list[str] | None = None, batch_size: int = 32) -> np.ndarray:
         if texts_b is not None and len(texts_b) != len(texts):
-            raise ValueError(f"{len(texts)} first texts but {len(texts_b)} second texts: pass one second text per first text")
+            raise ConfigError(f"{len(texts)} first texts but {len(texts_b)} second texts: pass one second text per first text")
         t = self.task(name)
         enc = evaluate.encode(self._tokenizer(name), list(texts), None if texts_b is None else list(texts_b))
         return evaluate.logits(self.session(name), enc, batch_size, t.pad_token_id)

@@ -13,11 +13,16 @@ from compress.runtimes.providers import Provider, require
 log = logging.getLogger(__name__)
 
 
+class GraphLoadError(RuntimeError):
+    """A graph file that ONNX Runtime cannot load (not ONNX, truncated, unknown operators)."""
+
+
 def open_session(model: str | Path | bytes, provider: Provider | str = "cpu", threads: int | None = None,
-                 optimized_path: str | Path | None = None) -> ort.InferenceSession:
+                 optimized_path: str | Path | None = None, sparse: bool = False) -> ort.InferenceSession:
     """All graph optimizations on (constant folding unpacks the low-bit weights at load).
 
     optimized_path: also write the graph ONNX Runtime actually runs (to check which kernels fire).
+    sparse: the weights are 2:4 sparse (TensorRT: use the sparse tensor cores).
     """
     p = require(provider) if isinstance(provider, str) else provider
     if not p.available:
@@ -30,7 +35,13 @@ def open_session(model: str | Path | bytes, provider: Provider | str = "cpu", th
     if optimized_path:
         so.optimized_model_filepath = str(optimized_path)
     src = model if isinstance(model, bytes) else str(model)
-    sess = ort.InferenceSession(src, so, providers=p.session_providers())
+    try:
+        sess = ort.InferenceSession(src, so, providers=p.session_providers(sparse))
+    except Exception as e:  # noqa: BLE001 - ONNX Runtime's load errors have no common base class
+        if isinstance(model, bytes):
+            raise  # a graph built in memory that does not load is a bug
+        raise GraphLoadError(f"{model} is not a graph ONNX Runtime can load ({type(e).__name__}: {str(e).splitlines()[0][:160]}): "
+                             "rebuild it with `compress export DIR`") from None
     release_freed_memory()
     return sess
 

@@ -117,12 +117,77 @@ def test_two_bits_default_to_gptq_asymmetric_groups(run_args, tmp_path):
     (["--group-size", "48"], "power of two"),
     (["--data-dir", "/nonexistent/glue"], "does not exist"),
     (["--device", "gpu"], "is not one of auto, cpu, cuda, cuda:N"),
+    (["--epochs", "0"], "epochs=0"),
+    (["--batch-size", "-4"], "batch_size=-4"),
+    (["--max-length", "4"], "max_length >= 8"),
+    (["--mask-lr", "-1"], "learning rates must be > 0"),
+    (["--max-train-examples", "0"], "max_train_examples=0: use at least 1"),
+    (["--max-metric-drop", "-0.1"], "the drop must be >= 0"),
+    (["--max-logit-diff", "0"], "tolerances > 0"),
+    (["--score-init", "0.5", "0.1"], "init range (0.5, 0.1) is empty"),
+    (["--threshold", "nan"], "threshold nan must be finite"),
+    (["--ffn-keep", "0"], "ffn_keep=0"),
+    (["--threads", "0"], "0 is not in the range x>=1"),
+    (["--checkpoint-every", "-1"], "-1 is not in the range x>=0"),
+    (["--resume"], "no checkpoint at"),
 ])
 def test_bad_input_one_line(run_args, tmp_path, extra, message):
     r = invoke(*run_args, *extra)
     assert r.exit_code != 0
     assert message in error_line(r)
     assert not (tmp_path / "out").exists()
+
+
+def test_checkpoint_is_removed_when_the_artifact_is_published(run_args, tmp_path):
+    from compress import checkpoint
+
+    r = invoke(*run_args, "--checkpoint-every", "1")
+    assert r.exit_code == 0, r.output
+    assert (tmp_path / "out" / "manifest.json").is_file() and not checkpoint.work_dir(tmp_path / "out").exists()
+
+
+def test_a_checkpoint_from_other_settings_is_refused_by_name(run_args, tmp_path, monkeypatch):
+    from compress import checkpoint, train
+
+    real = train._fit
+
+    def stop_after_first_save(*a):
+        ckpt = a[-1]
+        ckpt.stop_requested = True  # as Ctrl-C would: a checkpoint at the first step, then Interrupted
+        return real(*a)
+
+    monkeypatch.setattr(train, "_fit", stop_after_first_save)
+    r = invoke(*run_args)
+    assert r.exit_code == 130 and "Stopped: interrupted at step 1" in r.output and "rerun the same command" in r.output
+    assert not (tmp_path / "out").exists() and (checkpoint.work_dir(tmp_path / "out") / checkpoint.FILE).is_file()
+    monkeypatch.setattr(train, "_fit", real)
+    other = invoke(*run_args, "--mask-lr", "0.01")
+    assert other.exit_code == 1 and "train.mask_lr: checkpoint 0.002, this run 0.01" in error_line(other)
+    assert "--restart" in error_line(other)
+    again = invoke(*run_args, "--resume")  # the same settings continue it
+    assert again.exit_code == 0, again.output
+    assert not checkpoint.work_dir(tmp_path / "out").exists()
+
+
+def test_not_enough_memory_stops_before_training(run_args, tmp_path, monkeypatch):
+    from compress import resources
+
+    monkeypatch.setattr(resources, "available", lambda device: 10**6)
+    r = invoke(*run_args)
+    assert r.exit_code == 1 and "but this machine has 0.0 GB free: lower" in error_line(r)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_bug_keeps_its_traceback(run_args, monkeypatch):
+    """A ValueError that is not a user mistake (a bug) is not turned into a one-line message."""
+    from compress import pipeline
+
+    def bug(*a, **kw):
+        raise ValueError("internal invariant broken")
+
+    monkeypatch.setattr(pipeline, "run", bug)
+    with pytest.raises(ValueError, match="internal invariant"):
+        invoke(*run_args)
 
 
 def test_malformed_row_and_missing_task_files(run_args, mini_glue, tmp_path):
@@ -167,7 +232,7 @@ def test_hub_name_without_network_fails_in_seconds(run_args, monkeypatch):
     assert hub_reachable()  # behind a proxy a refused direct connection proves nothing: the hub client decides
 
 
-def test_two_four_sparsity(run_args, tmp_path):
+def test_two_four_sparsity(run_args, tmp_path, monkeypatch):
     r = invoke(*run_args, "--sparsity", "2:4", "--kernel", "float")
     assert r.exit_code == 0, r.output
     m = json.loads((tmp_path / "out" / "manifest.json").read_text())
@@ -175,6 +240,23 @@ def test_two_four_sparsity(run_args, tmp_path):
     assert all(l["density"] == 0.5 for l in m["layers"][:-1]) and m["density"] == 0.5
     e = invoke("export", str(tmp_path / "out"))  # the manifest's nm round-trips into MaskConfig
     assert e.exit_code == 0, e.output
+    # on TensorRT, a 2:4 artifact's session enables the sparse tensor cores (no GPU here: the provider and session are recorded)
+    import onnxruntime
+
+    from compress.runtimes import providers, session
+
+    seen = []
+
+    class Recorder(onnxruntime.InferenceSession):
+        def __init__(self, src, so, providers):
+            seen.append(providers)
+            super().__init__(src, so, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(providers, "get", lambda name: providers.Provider(name, True))
+    monkeypatch.setattr(session.ort, "InferenceSession", Recorder)
+    b = invoke("bench", str(tmp_path / "out"), "--provider", "tensorrt", "--batch", "1")
+    assert b.exit_code == 0, b.output
+    assert seen[0][0] == ("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_sparsity_enable": True})
 
 
 def test_ffn_keep_removes_neurons_from_the_graph(run_args, tmp_path):
@@ -255,12 +337,23 @@ def test_sweep_command_and_check_on_its_json(tiny_model_dir, mini_glue, tmp_path
     assert bad.exit_code != 0 and "comma-separated list of integers" in bad.output
 
 
-def test_accuracy_drift_fails_but_keeps_the_trained_artifact(run_args, tmp_path):
+def test_accuracy_drift_fails_but_keeps_the_trained_artifact(run_args, tmp_path, monkeypatch):
+    from compress.runtimes import evaluate
+
     out = tmp_path / "out"
-    r = invoke(*run_args, "--max-metric-drop", "-1")  # an impossible guard: every export "drifts"
-    assert r.exit_code == 1 and "trails PyTorch's" in error_line(r) and "--kernel float" in error_line(r)
+    real = evaluate.texts_logits
+    monkeypatch.setattr(evaluate, "texts_logits", lambda *a, **kw: real(*a, **kw) + 10)  # ONNX Runtime's dev logits off by 10
+    r = invoke(*run_args)
+    assert r.exit_code == 1 and "differ from PyTorch's by up to 10 > max_logit_diff 2" in error_line(r) and "--kernel float" in error_line(r)
     m = json.loads((out / "manifest.json").read_text())
-    assert m["validation"]["passed"] is False and "trails" in m["validation"]["failure"]
+    assert m["validation"]["passed"] is False and "max_logit_diff" in m["validation"]["failure"]
+    monkeypatch.setattr(evaluate, "texts_logits", real)
+    strict = tmp_path / "strict"
+    r = invoke(*run_args[:-2], "--out", strict, "--max-logit-diff", "1e-9")  # int8 rounding alone exceeds this bound
+    assert r.exit_code == 1 and "max_logit_diff 1e-09" in error_line(r)
+    before = (strict / "manifest.json").read_bytes()
+    again = invoke("export", strict)  # a re-export bounds the new graph on the parity sample and leaves the artifact as it was
+    assert "max_logit_diff 1e-09 on the parity sample" in error_line(again) and (strict / "manifest.json").read_bytes() == before
     e = invoke("export", str(out), "--kernel", "float")  # no retraining needed
     assert e.exit_code == 0, e.output
     assert json.loads((out / "manifest.json").read_text())["validation"]["passed"] is None
@@ -297,3 +390,48 @@ def test_same_command_and_seed_give_the_same_mask_hash(run_args, tmp_path):
     other[name] = other[name].copy()
     other[name].flat[0] = not other[name].flat[0]
     assert masking.mask_sha256(other) != hashes[0]  # one weight's bit changes it
+
+
+def test_hostile_files_and_a_full_disk(run_args, tiny_model_dir, tmp_path, monkeypatch):
+    """Each case of the README's troubleshooting table ends in one Error line, exit 1, and nothing half written."""
+    import errno
+    import shutil
+
+    from transformers import AutoTokenizer, BertConfig, BertModel
+
+    from compress import manifest as mf
+    from compress.models import embedded_dir
+
+    assert invoke(*run_args).exit_code == 0
+    out = tmp_path / "out"
+    # a graph file that is not ONNX: altered (SHA-256 refused), and altered with its manifest rewritten (ONNX Runtime refuses it)
+    bad = shutil.copytree(out, tmp_path / "not-onnx")
+    (bad / "onnx" / "model.onnx").write_bytes(b"PK\x03\x04 this is a zip file, not ONNX")
+    assert "does not match its SHA-256" in error_line(invoke("bench", bad, "--batch", "1"))
+    mf.write(bad, mf.read(bad, verify=False))
+    assert "is not a graph ONNX Runtime can load" in error_line(invoke("bench", bad, "--batch", "1"))
+    # a model directory without its weights; a tokenizer that belongs to another model
+    no_weights = tmp_path / "no-weights"
+    shutil.copytree(tiny_model_dir, no_weights)
+    (no_weights / "model.safetensors").unlink()
+    args = [a if a != str(tiny_model_dir) else str(no_weights) for a in run_args]
+    assert "has a config.json but no weights" in error_line(invoke(*args, "--out", tmp_path / "o1"))
+    small = tmp_path / "small-vocab"
+    BertModel(BertConfig(vocab_size=1000, hidden_size=64, num_hidden_layers=1, num_attention_heads=4, intermediate_size=128)).save_pretrained(small)
+    AutoTokenizer.from_pretrained(embedded_dir()).save_pretrained(small)
+    args = [a if a != str(tiny_model_dir) else str(small) for a in run_args]
+    assert "30522 tokens but the model's embedding table has 1000" in error_line(invoke(*args, "--out", tmp_path / "o2"))
+    assert "exceeds the 128 positions" in error_line(invoke(*run_args, "--max-length", "256", "--out", tmp_path / "o3"))
+    # the disk fills up while the graph is written: nothing published, no staging directory left, the old artifact intact
+    import onnx
+
+    def full(*a, **kw):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(onnx, "save", full)
+    r = invoke(*run_args, "--out", tmp_path / "o4")
+    assert "no space left on the device" in error_line(r) and not (tmp_path / "o4").exists()
+    before = (out / "manifest.json").read_bytes()
+    assert "no space left on the device" in error_line(invoke("export", out, "--kernel", "float"))
+    assert (out / "manifest.json").read_bytes() == before and mf.read(out, mf.ArtifactManifest)
+    assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]

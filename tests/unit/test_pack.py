@@ -232,7 +232,7 @@ def test_other_grids_pack_exactly(tiny_model_dir, glue2, tmp_path, bits):
 def test_a_failed_accuracy_guard_is_packed_only_when_allowed(trained, glue2, tmp_path):
     failed = tmp_path / "failed"
     r = invoke("run", "--backbone", trained / "bb", "--task", "sst2", "--data-dir", glue2, "--epochs", "1", "--no-bench",
-               "--max-metric-drop", "-1", "--out", failed)  # an impossible guard: the artifact is kept, flagged
+               "--max-logit-diff", "1e-9", "--out", failed)  # an impossible guard: the artifact is kept, flagged
     assert r.exit_code == 1
     refused = invoke("pack", tmp_path / "p", trained / "mrpc", failed, "--no-memory")
     assert refused.exit_code != 0 and "--allow-failed-guard" in error_line(refused) and not (tmp_path / "p").exists()

@@ -8,6 +8,14 @@ def test_providers_report_skip_reasons():
         assert p.available or "install onnxruntime-gpu" in p.reason
 
 
+def test_provider_options():
+    trt = providers.Provider("tensorrt", True)
+    assert trt.session_providers() == [("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_sparsity_enable": False}),
+                                       "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert trt.session_providers(sparse=True)[0][1]["trt_sparsity_enable"] is True
+    assert providers.Provider("cuda", True).session_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
+
+
 def test_bench_inputs_shape():
     feed = bench.inputs(3, 16)
     assert feed["input_ids"].shape == (3, 16) and feed["attention_mask"].sum() == 48

@@ -76,6 +76,28 @@ def test_table_layout():
     assert sweep.tables(data) == text + "\n" + sweep.table(data, "torch_metrics")
 
 
+def test_failed_guard_cells_leave_mean_and_sd():
+    rec = lambda seed, f1, ok: {"mode": "structure", "bits": 4, "seed": seed, "metrics": {"f1": f1}, "torch_metrics": {"f1": f1},  # noqa: E731
+                                "density": 0.9, "onnx_bytes": 10**6, "validation_passed": ok}
+    summary = sweep.summarize([rec(0, 0.80, True), rec(1, 0.40, False), rec(2, 0.82, True)])
+    s = summary[0]
+    assert s["n"] == 2 and s["failed"] == 1 and s["metrics"]["f1"]["mean"] == pytest.approx(0.81)
+    data = {"metric": "f1", "summary": summary, "model": "m", "task": "mrpc", "seeds": 3, "majority": 0.5}
+    text = sweep.table(data)
+    assert "0.810 ± 0.014 (2 seeds; 1 failed its guard)" in text and "left out of mean and SD" in text
+    none_ok = sweep.summarize([rec(0, 0.4, False)])
+    assert none_ok[0]["n"] == 0 and "all 1 failed their guard" in sweep.table({**data, "summary": none_ok})
+
+
+def test_a_damaged_cell_is_an_error_not_a_silent_retrain(tiny_model_dir, mini_glue, tmp_path):
+    cfg = config(tiny_model_dir, mini_glue, tmp_path, modes=("structure",), bits=(4,), seeds=1)
+    sweep.sweep(cfg)
+    with open(tmp_path / "sweep" / "cells" / "structure-4bit-seed0" / "mask.npz", "ab") as f:
+        f.write(b"\0")
+    with pytest.raises(sweep.SweepError, match=r"cell structure-4bit-seed0: .*mask.npz.*delete .*structure-4bit-seed0 to train it again"):
+        sweep.sweep(cfg)
+
+
 def test_bad_sweep_config(tiny_model_dir, mini_glue, tmp_path):
     with pytest.raises(sweep.SweepError, match="modes"):
         config(tiny_model_dir, mini_glue, tmp_path, modes=("dense",))
@@ -83,17 +105,29 @@ def test_bad_sweep_config(tiny_model_dir, mini_glue, tmp_path):
         config(tiny_model_dir, mini_glue, tmp_path, bits=(3,))
 
 
-def test_sweep_on_ray(tiny_model_dir, mini_glue, tmp_path):
-    pytest.importorskip("ray", reason="Ray is an optional extra: pip install -e '.[ray]'")
-    import ray
+def test_sweep_on_ray_gives_the_serial_table(tiny_model_dir, mini_glue, tmp_path):
+    """A local Ray instance with 2 CPUs, one CPU (and thread) per cell, against the same cells run serially with one thread."""
+    import dataclasses
 
-    cfg = config(tiny_model_dir, mini_glue, tmp_path, modes=("weights",), bits=(32, 4), seeds=1, parallel="ray", cpus_per_cell=1)
+    import ray
+    import torch
+
+    ray_cfg = config(tiny_model_dir, mini_glue, tmp_path, bits=(32, 4), seeds=1, parallel="ray", cpus_per_cell=1, out=str(tmp_path / "ray"))
+    serial_cfg = dataclasses.replace(ray_cfg, parallel="serial", out=str(tmp_path / "serial"),
+                                     run=dataclasses.replace(ray_cfg.run, threads=1))
+    threads = torch.get_num_threads()
     try:
+        serial = sweep.sweep(serial_cfg)
         ray.init(num_cpus=2, include_dashboard=False, ignore_reinit_error=True, log_to_driver=False)
-        data = sweep.sweep(cfg)
+        parallel = sweep.sweep(ray_cfg)
     finally:
         ray.shutdown()
-    assert sorted((c["mode"], c["bits"]) for c in data["cells"]) == [("weights", 4), ("weights", 32)]
+        torch.set_num_threads(threads)
+    assert sorted((c["mode"], c["bits"]) for c in parallel["cells"]) == [("structure", 4), ("structure", 32), ("weights", 4), ("weights", 32)]
+    assert sweep.tables(parallel) == sweep.tables(serial)
+    assert [c["metrics"] for c in parallel["cells"]] == [c["metrics"] for c in serial["cells"]]
+    m = json.loads((tmp_path / "ray" / "cells" / "weights-4bit-seed0" / "manifest.json").read_text())
+    assert m["training"]["init_from"].endswith("weights-32bit-seed0")  # the second wave quantized the first wave's fine-tuning
 
 
 def test_sweeps_over_disjoint_seeds_share_out(tiny_model_dir, mini_glue, tmp_path, monkeypatch):

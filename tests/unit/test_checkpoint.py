@@ -1,0 +1,107 @@
+"""compress.checkpoint + train.fit: a stopped run continues to the same mask; other settings are refused."""
+import copy
+import os
+import signal
+
+import pytest
+import torch
+
+from compress import checkpoint, masking, tasks, train
+from compress.checkpoint import CheckpointConfig, CheckpointError, Checkpointer, Interrupted
+
+
+@pytest.fixture()
+def mrpc(mini_glue):
+    task = tasks.get_task("mrpc")
+    return task, tasks.load_task(task, mini_glue)
+
+
+SETTINGS = {"train": {"mask_lr": 0.002, "seed": 0}, "model": "tiny"}
+
+
+class StopAt(Checkpointer):
+    """Asks to stop at one step, as SIGINT would, or sends itself a real signal there."""
+
+    def __init__(self, directory, at: int, sig: int | None = None, **kw):
+        super().__init__(directory, SETTINGS, CheckpointConfig(**kw))
+        self.at, self.sig = at, sig
+
+    def due(self, step: int) -> bool:
+        if step == self.at:
+            if self.sig is None:
+                self.stop_requested = True
+            else:
+                os.kill(os.getpid(), self.sig)  # the handler installed by fit() sets stop_requested
+        return super().due(step)
+
+
+def _model(tiny_classifier, mode, mask_cfg):
+    clf = copy.deepcopy(tiny_classifier[0])
+    if mode == "structure":
+        torch.manual_seed(0)
+        masking.apply_masks_(clf, mask_cfg)
+    return clf
+
+
+def _fit(tiny_classifier, mrpc, ckpt=None, mode="structure", mask_cfg=masking.MaskConfig(ffn_keep=0.5)):
+    clf = _model(tiny_classifier, mode, mask_cfg)
+    task, splits = mrpc
+    cfg = train.TrainConfig(mode=mode, epochs=3, batch_size=8, max_length=32, head_warmup_steps=2)  # 3 steps per epoch
+    return clf, train.fit(clf, task, splits["train"], splits["dev"], tiny_classifier[1], cfg, checkpoint=ckpt)
+
+
+def _fingerprint(clf, mode):
+    if mode == "structure":
+        return masking.mask_sha256({k: v.numpy() for k, v in masking.masks(clf).items()}), clf.head_parameters()
+    return None, clf.state_dict()
+
+
+@pytest.mark.parametrize("mode,stops", [("structure", (2, 4, 7)), ("weights", (5,))])
+def test_stopped_and_resumed_equals_uninterrupted(tiny_classifier, mrpc, tmp_path, mode, stops):
+    ref_model, ref = _fit(tiny_classifier, mrpc, mode=mode)
+    want_hash, want = _fingerprint(ref_model, mode)
+    for at in stops:  # mid-epoch (2, 4, 7) and an epoch's last step (saved after the dev pass: 3, 6); dropout is on
+        with pytest.raises(Interrupted, match=f"step {at}"):
+            _fit(tiny_classifier, mrpc, StopAt(tmp_path / "w", at), mode=mode)
+        saved = torch.load(tmp_path / "w" / checkpoint.FILE, weights_only=True)
+        assert saved["step"] == at
+    clf, res = _fit(tiny_classifier, mrpc, Checkpointer(tmp_path / "w", SETTINGS, CheckpointConfig(every=1)), mode=mode)
+    got_hash, got = _fingerprint(clf, mode)
+    assert got_hash == want_hash
+    assert all(torch.equal(got[k], want[k]) for k in want)
+    assert [h["loss"] for h in res.history] == [h["loss"] for h in ref.history] and res.best_epoch == ref.best_epoch
+    assert (tmp_path / "w" / checkpoint.FILE).is_file()  # kept until the artifact is published (the pipeline removes it)
+
+
+def test_a_real_signal_saves_then_stops(tiny_classifier, mrpc, tmp_path):
+    before = signal.getsignal(signal.SIGTERM)
+    with pytest.raises(Interrupted):
+        _fit(tiny_classifier, mrpc, StopAt(tmp_path / "w", 4, signal.SIGTERM, every=0))
+    assert signal.getsignal(signal.SIGTERM) is before  # the handler is removed again
+    assert torch.load(tmp_path / "w" / checkpoint.FILE, weights_only=True)["step"] == 4
+
+
+def test_after_training_a_rerun_does_not_train_again(tiny_classifier, mrpc, tmp_path):
+    _fit(tiny_classifier, mrpc, Checkpointer(tmp_path / "w", SETTINGS, CheckpointConfig(every=0)))
+    state = torch.load(tmp_path / "w" / checkpoint.FILE, weights_only=True)
+    assert state["epoch"] == 4 and state["step"] == 9  # saved after the last epoch (an export that fails keeps the training)
+    clf, res = _fit(tiny_classifier, mrpc, Checkpointer(tmp_path / "w", SETTINGS))
+    assert len(res.history) == 3
+
+
+def test_other_settings_or_a_damaged_file_are_refused(tmp_path):
+    (tmp_path / "w").mkdir()
+    torch.save({"version": checkpoint.VERSION, "settings": SETTINGS, "step": 1}, tmp_path / "w" / checkpoint.FILE)
+    other = {"train": {"mask_lr": 0.004, "seed": 0}, "model": "tiny"}
+    with pytest.raises(CheckpointError, match=r"train\.mask_lr: checkpoint 0\.002, this run 0\.004.*--restart"):
+        Checkpointer(tmp_path / "w", other).restore()
+    assert Checkpointer(tmp_path / "w", other, CheckpointConfig(resume="restart")).restore() is None
+    assert not (tmp_path / "w").exists()  # discarded
+    with pytest.raises(CheckpointError, match="no checkpoint.*without --resume"):
+        Checkpointer(tmp_path / "w", SETTINGS, CheckpointConfig(resume="require")).restore()
+    (tmp_path / "w").mkdir()
+    (tmp_path / "w" / checkpoint.FILE).write_bytes(b"not a checkpoint")
+    with pytest.raises(CheckpointError, match="cannot be read.*--restart"):
+        Checkpointer(tmp_path / "w", SETTINGS).restore()
+    with pytest.raises(CheckpointError, match="every -1"):
+        CheckpointConfig(every=-1)
