@@ -46,8 +46,8 @@ def settings(cfg: RunConfig, embedding: bool) -> mf.RunSettings:
 
 
 def checkpoint_settings(cfg: RunConfig, ref: mf.BackboneRef | None, train_split: tasks.Split) -> dict:
-    """What a checkpoint must share with the run that continues it: everything that shapes training, and the data itself
-    (not where outputs go, export options, threads or benchmarking)."""
+    """What a checkpoint must share with the run that continues it: everything that shapes training, the data itself and the
+    number of torchrun processes (not where outputs go, export options, threads or benchmarking)."""
     import hashlib
 
     d = dataclasses.asdict(cfg)
@@ -56,7 +56,8 @@ def checkpoint_settings(cfg: RunConfig, ref: mf.BackboneRef | None, train_split:
     h = hashlib.sha256()
     for row in zip(train_split.text_a, train_split.text_b or [""] * len(train_split), train_split.labels):
         h.update(repr(row).encode())
-    return d | {"backbone_sha256": ref.sha256 if ref else None, "train_data": {"examples": len(train_split), "sha256": h.hexdigest()}}
+    return d | {"backbone_sha256": ref.sha256 if ref else None, "train_data": {"examples": len(train_split), "sha256": h.hexdigest()},
+                "processes": distributed.world()}  # torchrun processes share each batch: another count, another data order
 
 
 def prepare(model: torch.nn.Module, qweights: dict[str, QWeight]) -> tuple[dict[str, QWeight], tuple[str, QWeight] | None]:
