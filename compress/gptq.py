@@ -19,6 +19,7 @@ from compress import calibration, quantize
 from compress.qweight import QWeight
 
 log = logging.getLogger(__name__)
+BLOCK = 128  # columns per lazy-batch block
 
 
 def input_hessians(model: torch.nn.Module, names: list[str], batches) -> dict[str, torch.Tensor]:
@@ -57,14 +58,24 @@ def gptq_tensor(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: i
     U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)  # upper Cholesky of H^-1
     q = torch.zeros(rows, cols, dtype=torch.float64)
     scales, zeros = [], []
-    for i in range(cols):
-        if i % g == 0:  # this group's grid, from the weights as updated so far
-            _, scale, zero = quantize._quantize_groups(W[:, i:i + g].float()[:, None, :], bits, clip_search, symmetric)
-            scale, zero = scale[:, 0], None if zero is None else zero[:, 0]
-            scales.append(scale)
-            zeros.append(zero)
-        q[:, i] = _round_column(W[:, i], scale, zero, bits)
-        err = (W[:, i] - q[:, i] * scale.double()) / U[i, i]
-        W[:, i:] -= err[:, None] * U[i, i:][None, :]
+    # Lazy batch updates (the paper's section 3.2): the error of a block's columns reaches the columns after the block in one
+    # matmul instead of one rank-1 update per column. Blocks hold whole groups, so each group's grid is still taken from its
+    # columns as updated so far: the same codes as column by column, up to float64 summation order.
+    block = max(g, BLOCK // g * g) if g < cols else BLOCK
+    for b1 in range(0, cols, block):
+        b2 = min(b1 + block, cols)
+        W1, E = W[:, b1:b2].clone(), torch.zeros(rows, b2 - b1, dtype=torch.float64)
+        for j in range(b2 - b1):
+            i = b1 + j
+            if i % g == 0:  # this group's grid, from the weights as updated so far (per channel: all of W, before any update)
+                cols_of_group = W1[:, j:j + g] if g < cols else W
+                _, scale, zero = quantize._quantize_groups(cols_of_group.float()[:, None, :], bits, clip_search, symmetric)
+                scale, zero = scale[:, 0], None if zero is None else zero[:, 0]
+                scales.append(scale)
+                zeros.append(zero)
+            q[:, i] = _round_column(W1[:, j], scale, zero, bits)
+            E[:, j] = err = (W1[:, j] - q[:, i] * scale.double()) / U[i, i]
+            W1[:, j:] -= err[:, None] * U[i, i:b2][None, :]
+        W[:, b2:] -= E @ U[b1:b2, b2:]
     zero = None if symmetric or bits == 1 else torch.stack(zeros, 1).to(torch.uint8)
     return quantize.qweight(q, torch.stack(scales, 1), bits, group_size, zero)

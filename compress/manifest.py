@@ -231,6 +231,7 @@ class ArtifactManifest(Manifest):
     sizes: dict[str, int] = field(default_factory=dict)  # bytes of model.onnx's parts, mask.npz, head, ...
     bench: dict[str, dict] = field(default_factory=dict)
     seconds: float = 0.0
+    stages: dict[str, dict[str, float]] = field(default_factory=dict)  # per pipeline stage: seconds, peak_rss_gb
     exported_by: str | None = None
     materialized_from: dict | None = None  # {"pack": path, "sha256": pack manifest's SHA-256}
 
@@ -247,7 +248,8 @@ class ArtifactManifest(Manifest):
                    layers=d.get("layers", []),
                    training=Training(**d["training"]), metrics=Metrics(**d["metrics"]), validation=d.get("validation", {}),
                    fusions=d.get("fusions", {}), ffn_neurons=d.get("ffn_neurons", {}), sizes=d.get("sizes", {}), bench=d.get("bench", {}),
-                   seconds=d.get("seconds", 0.0), exported_by=d.get("exported_by"), materialized_from=d.get("materialized_from"))
+                   seconds=d.get("seconds", 0.0), stages=d.get("stages", {}), exported_by=d.get("exported_by"),
+                   materialized_from=d.get("materialized_from"))
 
 
 @dataclass(frozen=True)

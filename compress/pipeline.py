@@ -11,12 +11,13 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from compress import artifact, backbone, calibration, checkpoint, distributed, hf_layout, manifest as mf, masking, metrics, models, quantize, report, tasks, train
+from compress import artifact, backbone, calibration, checkpoint, distributed, hf_layout, manifest as mf, masking, metrics, models, quantize, report, resources, tasks, train
 from compress.errors import ConfigError
 from compress.exporters.export import ExportConfig, export
 from compress.exporters.verify import AccuracyDriftError
 from compress.qweight import QWeight
 from compress.runtimes.evaluate import batches
+from compress.runtimes.session import release_freed_memory
 
 log = logging.getLogger(__name__)
 
@@ -141,22 +142,23 @@ def run(cfg: RunConfig, command: str = "", progress: bool = False) -> tuple[Path
         torch.set_num_threads(cfg.threads)
     task = tasks.get_task(cfg.task)
     cfg, ref = resolve_backbone(cfg)
-    with tqdm(total=5, desc="pipeline", disable=not progress, unit="stage", leave=False) as stages:
-        return _run(cfg, ref, task, out, command, progress, stages, t_start)
+    with tqdm(total=5, desc="pipeline", disable=not progress, unit="stage", leave=False) as bar:
+        stages = resources.StageMeter(lambda name: (name != "data" and bar.update(), bar.set_description(name)))
+        try:
+            return _run(cfg, ref, task, out, command, progress, stages, t_start)
+        finally:
+            stages.stop()
 
 
 def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: str, progress: bool, stages,
          t_start: float) -> tuple[Path, mf.ArtifactManifest]:
-    stages.set_description("data")
+    stages.start("data")
     splits = tasks.load_task(task, cfg.data_dir)
     train_split = splits["train"].subset(cfg.train.max_train_examples)
     dev = splits["dev"].subset(cfg.train.max_eval_examples)
-    stages.update()
-
-    stages.set_description("backbone + mask" if cfg.backbone else "quantize + mask")
+    stages.start("backbone + mask" if cfg.backbone else "quantize + mask")
     model, tok, source, qweights, calib = build(cfg, task, train_split)
-    stages.update()
-    stages.set_description(f"train ({cfg.train.mode})")
+    stages.start(f"train ({cfg.train.mode})")
     ckpt = None
     if cfg.init_from:
         history = _load_fine_tuned(Path(cfg.init_from), model, cfg)
@@ -170,7 +172,7 @@ def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: s
     if cfg.train.mode == "weights":
         qweights = _quantize(model, cfg, tok, calib)  # post-training quantization
     linears, embedding = prepare(model, qweights)
-    stages.update()
+    release_freed_memory()  # training's optimizer state and activations, before the export's graphs
 
     pad = tok.pad_token_id or 0
     dev_enc = train.encode(tok, dev, cfg.train.max_length)
@@ -178,7 +180,7 @@ def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: s
     torch_metrics = metrics.compute(task, torch_logits, dev.labels)
 
     with artifact.staging(out, cfg.overwrite) as tmp:
-        stages.set_description("export")
+        stages.start("export")
         tok.save_pretrained(tmp)
         hf_layout.write(tmp, model.encoder.config, task, cfg.train.max_length)
         mask_bytes = masking.save_masks(tmp / "mask.npz", model) if cfg.train.mode == "structure" else 0
@@ -187,11 +189,9 @@ def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: s
             np.savez_compressed(tmp / calibration.FILE, **calib)
         sample = next(iter(batches(dev_enc, 32, pad)))
         res = export(model, linears, embedding, tmp / artifact.GRAPH, cfg.export, sample, calibration.batches(calib))
-        stages.update()
-
-        stages.set_description("validate")
+        stages.start("validate")
         validation = validate(tmp, task, dev, torch_logits, torch_metrics, cfg, pad)
-        stages.update()
+        timings = stages.stop()
         m = mf.ArtifactManifest(
             command=command,
             model=mf.model_info(model, source, tok, task.num_labels),
@@ -212,6 +212,7 @@ def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: s
                    "head": (tmp / "trainable.safetensors").stat().st_size},
             bench=validation["bench"],
             seconds=time.perf_counter() - t_start,
+            stages=timings,
         )
         (tmp / "report.md").write_text(report.render(m))
         mf.write(tmp, m)

@@ -62,7 +62,11 @@ def render(m: ArtifactManifest) -> str:
         dev = ", ".join(f"{k} {v:.4f}" for k, v in h["dev"].items())
         mark = " (selected)" if h["epoch"] == m.training.best_epoch else ""
         lines.append(f"| {h['epoch']}{mark} | {h['loss']:.4f} | {dev} | {h['density']:.4f} | {h['seconds']:.0f} |")
-    lines += ["", f"Selection: `{tr.select}` epoch by dev {m.task.metric}.", "", "## Bytes", ""]
+    lines += ["", f"Selection: `{tr.select}` epoch by dev {m.task.metric}.", ""]
+    if m.stages:
+        lines += ["## Where the run's time and memory went", "", "| stage | seconds | peak resident memory GB |", "|---|---|---|"]
+        lines += [f"| {name} | {st['seconds']:.1f} | {st['peak_rss_gb']:.2f} |" for name, st in m.stages.items()] + [""]
+    lines += ["## Bytes", ""]
     lines += size_lines(m)
     lines += ["", "## Layers", "", "| layer | shape | bits | group | density |", "|---|---|---|---|---|"]
     lines += [f"| {r['name']} | {r['shape']} | {r['bits']} | {r['group_size'] or 'channel'} | {r['density']:.4f} |" for r in m.layers]

@@ -99,3 +99,54 @@ def check(model: torch.nn.Module, batch_size: int, max_length: int, device: torc
             f"trainable state {gb(est.trainable)}, masks {gb(est.masks)}) but {where} has {gb(free)} free: {lower}, "
             "or use a smaller --model")
     return est
+
+
+def rss() -> int:
+    """This process's resident memory in bytes (Linux /proc; elsewhere the peak so far)."""
+    try:
+        return int(Path("/proc/self/statm").read_text().split()[1]) * os.sysconf("SC_PAGE_SIZE")
+    except (OSError, ValueError, IndexError):
+        import resource
+
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024
+
+
+class StageMeter:
+    """Wall time and peak resident memory of each pipeline stage (a thread samples the resident memory every 20 ms).
+
+    start(name) ends the stage before; stop() ends the last; ``stages`` = {name: {"seconds", "peak_rss_gb"}}."""
+
+    def __init__(self, on_stage=None):
+        import threading
+
+        self.stages: dict[str, dict] = {}
+        self._on_stage, self._name, self._peak, self._t0 = on_stage, None, 0, 0.0
+        self._done = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+        self._thread.start()
+
+    def _sample(self) -> None:
+        while not self._done.wait(0.02):
+            self._peak = max(self._peak, rss())
+
+    def start(self, name: str) -> None:
+        import time
+
+        self._end()
+        if self._on_stage:
+            self._on_stage(name)
+        self._name, self._peak, self._t0 = name, rss(), time.perf_counter()
+
+    def _end(self) -> None:
+        import time
+
+        if self._name is not None:
+            self._peak = max(self._peak, rss())
+            self.stages[self._name] = {"seconds": round(time.perf_counter() - self._t0, 2), "peak_rss_gb": round(self._peak / 1e9, 3)}
+            log.info("stage %s: %.1f s, peak resident memory %.2f GB", self._name, *self.stages[self._name].values())
+        self._name = None
+
+    def stop(self) -> dict[str, dict]:
+        self._end()
+        self._done.set()
+        return self.stages

@@ -61,7 +61,7 @@ def export(model: torch.nn.Module, linears: dict[str, QWeight], embedding: tuple
     shared: a compress.exporters.shared.SharedFile: the graph takes the backbone's tensors from that
     file (external data) and applies the model's masks in the graph (a pack's task graph).
     """
-    from compress.runtimes.session import open_session, run_logits
+    from compress.runtimes.session import open_session, release_freed_memory, run_logits
 
     masks = {k: v.numpy() for k, v in masking.masks(model).items()} if shared is not None else {}
     model, linears, removed = neurons.drop_dead(model, linears)  # folded; dead FFN neurons removed (exact)
@@ -73,6 +73,7 @@ def export(model: torch.nn.Module, linears: dict[str, QWeight], embedding: tuple
         fused = fusions.optimize(fp32, cfg.num_attention_heads, cfg.hidden_size, keep_embeddings=embedding is not None,
                                  keep_matmuls=config.kernel == "nbits")
         fp32, stats, attention = fused.model, fused.stats, fused.attention
+        del fused
     model.eval()
     with torch.no_grad():
         feeds = {k: torch.from_numpy(v) for k, v in sample.items() if k in onnx_graph.input_names(model)}
@@ -82,17 +83,20 @@ def export(model: torch.nn.Module, linears: dict[str, QWeight], embedding: tuple
     if linears or embedding:
         exact, _ = weights.quantize_graph(exact, linears, embedding, kernel="float", attention=attention)
     got = {"logits": run_logits(open_session(exact.SerializeToString()), sample)}
+    del exact  # the float-kernel graph is only checked: free it (bert-large's is 1.3 GB) before the shipped one is built
     parity = verify.compare(ref, got, config.parity_atol, "float-kernel graph")["logits"]
     smooth = None
     if config.kernel == "int8" and config.smooth_alpha and calibration and linears:
         from compress.calibration import input_absmax
 
         smooth = weights.Smoothing(input_absmax(model, list(linears), calibration), config.smooth_alpha, config.smooth_max_bits)
+    del model  # the folded copy (the caller's model is untouched)
     qkv_bias = {n.input[2]: attention[n.name] for n in fp32.graph.node if n.name in attention and len(n.input) > 2}
     source = shared.source(masks, removed) if shared is not None else None
     shipped, sizes = (weights.quantize_graph(fp32, linears, embedding, kernel=config.kernel, smooth=smooth, attention=attention,
                                              source=source, activations=config.activations) if (linears or embedding)
                       else (fp32, {"weights": 0, "scales": 0, "embeddings": 0}))
+    del fp32
     path.parent.mkdir(parents=True, exist_ok=True)
     if shared is None:
         verify.check_graph(shipped)
@@ -106,6 +110,8 @@ def export(model: torch.nn.Module, linears: dict[str, QWeight], embedding: tuple
         sizes = sh.save(shipped, path, shared) | {"masks": source.mask_bytes}
         verify.check_graph(path)
         total = path.stat().st_size
+    del shipped
+    release_freed_memory()  # ONNX Runtime unpacks the low-bit weights at load: start it from the smallest footprint
     deployed = run_logits(open_session(path), sample)
     deployed_diff = float(np.max(np.abs(deployed.astype(np.float64) - ref["logits"])))  # bounded by the caller (run: on the dev set)
     res = ExportResult(path, sizes, stats, parity, deployed_diff, {k: [int(r.keep.size), r.total] for k, r in removed.items()})

@@ -52,6 +52,9 @@ def release_freed_memory() -> None:
     Folding the packed codes into int8 weights at load allocates several times the model's size in
     intermediate tensors (MiniLM: a peak of ~0.5 GB); glibc keeps most of the freed memory resident
     unless asked to return it."""
+    import gc
+
+    gc.collect()
     try:
         ctypes.CDLL("libc.so.6").malloc_trim(0)
     except (OSError, AttributeError):

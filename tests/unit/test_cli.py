@@ -24,6 +24,9 @@ def test_tiny_run_writes_a_complete_artifact(run_args, tmp_path):
     assert m["validation"]["parity_max_abs_diff"] < 1e-4 and set(m["files"]) >= {"onnx/model.onnx", "mask.npz", "config.json"}
     assert len(m["layers"]) == 2 * 6 + 1 and all(0.9 < l["density"] <= 1 for l in m["layers"])
     assert "dev f1 (ONNX Runtime)" in r.output and m["command"].startswith("compress run")
+    assert list(m["stages"]) == ["data", "quantize + mask", "train (structure)", "export", "validate"]
+    assert all(s["seconds"] >= 0 and s["peak_rss_gb"] > 0.1 for s in m["stages"].values())
+    assert "Where the run's time and memory went" in (out / "report.md").read_text()
     # a stage rerun on its own reads only the directory
     b = invoke("bench", str(out), "--batch", "1")
     assert b.exit_code == 0 and "batch 1 x 128" in b.output

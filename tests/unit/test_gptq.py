@@ -40,3 +40,32 @@ def test_quantize_with_gptq_needs_calibration(tiny_classifier):
         assert torch.equal(m.weight, torch.from_numpy(qts[name].dequantize())) and not torch.equal(m.weight, before[name])
     with pytest.raises(QuantConfigError, match="method"):
         QuantConfig(method="awq")
+
+
+def _column_by_column(w, hessian, bits, group_size, symmetric):
+    """The algorithm without lazy batches (one rank-1 update per column), as it was written first: the reference."""
+    W, H = w.double().clone(), hessian.clone()
+    rows, cols = W.shape
+    g = cols if group_size is None else group_size
+    H += 0.01 * torch.mean(torch.diag(H)) * torch.eye(cols, dtype=H.dtype)
+    U = torch.linalg.cholesky(torch.cholesky_inverse(torch.linalg.cholesky(H)), upper=True)
+    q = torch.zeros(rows, cols, dtype=torch.float64)
+    for i in range(cols):
+        if i % g == 0:
+            _, scale, zero = quantize._quantize_groups(W[:, i:i + g].float()[:, None, :], bits, True, symmetric)
+            scale, zero = scale[:, 0], None if zero is None else zero[:, 0]
+        q[:, i] = gptq._round_column(W[:, i], scale, zero, bits)
+        err = (W[:, i] - q[:, i] * scale.double()) / U[i, i]
+        W[:, i:] -= err[:, None] * U[i, i:][None, :]
+    return q.numpy().astype(np.int8)
+
+
+@pytest.mark.parametrize("bits,group,symmetric,cols", [(4, None, True, 320), (2, 16, False, 320), (4, 64, True, 320), (2, 256, False, 512)])
+def test_lazy_batches_give_the_column_by_column_codes(bits, group, symmetric, cols):
+    """Blocks of 128 columns (whole groups per block) change only the float64 summation order, not the codes."""
+    torch.manual_seed(1)
+    x = torch.randn(1024, cols) @ torch.randn(cols, cols) / cols ** 0.5
+    w = torch.randn(48, cols) * 0.05
+    h = (x.T @ x).double()
+    got = gptq.gptq_tensor(w, h, bits, group, symmetric=symmetric)
+    assert np.array_equal(got.codes, _column_by_column(w, h, bits, group, symmetric))

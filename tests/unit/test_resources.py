@@ -35,3 +35,22 @@ def test_a_run_that_cannot_fit_stops_before_training_naming_what_to_lower(tiny_c
         resources.check(clf, 32, 128, torch.device("cpu"))
     monkeypatch.setattr(resources, "available", lambda device: need)
     assert resources.check(clf, 32, 128, torch.device("cpu")).total == need
+
+
+def test_stage_meter_records_time_and_peak_memory():
+    import time
+
+    import numpy as np
+
+    names = []
+    meter = resources.StageMeter(names.append)
+    meter.start("small")
+    time.sleep(0.05)
+    meter.start("big")
+    block = np.ones(300_000_000 // 8)  # 300 MB, touched
+    time.sleep(0.1)
+    del block
+    stages = meter.stop()
+    assert names == ["small", "big"] and list(stages) == ["small", "big"]
+    assert stages["small"]["seconds"] >= 0.05 and stages["big"]["peak_rss_gb"] >= stages["small"]["peak_rss_gb"] + 0.25
+    assert resources.rss() > 0
