@@ -212,6 +212,12 @@ def mask_sha256(masks_: dict[str, np.ndarray]) -> str:
     return h.hexdigest()
 
 
+
+def model_mask_sha256(model: torch.nn.Module) -> str:
+    """mask_sha256 of the masks a model holds now (on whatever device)."""
+    return mask_sha256({k: v.cpu().numpy() for k, v in masks(model).items()})
+
+
 def save_masks(path, model: torch.nn.Module) -> int:
     """Write mask.npz; returns its size in bytes."""
     return write_masks(path, {name: m.numpy() for name, m in masks(model).items()})

@@ -199,7 +199,7 @@ def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: s
             config=settings(cfg, embedding is not None),
             backbone=ref,
             density=masking.densities(model)[1],
-            mask_sha256=masking.mask_sha256({k: v.numpy() for k, v in masking.masks(model).items()}) if cfg.train.mode == "structure" else None,
+            mask_sha256=masking.model_mask_sha256(model) if cfg.train.mode == "structure" else None,
             layers=layer_table(model, linears, embedding),
             training=mf.Training(history.history, history.best_epoch, history.seconds, cfg.init_from, history.processes),
             metrics=mf.Metrics(validation["metrics"]["torch"], validation["metrics"]["onnx"],

@@ -289,5 +289,5 @@ def _fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfi
     result.seconds = seconds_before + time.perf_counter() - t_start
     result.processes = distributed.world()
     log.info("process %d: mask sha256 %s", distributed.rank(),
-             masking.mask_sha256({k: v.cpu().numpy() for k, v in masking.masks(model).items()}) if cfg.mode == "structure" else "-")
+             masking.model_mask_sha256(model) if cfg.mode == "structure" else "-")
     return result
