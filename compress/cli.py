@@ -10,9 +10,11 @@ from compress.artifact import GRAPH
 
 BITS = ("1", "2", "4", "8", "16", "32")
 ACTIVATIONS = click.option(
-    "--activations", type=click.Choice(["token", "tensor"]), default=None,
-    help="int8 kernel's activation scales [token]: one per token, so a sequence's prediction does not depend on its batch-mates or "
-         "padding; tensor: one per padded batch (ONNX Runtime's fused DynamicQuantizeMatMul/QAttention: faster, batch-dependent).")
+    "--activations", type=click.Choice(["token", "tensor", "static"]), default=None,
+    help="int8 kernel's activation scales [static]: fixed at export from the calibration text's ranges (fewest operators; a "
+         "sequence's prediction does not depend on its batch-mates or padding; values beyond the calibrated range are clipped); "
+         "token: one per token at run time (batch-independent too, never clips, slower); tensor: one per padded batch (ONNX Runtime's "
+         "fused DynamicQuantizeMatMul/QAttention, batch-dependent).")
 DEVICE = click.option("--device", type=str, default=None,
                       help="Training device: auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:N [auto].")
 LEARNING = (  # how the mask (and the head, or the weights) are learned: shared by run and sweep
@@ -26,6 +28,8 @@ LEARNING = (  # how the mask (and the head, or the weights) are learned: shared 
     click.option("--select", type=click.Choice(["best", "last"]), default=None, help="Keep the best dev epoch or the last."),
     click.option("--ffn-keep", type=float, default=None,
                  help="Structured pruning: keep this fraction of every FFN's neurons (e.g. 0.6); the rest leave the graph (faster)."),
+    click.option("--heads-keep", type=float, default=None,
+                 help="Structured pruning: keep this fraction of every layer's attention heads (e.g. 0.75); the rest leave the graph."),
 )
 
 
@@ -40,7 +44,7 @@ def _mask_config(o: dict):
 
     low, high = o["score_init"] or (None, None)
     return _pick(masking.MaskConfig, threshold=o["threshold"], nm=(2, 4) if o["sparsity"] == "2:4" else None, init_low=low, init_high=high,
-                 ffn_keep=o["ffn_keep"])
+                 ffn_keep=o["ffn_keep"], heads_keep=o["heads_keep"])
 
 
 def _train_config(o: dict, **kw):

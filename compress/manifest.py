@@ -228,6 +228,7 @@ class ArtifactManifest(Manifest):
     validation: dict[str, Any] = field(default_factory=dict)  # checks of the shipped graph (parity, agreement, metric drop, passed)
     fusions: dict[str, int] = field(default_factory=dict)
     ffn_neurons: dict[str, list[int]] = field(default_factory=dict)
+    attention_heads: dict[str, list[int]] = field(default_factory=dict)  # attention output projection -> [heads kept, total]
     sizes: dict[str, int] = field(default_factory=dict)  # bytes of model.onnx's parts, mask.npz, head, ...
     bench: dict[str, dict] = field(default_factory=dict)
     seconds: float = 0.0
@@ -247,7 +248,8 @@ class ArtifactManifest(Manifest):
                    backbone=BackboneRef(**bb) if bb else None, density=d.get("density", 1.0), mask_sha256=d.get("mask_sha256"),
                    layers=d.get("layers", []),
                    training=Training(**d["training"]), metrics=Metrics(**d["metrics"]), validation=d.get("validation", {}),
-                   fusions=d.get("fusions", {}), ffn_neurons=d.get("ffn_neurons", {}), sizes=d.get("sizes", {}), bench=d.get("bench", {}),
+                   fusions=d.get("fusions", {}), ffn_neurons=d.get("ffn_neurons", {}),
+                   attention_heads=d.get("attention_heads", {}), sizes=d.get("sizes", {}), bench=d.get("bench", {}),
                    seconds=d.get("seconds", 0.0), stages=d.get("stages", {}), exported_by=d.get("exported_by"),
                    materialized_from=d.get("materialized_from"))
 

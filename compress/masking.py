@@ -9,8 +9,11 @@ dimension (NVIDIA 2:4 structured sparsity).
 With ``ffn_keep=f`` each FFN also learns one score per intermediate neuron and keeps the best
 fraction f of them (top-k, straight-through): a dropped neuron's column of the FFN's second
 projection is masked entirely, so the exporter can remove the neuron from both projections and the
-exported matmuls get smaller (faster on any runtime). The kept fraction falls from 1 to f along a
-cubic schedule over the first ``ffn_ramp`` of training, so the pretrained network is not cut at once.
+exported matmuls get smaller (faster on any runtime). With ``heads_keep=h`` each self-attention
+learns one score per head (on the head's block of input columns of the attention output projection)
+and keeps the best fraction h of every layer's heads: a dropped head's Q/K/V rows and output columns
+leave the exported graph. Both kept fractions fall from 1 to their target along a cubic schedule over
+the first ``ffn_ramp`` of training, so the pretrained network is not cut at once.
 """
 from __future__ import annotations
 
@@ -42,7 +45,8 @@ class MaskConfig:
     threshold: float = 0.01  # mask = scores > threshold
     nm: tuple[int, int] | None = None  # (n, m): keep the n best scores of every m inputs, e.g. (2, 4); threshold unused
     ffn_keep: float | None = None  # structured: keep this fraction of every FFN's intermediate neurons (None: all)
-    ffn_ramp: float = 0.5  # fraction of the training steps over which the kept fraction falls from 1 to ffn_keep
+    heads_keep: float | None = None  # structured: keep this fraction of every layer's attention heads (None: all)
+    ffn_ramp: float = 0.5  # fraction of the training steps over which the kept fractions fall from 1 to ffn_keep / heads_keep
 
     def __post_init__(self):
         if not all(map(math.isfinite, (self.init_low, self.init_high, self.threshold))):
@@ -53,15 +57,19 @@ class MaskConfig:
             raise ConfigError(f"nm={self.nm}: need 0 < n < m, e.g. (2, 4)")
         if self.ffn_keep is not None and not 0 < self.ffn_keep <= 1:
             raise ConfigError(f"ffn_keep={self.ffn_keep}: the kept fraction of FFN neurons must be in (0, 1], e.g. 0.6")
+        if self.heads_keep is not None and not 0 < self.heads_keep <= 1:
+            raise ConfigError(f"heads_keep={self.heads_keep}: the kept fraction of attention heads must be in (0, 1], e.g. 0.75")
         if not 0 <= self.ffn_ramp <= 1:
             raise ConfigError(f"ffn_ramp={self.ffn_ramp}: the fraction of training for the pruning schedule must be in [0, 1]")
 
-    def ffn_keep_at(self, progress: float) -> float:
-        """The kept fraction of FFN neurons after `progress` (0..1) of training: cubic from 1 to ffn_keep."""
-        if self.ffn_keep is None:
+    def keep_at(self, unit: str, progress: float) -> float:
+        """The kept fraction of FFN neurons (unit="ffn") or attention heads ("heads") after `progress` (0..1) of
+        training: cubic from 1 to ffn_keep / heads_keep."""
+        target = self.ffn_keep if unit == "ffn" else self.heads_keep
+        if target is None:
             return 1.0
         t = 1.0 if self.ffn_ramp == 0 else min(1.0, progress / self.ffn_ramp)
-        return self.ffn_keep + (1 - self.ffn_keep) * (1 - t) ** 3
+        return target + (1 - target) * (1 - t) ** 3
 
 
 def _binarize(scores: torch.Tensor, threshold: float, nm: tuple[int, int] | None) -> torch.Tensor:
@@ -82,8 +90,10 @@ def _top_k(scores: torch.Tensor, keep: float) -> torch.Tensor:
 
 
 class MaskedLinear(torch.nn.Module):
-    def __init__(self, linear: torch.nn.Linear, config: MaskConfig, neurons: bool = False):
-        """neurons: also learn one score per input (an FFN's intermediate neuron) and keep the top fraction `keep`."""
+    def __init__(self, linear: torch.nn.Linear, config: MaskConfig, unit: str | None = None, unit_size: int = 1):
+        """unit: also learn one score per block of `unit_size` inputs and keep the top fraction `keep` of the blocks;
+        "ffn": an FFN's second projection, a block per intermediate neuron; "heads": an attention output projection,
+        a block per head (unit_size = the head size)."""
         super().__init__()
         self.config = config
         if config.nm and linear.in_features % config.nm[1]:
@@ -97,13 +107,19 @@ class MaskedLinear(torch.nn.Module):
             init = config.init_low + (config.init_high - config.init_low) * mag
         self.scores = torch.nn.Parameter(init)
         self.neuron_scores = None
-        self.keep = 1.0  # kept fraction of the inputs (neurons); set by set_ffn_keep_ along the schedule
-        if neurons:  # start ranked by the neuron's output-weight norm; learning reorders them
-            norms = self.weight.float().norm(dim=0)
+        self.unit, self.unit_size = unit, unit_size
+        self.keep = 1.0  # kept fraction of the input blocks (neurons, heads); set by set_keep_ along the schedule
+        if unit is not None:  # start ranked by the block's output-weight norm; learning reorders them
+            if linear.in_features % unit_size:
+                raise ConfigError(f"in_features={linear.in_features} is not a multiple of the {unit} block size {unit_size}")
+            norms = self.weight.float().reshape(self.weight.shape[0], -1, unit_size).norm(dim=(0, 2))
             self.neuron_scores = torch.nn.Parameter(norms / norms.max().clamp(min=1e-12))
 
     def neuron_mask(self) -> torch.Tensor | None:
-        return None if self.neuron_scores is None else _top_k(self.neuron_scores, self.keep)
+        """1/0 per input column: the columns of the kept blocks (None without blocks to prune)."""
+        if self.neuron_scores is None:
+            return None
+        return _top_k(self.neuron_scores, self.keep).repeat_interleave(self.unit_size)
 
     def mask(self) -> torch.Tensor:
         hard = _binarize(self.scores, self.config.threshold, self.config.nm)
@@ -115,7 +131,7 @@ class MaskedLinear(torch.nn.Module):
         m = m + self.scores - self.scores.detach()  # straight-through estimator
         if self.neuron_scores is not None:
             n = self.neuron_mask()
-            m = m * (n + self.neuron_scores - self.neuron_scores.detach())
+            m = m * (n + (self.neuron_scores - self.neuron_scores.detach()).repeat_interleave(self.unit_size))
         return F.linear(x, self.weight * m.to(self.weight.dtype), self.bias)
 
     def extra_repr(self) -> str:
@@ -130,16 +146,38 @@ def intermediate_size(model: torch.nn.Module) -> int:
     return size
 
 
+# the attention output projection of each transformer layer, by architecture (its inputs are the heads' outputs)
+ATTENTION_OUTPUTS = ("attention.output.dense", "attention.out_lin")
+
+
+def head_size(model: torch.nn.Module) -> int:
+    cfg = model.encoder.config
+    heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None)
+    if not heads:
+        raise ConfigError(f"{cfg.model_type}: its config names no number of attention heads, so heads cannot be pruned; drop heads_keep")
+    return getattr(cfg, "head_dim", None) or cfg.hidden_size // heads
+
+
 def apply_masks_(model: torch.nn.Module, config: MaskConfig) -> dict[str, MaskedLinear]:
     """Replace every target Linear by a MaskedLinear; freeze everything else in those layers.
-    With config.ffn_keep, the FFNs' second projections (inputs = the intermediate neurons) also score neurons."""
+    With config.ffn_keep, the FFNs' second projections (inputs = the intermediate neurons) also score neurons;
+    with config.heads_keep, the attention output projections score heads."""
     replaced = {}
     ffn = intermediate_size(model) if config.ffn_keep is not None else None
+    head = head_size(model) if config.heads_keep is not None else None
     for name, lin in target_linears(model).items():
         parent_name, _, attr = name.rpartition(".")
-        masked = MaskedLinear(lin, config, neurons=lin.in_features == ffn != lin.out_features)
+        if lin.in_features == ffn != lin.out_features:
+            masked = MaskedLinear(lin, config, "ffn")
+        elif head and name.endswith(ATTENTION_OUTPUTS):
+            masked = MaskedLinear(lin, config, "heads", head)
+        else:
+            masked = MaskedLinear(lin, config)
         setattr(model.get_submodule(parent_name), attr, masked)
         replaced[name] = masked
+    if head and not any(m.unit == "heads" for m in replaced.values()):
+        raise ConfigError(f"{model.encoder.config.model_type}: no attention output projection named like {ATTENTION_OUTPUTS} "
+                          "among the masked layers, so heads cannot be pruned; drop heads_keep")
     return replaced
 
 
@@ -153,18 +191,22 @@ def score_parameters(model: torch.nn.Module) -> list[torch.nn.Parameter]:
     return [m.scores for m in layers] + [m.neuron_scores for m in layers if m.neuron_scores is not None]
 
 
-def ffn_keep_target(model: torch.nn.Module) -> float:
-    """The kept fraction of FFN neurons the schedule ends at (1.0 without ffn_keep)."""
-    return min((m.config.ffn_keep for m in masked_layers(model).values() if m.neuron_scores is not None), default=1.0)
-
-
-def set_ffn_keep_(model: torch.nn.Module, progress: float) -> float:
-    """Move the FFN neuron schedule to `progress` (0..1) of training; returns the kept fraction (1.0 without ffn_keep)."""
-    keep = 1.0
+def keep_targets(model: torch.nn.Module) -> dict[str, float]:
+    """The kept fraction each pruned unit's schedule ends at: {"ffn": ..., "heads": ...} (only the pruned ones)."""
+    out = {}
     for m in masked_layers(model).values():
-        if m.neuron_scores is not None:
-            m.keep = keep = m.config.ffn_keep_at(progress)
-    return keep
+        if m.unit is not None:
+            out[m.unit] = m.config.keep_at(m.unit, 1.0)
+    return out
+
+
+def set_keep_(model: torch.nn.Module, progress: float) -> dict[str, float]:
+    """Move the neuron / head schedules to `progress` (0..1) of training; returns the kept fraction of each pruned unit."""
+    out = {}
+    for m in masked_layers(model).values():
+        if m.unit is not None:
+            m.keep = out[m.unit] = m.config.keep_at(m.unit, progress)
+    return out
 
 
 @torch.no_grad()
@@ -195,7 +237,7 @@ def set_masks_(model: torch.nn.Module, mask_by_name: dict[str, np.ndarray | torc
             raise ValueError(f"mask for {name} has shape {tuple(m.shape)}, layer has {tuple(layer.weight.shape)}")
         t = layer.config.threshold
         layer.scores.copy_(torch.where(m, t + 1.0, t - 1.0))
-        layer.keep = 1.0  # the loaded masks already hold any dropped neurons (their columns are all pruned)
+        layer.keep = 1.0  # the loaded masks already hold any dropped neurons and heads (their columns are all pruned)
 
 
 # ---------------------------------------------------------------- mask.npz: bit-packed or gap-coded

@@ -208,6 +208,7 @@ def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: s
                                                "sample_max_abs_diff": res.deployed_max_abs_diff},
             fusions=res.fusions,
             ffn_neurons=res.ffn_neurons,
+            attention_heads=res.attention_heads,
             sizes={**res.sizes, "onnx_total": (tmp / artifact.GRAPH).stat().st_size, "masks": mask_bytes,
                    "head": (tmp / "trainable.safetensors").stat().st_size},
             bench=validation["bench"],
@@ -401,6 +402,7 @@ def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", comm
                 m.bench = {}
             m.fusions = res.fusions
             m.ffn_neurons = res.ffn_neurons
+            m.attention_heads = res.attention_heads
             for key in ("ort_total", "with_tokenizer_total"):
                 m.sizes.pop(key, None)
             for key in ("ort_max_abs_diff", "with_tokenizer_max_abs_diff"):

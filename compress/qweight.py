@@ -198,6 +198,17 @@ class QWeight:
         """Only the output rows `keep` (indices), with their scales and zero points."""
         return dataclasses.replace(self, codes=self.codes[keep], scale=self.scale[keep], zero=None if self.zero is None else self.zero[keep])
 
+    def cols(self, keep: np.ndarray) -> QWeight:
+        """Only the input columns `keep` (sorted indices); with groups, `keep` must take whole groups (their scales go with them)."""
+        if self.group_size is None:
+            return dataclasses.replace(self, codes=np.ascontiguousarray(self.codes[:, keep]))
+        groups = np.asarray(keep).reshape(-1, self.group_size) if len(keep) % self.group_size == 0 else None
+        if groups is None or not (groups == groups[:, :1] + np.arange(self.group_size)).all() or (groups[:, 0] % self.group_size).any():
+            raise ValueError(f"columns {list(keep[:4])}... do not take whole groups of {self.group_size}")
+        g = groups[:, 0] // self.group_size
+        return dataclasses.replace(self, codes=np.ascontiguousarray(self.codes[:, keep]), scale=self.scale[:, g],
+                                   zero=None if self.zero is None else self.zero[:, g])
+
     def packed(self) -> dict[str, np.ndarray]:
         """The on-disk form: bit-packed codes, float16 scales, bit-packed zero points (asymmetric)."""
         out = {"codes": pack_bits(self.stored(), self.storage_bits), "scale": self.scale.astype(np.float16)}

@@ -25,6 +25,8 @@ def summary_rows(m: ArtifactManifest) -> list[tuple[str, str]]:
         ("mask density", f"{m.density:.4f}" + (f" (mask SHA-256 {m.mask_sha256[:12]}...)" if m.mask_sha256 else "")),
         *([("FFN neurons kept", "{} of {} (the rest removed from the graph)".format(*map(sum, zip(*m.ffn_neurons.values()))))]
           if m.ffn_neurons else []),
+        *([("attention heads kept", "{} of {} (the rest removed from the graph)".format(*map(sum, zip(*m.attention_heads.values()))))]
+          if m.attention_heads else []),
         *([("backbone", f"{m.backbone.path} (weights SHA-256 {m.backbone.sha256[:12]}...)")] if m.backbone else []),
         ("onnx/model.onnx", _mb(m.sizes["onnx_total"])),
     ]

@@ -210,7 +210,7 @@ def _fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfi
     loss_fn = torch.nn.MSELoss() if task.is_regression else torch.nn.CrossEntropyLoss()
     result, best_metric, best_state = TrainResult(), -math.inf, None
     t_start, step = time.perf_counter(), 0
-    ffn_target = masking.ffn_keep_target(model)  # the FFN neuron schedule's end (1.0: no neuron pruning)
+    keep_target = masking.keep_targets(model)  # where the neuron / head schedules end ({}: no structured pruning)
     rng = np.random.default_rng(cfg.seed)
     start_epoch, start_batch, order, losses, seconds_before = 1, 0, None, [], 0.0
     saved = checkpoint.restore() if checkpoint else None
@@ -249,7 +249,7 @@ def _fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfi
             batch = collate(tr_enc, idx, pad_id, device)
             for s in scores:  # head warm-up: scores frozen for the first steps
                 s.requires_grad_(step >= cfg.head_warmup_steps)
-            masking.set_ffn_keep_(model, step / total)
+            masking.set_keep_(model, step / total)
             with _autocast(device, cfg.bf16):
                 out = trained(**batch).float()
             target = y[torch.from_numpy(idx).to(device)]
@@ -265,15 +265,14 @@ def _fit(model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfi
                 bar.set_postfix(loss=f"{np.mean(losses[-50:]):.4f}")
             if checkpoint and b + 1 < steps_per_epoch:  # the epoch's last step is saved after its dev pass
                 save(epoch, b + 1, order, checkpoint.due(step))
-        ffn_keep = masking.set_ffn_keep_(model, step / total)  # where the neuron schedule stands after this epoch
+        keep = masking.set_keep_(model, step / total)  # where the neuron / head schedules stand after this epoch
         logits = predict(model, dev_enc, pad_id, bf16=cfg.bf16)
         dev_metrics = metrics.compute(task, logits, dev.labels)
         density = masking.densities(model)[1] if cfg.mode == "structure" else 1.0
         rec = {"epoch": epoch, "loss": float(np.mean(losses)), "dev": dev_metrics, "density": density,
                "seconds": time.perf_counter() - t0}
-        if ffn_target < 1.0:
-            rec["ffn_keep"] = ffn_keep
-        pruning = ffn_keep > ffn_target + 1e-9  # an epoch before the schedule's end is not selectable
+        rec.update({f"{unit}_keep": k for unit, k in keep.items() if keep_target[unit] < 1.0})
+        pruning = any(k > keep_target[unit] + 1e-9 for unit, k in keep.items())  # an epoch before the schedules' end is not selectable
         result.history.append(rec)
         bar.set_postfix(loss=f"{rec['loss']:.4f}", **{f"dev_{task.metric}": f"{dev_metrics[task.metric]:.4f}"}, density=f"{density:.3f}")
         bar.close()

@@ -28,7 +28,9 @@ class ExportConfig:
     max_logit_diff: float = 2.0  # deployed graph's logits may differ from PyTorch's by at most this (int8 rounding: < 1 on GLUE)
     smooth_alpha: float | None = 0.75  # int8 kernel: SmoothQuant-style migration of activation outliers (None: off)
     smooth_max_bits: int = 4  # smooth only weights of this many bits or fewer (8-bit codes stay exact; see weights.Smoothing)
-    activations: str = "token"  # int8 kernel: activation scale per token (batch-independent), or "tensor" (ORT's fused kernels)
+    # int8 kernel's activation scales: "static" (calibrated at export; batch-independent, fewest operators), "token" (one per token at
+    # run time; batch-independent, never clips), "tensor" (one per padded batch: ORT's fused kernels, batch-dependent)
+    activations: str = "static"
 
     def __post_init__(self):
         if self.kernel not in weights.KERNELS:
@@ -50,6 +52,7 @@ class ExportResult:
     parity_max_abs_diff: float = 0.0  # float-kernel graph vs PyTorch
     deployed_max_abs_diff: float = 0.0  # shipped graph vs PyTorch (int8 activations add rounding)
     ffn_neurons: dict[str, list[int]] = field(default_factory=dict)  # FFN with dead neurons removed -> [kept, total]
+    attention_heads: dict[str, list[int]] = field(default_factory=dict)  # attention output projection -> [heads kept, total]
 
 
 def export(model: torch.nn.Module, linears: dict[str, QWeight], embedding: tuple[str, QWeight] | None,
@@ -65,6 +68,9 @@ def export(model: torch.nn.Module, linears: dict[str, QWeight], embedding: tuple
 
     masks = {k: v.numpy() for k, v in masking.masks(model).items()} if shared is not None else {}
     model, linears, removed = neurons.drop_dead(model, linears)  # folded; dead FFN neurons removed (exact)
+    heads = {}
+    if shared is None:  # a pack's task graph keeps its heads: they index the shared backbone's Q/K/V rows
+        linears, heads = neurons.drop_dead_heads(model, linears)  # dead attention heads removed (exact)
     cfg = model.encoder.config
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = onnx.load(str(onnx_graph.export_fp32(model, Path(tmp) / "fp32.onnx", config.opset)))
@@ -86,7 +92,7 @@ def export(model: torch.nn.Module, linears: dict[str, QWeight], embedding: tuple
     del exact  # the float-kernel graph is only checked: free it (bert-large's is 1.3 GB) before the shipped one is built
     parity = verify.compare(ref, got, config.parity_atol, "float-kernel graph")["logits"]
     smooth = None
-    if config.kernel == "int8" and config.smooth_alpha and calibration and linears:
+    if config.kernel == "int8" and (config.smooth_alpha or config.activations == "static") and calibration and linears:
         from compress.calibration import input_absmax
 
         smooth = weights.Smoothing(input_absmax(model, list(linears), calibration), config.smooth_alpha, config.smooth_max_bits)
@@ -114,6 +120,6 @@ def export(model: torch.nn.Module, linears: dict[str, QWeight], embedding: tuple
     release_freed_memory()  # ONNX Runtime unpacks the low-bit weights at load: start it from the smallest footprint
     deployed = run_logits(open_session(path), sample)
     deployed_diff = float(np.max(np.abs(deployed.astype(np.float64) - ref["logits"])))  # bounded by the caller (run: on the dev set)
-    res = ExportResult(path, sizes, stats, parity, deployed_diff, {k: [int(r.keep.size), r.total] for k, r in removed.items()})
+    res = ExportResult(path, sizes, stats, parity, deployed_diff, {k: [int(r.keep.size), r.total] for k, r in removed.items()}, heads)
     log.info("exported %s (%.2f MB): %s", path, total / 1e6, sizes)
     return res

@@ -48,7 +48,17 @@ def optimize(model: onnx.ModelProto, num_heads: int, hidden_size: int, keep_embe
         return node
 
     bert.attention_fusion.create_attention_node = recording
-    bert.optimize(opts, add_dynamic_axes=False)
+    # with pruned heads (compress.exporters.neurons) a layer's Q/K/V give fewer columns than the hidden size they take in:
+    # correct, but ONNX Runtime's fusion warns about it for every such layer
+    ort_logs = [logging.getLogger(n) for n in ("fusion_attention", "onnxruntime.transformers.fusion_attention")]  # ORT imports it both ways
+    pruned = _Drop("Input hidden size (%d) is not same as weight matrix dimension")
+    for lg in ort_logs:
+        lg.addFilter(pruned)
+    try:
+        bert.optimize(opts, add_dynamic_axes=False)
+    finally:
+        for lg in ort_logs:
+            lg.removeFilter(pruned)
     bert.topological_sort()  # the fused graph is not always in order; onnx.checker requires it
     if not any(op.domain == "com.microsoft" for op in bert.model.opset_import):
         bert.model.opset_import.append(onnx.helper.make_opsetid("com.microsoft", 1))  # fused ops live there
@@ -59,3 +69,12 @@ def optimize(model: onnx.ModelProto, num_heads: int, hidden_size: int, keep_embe
                            f"came from (onnxruntime's FusionAttention changed?): export with keep_matmuls=True")
     log.info("ORT transformer fusions: %s", stats)
     return Fused(bert.model, stats, {k: v for k, v in attention.items() if k in fused})
+
+
+class _Drop(logging.Filter):
+    def __init__(self, prefix: str):
+        super().__init__()
+        self.prefix = prefix
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith(self.prefix)

@@ -1,8 +1,11 @@
-"""Remove dead FFN neurons before export, so that structured sparsity makes the graph smaller and faster.
+"""Remove dead FFN neurons and attention heads before export, so that structured sparsity makes the graph smaller and faster.
 
 An FFN computes W2 · act(W1 x + b1) + b2. When the mask prunes the whole column j of W2 (as
 `MaskConfig.ffn_keep` learns to), intermediate neuron j contributes nothing: row j of W1, b1[j] and
-column j of W2 are removed, exactly. Zeros inside a matrix never speed up ONNX Runtime's kernels;
+column j of W2 are removed, exactly. Likewise a head whose block of input columns of the attention
+output projection is pruned whole (`MaskConfig.heads_keep`) contributes nothing: its Q/K/V rows and
+those columns are removed (Hugging Face's `prune_heads`), and ONNX Runtime's Attention fusion takes
+each layer's remaining head count. Zeros inside a matrix never speed up ONNX Runtime's kernels;
 a smaller matrix does.
 """
 from __future__ import annotations
@@ -109,3 +112,61 @@ def drop_dead(model: torch.nn.Module, linears: dict[str, QWeight]) -> tuple[torc
     if kept:
         log.info("removed dead FFN neurons: %s", {k: f"{r.keep.size}/{r.total}" for k, r in kept.items()})
     return folded, linears, kept
+
+
+# (attention module, its Q/K/V projections) relative to an attention output projection's name, by architecture
+_ATTENTION = {"attention.output.dense": ("attention", ("self.query", "self.key", "self.value")),
+              "attention.out_lin": ("attention", ("q_lin", "k_lin", "v_lin"))}
+
+
+def drop_dead_heads(folded: torch.nn.Module, linears: dict[str, QWeight]) -> tuple[dict[str, QWeight], dict[str, list[int]]]:
+    """Remove, in place from the folded model, every attention head whose output columns are all pruned; -> (integer
+    weights to match, {attention output projection: [heads kept, heads before]} for the layers that lost heads).
+
+    A layer keeps at least one head (a dead one contributes zeros: still exact). An output projection quantized in
+    groups that do not fit inside a head keeps its dead heads (as zeros)."""
+    linears = dict(linears)
+    out = {}
+    for name, lin in list(folded.named_modules()):
+        suffix = next((k for k in _ATTENTION if name.endswith(k)), None)
+        if suffix is None or not isinstance(lin, torch.nn.Linear):
+            continue
+        prefix = name[: -len(suffix)]
+        att_name, qkv = _ATTENTION[suffix]
+        att = folded.get_submodule(prefix + att_name)
+        if not hasattr(att, "prune_heads"):
+            continue
+        q = linears.get(name)
+        alive_cols = (q.codes != 0).any(0) if q is not None else (lin.weight != 0).any(0).numpy()
+        heads = _num_heads(folded, att)
+        size = alive_cols.size // heads
+        alive = alive_cols.reshape(heads, size).any(1)
+        if alive.all():
+            continue
+        if not alive.any():
+            alive[0] = True
+        cols = np.concatenate([np.arange(h * size, (h + 1) * size) for h in np.flatnonzero(alive)])
+        if q is not None:
+            try:
+                linears[name] = q.cols(cols)
+            except ValueError:
+                log.warning("%s: %d dead attention heads kept as zeros (its scales are per group of %d inputs, which a head of %d "
+                            "does not hold whole)", name, int((~alive).sum()), q.group_size, size)
+                continue
+        for proj in qkv:
+            if prefix + att_name + "." + proj in linears:
+                linears[prefix + att_name + "." + proj] = linears[prefix + att_name + "." + proj].rows(cols)
+        att.prune_heads([int(h) for h in np.flatnonzero(~alive)])
+        out[name] = [int(alive.sum()), heads]
+    if out:
+        log.info("removed dead attention heads: %s", {k: f"{a}/{b}" for k, (a, b) in out.items()})
+    return linears, out
+
+
+def _num_heads(model: torch.nn.Module, att: torch.nn.Module) -> int:
+    """The attention module's current head count (Hugging Face keeps it on the module, its config has the original)."""
+    for mod in (getattr(att, "self", None), att):
+        for key in ("num_attention_heads", "n_heads", "num_heads"):
+            if mod is not None and isinstance(getattr(mod, key, None), int):
+                return getattr(mod, key)
+    return model.encoder.config.num_attention_heads

@@ -11,8 +11,9 @@ Kernels (``kernel=``):
           (u8 x s8 VNNI/AMX kernels). Per-channel codes feed it exactly; group-wise codes are
           dequantized and re-rounded to per-channel int8 at load (<= 1/254 of the row's range).
           activations="token" (default): one scale per token (max |x| of its row / 127, zero point
-          128), so a sequence's logits do not depend on its batch-mates or on the padding; Q/K/V
-          are one integer matmul on the packed weight feeding MultiHeadAttention.
+          128), so a sequence's logits do not depend on its batch-mates or on the padding; the
+          weight scales are applied in com.microsoft MatMulIntegerToFloat's epilogue, the token
+          scales by one Mul; Q, K and V share one quantized input and feed MultiHeadAttention.
           activations="tensor": ONNX Runtime's own dynamic-quantization pattern, DynamicQuantizeLinear
           (one scale for the whole padded batch) fused into DynamicQuantizeMatMul / QAttention:
           faster, but a sequence's logits move with whatever it is batched with.
@@ -46,7 +47,7 @@ from compress.qweight import QWeight, pack_bits
 
 log = logging.getLogger(__name__)
 KERNELS = ("int8", "float", "nbits")
-ACTIVATIONS = ("token", "tensor")  # int8 kernel: activation scales per token, or per tensor (the whole batch)
+ACTIVATIONS = ("token", "tensor", "static")  # int8 kernel: activation scales per token, per tensor (the whole batch), or calibrated
 NBITS_ACCURACY_LEVEL = 4  # MatMulNBits: quantize the activations to int8 per block, integer dot products
 
 
@@ -71,12 +72,12 @@ class Smoothing:
     GELU outputs ahead of FFN2 come out 2x worse than unsmoothed; 0.75 beats both everywhere."""
 
     input_absmax: dict[str, np.ndarray]  # linear name -> max |x| per input channel
-    alpha: float = 0.75
+    alpha: float | None = 0.75  # None: no smoothing (the ranges still set static activation scales)
     max_bits: int = 4
 
     def factors(self, names: list[str], weights_: list[np.ndarray], bits: int) -> np.ndarray | None:
         """One s for linears sharing their input (Q/K/V): from their inputs' and columns' ranges."""
-        if bits > self.max_bits or any(n not in self.input_absmax for n in names):
+        if self.alpha is None or bits > self.max_bits or any(n not in self.input_absmax for n in names):
             return None
         x = np.max([self.input_absmax[n] for n in names], axis=0).astype(np.float64)
         w = np.max([np.abs(w).max(0) for w in weights_], axis=0).astype(np.float64)
@@ -283,36 +284,81 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
         key = (x, sm)
         if key not in dql:
             xs = x if sm is None else bld.node("Div", [x, sm], base)[0]
-            if per_token:  # tokens as rows [tokens, channels]: QuantizeLinear and DequantizeLinear per row (axis 0)
+            if per_token:  # tokens as rows [tokens, channels]: QuantizeLinear per row (axis 0)
                 rows = bld.node("Reshape", [xs, bld.const(base, np.array([-1, channels], np.int64))], base)[0]
-                absmax = bld.node("ReduceMax", [bld.node("Abs", [rows], base)[0]], base, axes=[1], keepdims=0)[0]
-                absmax = bld.node("Max", [absmax, bld.const(base, np.array(2.0**-24, np.float32))], base)[0]
-                scale = bld.node("Div", [absmax, bld.const(base, np.array(127.0, np.float32))], base, outputs=[bld.name(f"{x}_scale")])[0]
-                zps = bld.node("Expand", [bld.const(base, np.array(128, np.uint8)), bld.node("Shape", [scale], base)[0]], base)[0]
+                # max |x| per row from two reductions that only read x (Abs would write a copy of it first)
+                top = bld.node("ReduceMax", [rows], base, axes=[1], keepdims=1)[0]
+                bottom = bld.node("Neg", [bld.node("ReduceMin", [rows], base, axes=[1], keepdims=1)[0]], base)[0]
+                absmax = bld.node("Max", [top, bottom, bld.const(base, np.array(2.0**-24, np.float32))], base)[0]
+                column = bld.node("Div", [absmax, bld.const(base, np.array(127.0, np.float32))], base)[0]  # [tokens, 1]
+                scale = bld.node("Reshape", [column, bld.const(base, np.array([-1], np.int64))], base, outputs=[bld.name(f"{x}_scale")])[0]
+                lead, zps = tokens(x, base)
                 q = bld.node("QuantizeLinear", [rows, scale, zps], base, outputs=[bld.name(f"{x}_q")], axis=0)[0]  # |x/scale| <= 127
-                lead = bld.node("Slice", [bld.node("Shape", [x], base)[0], bld.const(base, np.array([0], np.int64)),
-                                          bld.const(base, np.array([-1], np.int64))], base)[0]
-                dql[key] = [q, scale, bld.const(base, np.array(128, np.uint8)), lead]
+                dql[key] = [q, column, bld.const(base, np.array(128, np.uint8)), lead]
             else:
                 dql[key] = bld.node("DynamicQuantizeLinear", [xs], base, outputs=[bld.name(f"{x}_q"), bld.name(f"{x}_scale"), bld.name(f"{x}_zp")])
         return dql[key]
 
-    def int8_matmul(x: str, y: str, base: str, wt: str, w_scale: str, sm: str | None, shape: tuple[int, int]) -> None:
+    ids = next((i.name for i in graph.input if i.name == "input_ids"), None)
+    shared: dict = {}
+
+    def tokens(x: str, base: str) -> tuple[str, str]:
+        """-> (x's shape without its last axis, zero points 128 per token). Every activation of the encoder has the input_ids'
+        [batch, tokens]: computed once from them (fewer nodes to run at batch 1), else from x itself."""
+        if ids is None or "lead" not in shared:
+            lead = bld.node("Shape", [ids or x], base)[0]
+            if ids is None:
+                lead = bld.node("Slice", [lead, bld.const(base, np.array([0], np.int64)), bld.const(base, np.array([-1], np.int64))], base)[0]
+            count = bld.node("ReduceProd", [lead], base, keepdims=1)[0]
+            shared.update(lead=lead, zps=bld.node("Expand", [bld.const(base, np.array(128, np.uint8)), count], base)[0])
+        return shared["lead"], shared["zps"]
+
+    def int8_matmul(x: str, y: str, base: str, wt: str, w_scale: str, sm: str | None, shape: tuple[int, int], names: list[str]) -> None:
         """y = x @ W^T through the integer kernel: W [rows, cols] = `shape` as int8 [cols, rows] with per-row scales w_scale."""
+        if activations == "static":  # both scales in the integer matmul's epilogue: nothing else to run
+            xq, xs, xzp = static_input(x, base, sm, names)
+            bld.node("MatMulIntegerToFloat", [xq, wt, xs, w_scale, xzp], base, outputs=[y], domain="com.microsoft")
+            return
         xq, xs, xzp, *lead = quantized_input(x, base, sm, shape[1])
-        acc = bld.node("MatMulInteger", [xq, wt, xzp], base)[0]
-        if per_token:  # int32 [tokens, outputs] * token scales (per row) * weight scales, back to [..., outputs]
-            yf = bld.node("Mul", [bld.node("DequantizeLinear", [acc, xs], base, axis=0)[0], w_scale], base)[0]
-            shape = bld.node("Concat", [lead[0], bld.const(base, np.array([shape[0]], np.int64))], base, axis=0)[0]
-            bld.node("Reshape", [yf, shape], base, outputs=[y])
+        if per_token:  # integer matmul scaled per weight column in its epilogue, then per token (row); back to [..., outputs]
+            acc = bld.node("MatMulIntegerToFloat", [xq, wt, bld.const(base, np.array(1.0, np.float32)), w_scale, xzp], base,
+                           domain="com.microsoft")[0]
+            yf = bld.node("Mul", [acc, xs], base)[0]
+            key = ("shape", lead[0], shape[0])
+            if key not in shared:  # [..., outputs]: one per output width
+                shared[key] = bld.node("Concat", [lead[0], bld.const(base, np.array([shape[0]], np.int64))], base, axis=0)[0]
+            bld.node("Reshape", [yf, shared[key]], base, outputs=[y])
         else:
-            acc = bld.node("Cast", [acc], base, to=TensorProto.FLOAT)[0]
+            acc = bld.node("Cast", [bld.node("MatMulInteger", [xq, wt, xzp], base)[0]], base, to=TensorProto.FLOAT)[0]
             bld.node("Mul", [acc, bld.node("Mul", [xs, w_scale], base)[0]], base, outputs=[y])
+
+    factors: dict[str, np.ndarray] = {}  # smoothing tensor -> its values
 
     def smoothing(names: list[str]) -> str | None:
         bits = max(linears[n].bits for n in names)
         s = None if smooth is None else smooth.factors(names, [linears[n].dequantize() for n in names], bits)
-        return None if s is None else bld.half(f"{names[0]}.smooth", s)
+        if s is None:
+            return None
+        name = bld.half(f"{names[0]}.smooth", s)
+        factors[name] = s
+        return name
+
+    def static_input(x: str, base: str, sm: str | None, names: list[str]) -> list[str]:
+        """-> (uint8 codes, scale, zero point) of x / s (smoothing) quantized with one scale fixed at export, sigma = the
+        calibration's max |x_j / s_j| / 127 (ONNX Runtime's per-axis QuantizeLinear on the last axis is ~20x slower than
+        a Div and a per-tensor QuantizeLinear)."""
+        key = (x, sm)
+        if key not in dql:
+            if smooth is None or any(n not in smooth.input_absmax for n in names):
+                raise ConfigError(f"{names[0]}: static activation scales need calibration ranges for its input; export with "
+                                  "calibration batches or activations='token'")
+            ranges = np.max([smooth.input_absmax[n] for n in names], axis=0).astype(np.float64)
+            s = factors[sm].astype(np.float64) if sm is not None else np.ones_like(ranges)
+            sigma = bld.const(base, np.array(max(float((ranges / s).max()), 2.0**-24) / 127, np.float32))
+            zp = bld.const(base, np.array(128, np.uint8))
+            xs = x if sm is None else bld.node("Div", [x, sm], base)[0]
+            dql[key] = [bld.node("QuantizeLinear", [xs, sigma, zp], base, outputs=[bld.name(f"{x}_q")])[0], sigma, zp]
+        return dql[key]
 
     attentions: dict[str, list] = {}
     for name, w in linears.items():
@@ -335,7 +381,7 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
                 bld.matmul_nbits(name, x, y, w)
             else:
                 sm = smoothing([name])
-                int8_matmul(x, y, name, *bld.int8_weight(name, w, sm), sm, w.shape)
+                int8_matmul(x, y, name, *bld.int8_weight(name, w, sm), sm, w.shape, [name])
             drop_nodes.add(id(mm))
             drop_inits.add(mm.input[1])
     for att_name, names in attentions.items():
@@ -354,20 +400,21 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
         else:
             sm = smoothing(names)
             int8 = [bld.int8_weight(n, linears[n], sm) for n in names]
-            parts = [wt for wt, _ in int8]
-            col_scale = bld.node("Concat", [s8 for _, s8 in int8], base, axis=0)[0]  # per column of the packed weight
-            packed = bld.node("Concat", parts, base, axis=1)[0]
             mask_index = att.input[3] if len(att.input) > 3 else ""
-            if per_token:  # QAttention takes one input scale: project Q/K/V as one integer matmul, then attend
-                qkv_out = bld.name(f"{base}/qkv")
-                int8_matmul(att.input[0], qkv_out, base, packed, col_scale, sm,
-                            (sum(linears[n].shape[0] for n in names), linears[names[0]].shape[1]))
-                q, k, v = bld.node("Split", [qkv_out], base, outputs=[bld.name(f"{base}/{p}") for p in "qkv"], axis=-1)
+            if per_token:  # QAttention takes one input scale: project Q, K and V as integer matmuls on one quantized input
+                q, k, v = [bld.name(f"{base}/{p}") for p in "qkv"]
+                for out_, (wt, w8_scale), n in zip((q, k, v), int8, names):
+                    int8_matmul(att.input[0], out_, n, wt, w8_scale, sm, linears[n].shape, names)
                 new = helper.make_node("MultiHeadAttention", [q, k, v, att.input[2], mask_index], list(att.output),
                                        name=bld.name(base), domain="com.microsoft")
                 new.attribute.extend(a for a in att.attribute if a.name == "num_heads")
             else:
-                xq, xs, xzp = quantized_input(att.input[0], base, sm, linears[names[0]].shape[1])
+                if activations == "static":
+                    xq, xs, xzp = static_input(att.input[0], base, sm, names)
+                else:
+                    xq, xs, xzp = quantized_input(att.input[0], base, sm, linears[names[0]].shape[1])
+                packed = bld.node("Concat", [wt for wt, _ in int8], base, axis=1)[0]
+                col_scale = bld.node("Concat", [s8 for _, s8 in int8], base, axis=0)[0]  # per column of the packed weight
                 new = helper.make_node("QAttention", [xq, packed, att.input[2], xs, col_scale, mask_index, xzp], list(att.output),
                                        name=bld.name(base), domain="com.microsoft")
                 new.attribute.extend(a for a in att.attribute if a.name in ("num_heads", "unidirectional"))
@@ -396,6 +443,8 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
     remaining = [i for i in graph.initializer if i.name not in drop_inits or i.name in still_used]
     del graph.initializer[:]
     graph.initializer.extend(remaining + bld.inits)
+    if any(n.domain == "com.microsoft" for n in bld.nodes) and not any(o.domain == "com.microsoft" for o in model.opset_import):
+        model.opset_import.append(helper.make_opsetid("com.microsoft", 1))
     if bld.functions:
         model.functions.extend(bld.functions.values())
         model.opset_import.append(helper.make_opsetid(functions.DOMAIN, 1))

@@ -26,7 +26,9 @@ def test_minilm_mrpc_4bit_end_to_end(glue_dir, tmp_path):
     assert m["sizes"]["onnx_total"] < 16e6 and m["sizes"]["embeddings"] < 6.5e6
     assert m["bench"]["batch1"]["median_ms"] > 0 and m["bench"]["batch32"]["throughput_seq_s"] > 0
     ops = {n.op_type for n in onnx.load(str(out / "onnx" / "model.onnx")).graph.node}
-    assert {"MatMulInteger", "MultiHeadAttention", "BitShift", "SkipLayerNormalization"} <= ops and "DynamicQuantizeLinear" not in ops
+    # static activation scales (the default): Q/K/V in QAttention, the other projections in MatMulIntegerToFloat, no run-time ranges
+    assert {"MatMulIntegerToFloat", "QAttention", "QuantizeLinear", "BitShift", "SkipLayerNormalization"} <= ops
+    assert not ops & {"DynamicQuantizeLinear", "ReduceMin", "MatMulInteger"}  # (ReduceMax: the load-time re-rounding of smoothed weights)
     assert "f1" in (out / "report.md").read_text()
 
 
@@ -59,8 +61,10 @@ def test_minilm_tasks_share_one_backbone_in_a_pack(glue_dir, tmp_path):
     bb = mf.read(tmp_path / "bb", mf.BackboneManifest)
     assert bb.quant.method == "gptq" and bb.calibration.source == "general" and bb.calibration.tokens > 5000
     for task, extra in (("mrpc", []), ("sst2", ["--ffn-keep", "0.5"])):  # FFN neurons removed: gathered out of the shared codes
+        # 256 dev examples: one epoch on 128 leaves many pairs at the decision boundary, where int8 rounding flips a few (the guard
+        # allows a 0.01 drop: 2 of 256)
         invoke("run", "--backbone", tmp_path / "bb", "--task", task, "--data-dir", glue_dir, "--epochs", "1", "--max-train-examples", "128",
-               "--max-eval-examples", "128", "--no-bench", "--out", tmp_path / task, *extra)
+               "--max-eval-examples", "256", "--no-bench", "--out", tmp_path / task, *extra)
     invoke("pack", tmp_path / "pack", tmp_path / "mrpc", tmp_path / "sst2", "--no-memory")
     pm = mf.read(tmp_path / "pack", mf.PackManifest)
     assert pm.tasks["sst2"].ffn_neurons == {f"encoder.encoder.layer.{i}.output.dense": [768, 1536] for i in range(6)}

@@ -38,7 +38,7 @@ def test_export_parity_every_bit_width(tiny_classifier, tmp_path, bits, group, s
     qts = masked_quantized(clf, bits, group, symmetric)
     linears, embedding = prepare(clf, qts)
     feeds = sample()
-    res = export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(), feeds)
+    res = export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(activations="token"), feeds)
     # float kernel: the folded weights equal PyTorch's bit for bit; only fp32 summation order differs
     assert res.parity_max_abs_diff < 1e-4
     # int8 kernel: activations are quantized to uint8 per tensor at run time, so the logits move by
@@ -82,17 +82,19 @@ def test_ort_folds_unpacking_and_runs_integer_kernels(tiny_classifier, tmp_path)
 def test_per_token_graph_runs_integer_matmuls(tiny_classifier, tmp_path):
     clf, _ = tiny_classifier
     linears, embedding = prepare(clf, masked_quantized(clf, 4))
-    export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(), sample())
+    export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(activations="token"), sample())
     open_session(tmp_path / "model.onnx", optimized_path=tmp_path / "opt.onnx")
     opt = onnx.load(str(tmp_path / "opt.onnx")).graph
     ops = Counter(n.op_type for n in opt.node)
     layers = clf.encoder.config.num_hidden_layers
-    # one integer matmul per projection, Q/K/V packed into one; attention itself in float; no per-tensor scale anywhere
-    assert ops["MatMulInteger"] + ops["MatMulIntegerToFloat"] == len(linears) - 2 * layers
+    # one integer matmul per projection with the weight scales in its epilogue, Q/K/V on one quantized input; attention
+    # itself in float; no per-tensor scale anywhere, no dequantization pass, no Split of a packed Q/K/V
+    assert ops["MatMulIntegerToFloat"] == len(linears) and ops["MatMulInteger"] == 0 and ops["DequantizeLinear"] == 0
+    assert ops["QuantizeLinear"] == 4 * layers  # per layer: Q/K/V's input, attention output's, FFN's two
     assert ops["MultiHeadAttention"] == layers and ops["QAttention"] == 0 and ops["DynamicQuantizeLinear"] == 0
-    assert ops["BitShift"] == 0 and ops["MatMul"] == 0
+    assert ops["BitShift"] == 0 and ops["MatMul"] == 0 and ops["Split"] == 0 and ops["Abs"] == 0
     inits = {i.name: i for i in opt.initializer}
-    assert all(inits[n.input[1]].data_type == onnx.TensorProto.INT8 for n in opt.node if n.op_type == "MatMulInteger")
+    assert all(inits[n.input[1]].data_type == onnx.TensorProto.INT8 for n in opt.node if n.op_type == "MatMulIntegerToFloat")
 
 
 def _rows(feeds, rows, length=None):
@@ -167,7 +169,7 @@ def test_mismatched_weights_are_refused(tiny_classifier, tmp_path):
     name = next(iter(linears))
     linears[name] = quantize.quantize_tensor(torch.randn(qts[name].shape), 4)
     with pytest.raises(WeightMatchError, match=name):
-        export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(), sample())
+        export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(activations="token"), sample())
 
 
 def test_smoothing_evens_out_activation_outliers(tiny_classifier, tmp_path):
@@ -196,3 +198,29 @@ def test_smoothing_evens_out_activation_outliers(tiny_classifier, tmp_path):
     export(clf, linears8, embedding8, tmp_path / "8bit.onnx", ExportConfig(), feeds, calib)
     assert not any(".smooth" in i.name for i in onnx.load(str(tmp_path / "8bit.onnx")).graph.initializer)
     assert any(".smooth" in i.name for i in onnx.load(str(tmp_path / "0.75.onnx")).graph.initializer)
+
+
+def test_static_activation_scales(tiny_classifier, tmp_path):
+    """activations="static": one scale per activation fixed from the calibration ranges; the integer matmuls take both
+    scales in their epilogue (Q/K/V in QAttention), nothing is reduced at run time, logits do not depend on batch-mates
+    or padding, and they stay close to PyTorch's; without calibration ranges it is refused, naming the fix."""
+    from compress import calibration
+
+    clf, _ = tiny_classifier
+    linears, embedding = prepare(clf, masked_quantized(clf, 4))
+    feeds = sample(batch=8, length=24)
+    calib = calibration.batches({k: v.astype(np.int32) for k, v in feeds.items()})
+    res = export(clf, linears, embedding, tmp_path / "m.onnx", ExportConfig(activations="static"), feeds, calib)
+    assert res.deployed_max_abs_diff < 0.1  # this tiny model's logits are ~0.1-1; the calibration text is the parity text here
+    open_session(tmp_path / "m.onnx", optimized_path=tmp_path / "opt.onnx")
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "opt.onnx")).graph.node)
+    layers = clf.encoder.config.num_hidden_layers
+    assert ops["QAttention"] == layers and ops["MatMulIntegerToFloat"] == len(linears) - 3 * layers
+    assert ops["QuantizeLinear"] == 4 * layers  # per layer: Q/K/V's input, the attention output's, the FFN's two
+    assert ops["ReduceMax"] == ops["ReduceMin"] == ops["DynamicQuantizeLinear"] == ops["DynamicQuantizeMatMul"] == 0
+    sess = open_session(tmp_path / "m.onnx")
+    together = run_logits(sess, feeds)
+    for i in range(3):
+        assert np.abs(run_logits(sess, _rows(feeds, [i], 40)) - together[i]).max() < 1e-6
+    with pytest.raises(ValueError, match="calibration"):
+        export(clf, linears, embedding, tmp_path / "n.onnx", ExportConfig(activations="static"), feeds)

@@ -85,11 +85,11 @@ def test_bad_mask_config():
 
 def test_ffn_neuron_schedule_and_mask():
     cfg = MaskConfig(ffn_keep=0.5, ffn_ramp=0.5)
-    assert cfg.ffn_keep_at(0) == 1.0 and 0.5 < cfg.ffn_keep_at(0.25) < 1.0 and cfg.ffn_keep_at(0.5) == cfg.ffn_keep_at(1) == 0.5
-    assert MaskConfig().ffn_keep_at(0.7) == 1.0
+    assert cfg.keep_at("ffn", 0) == 1.0 and 0.5 < cfg.keep_at("ffn", 0.25) < 1.0 and cfg.keep_at("ffn", 0.5) == cfg.keep_at("ffn", 1) == 0.5
+    assert MaskConfig().keep_at("ffn", 0.7) == 1.0 and cfg.keep_at("heads", 0.5) == 1.0  # heads_keep unset
     torch.manual_seed(0)
     lin = torch.nn.Linear(16, 4)
-    m = MaskedLinear(lin, cfg, neurons=True)
+    m = MaskedLinear(lin, cfg, "ffn")
     assert m.mask().all()  # keep = 1.0 until the schedule moves
     m.keep = 0.25
     dead = ~m.mask().bool().any(0)
@@ -108,6 +108,24 @@ def test_ffn_keep_scores_only_the_ffn_outputs(tiny_classifier):
     scored = sorted(n for n, m in layers.items() if m.neuron_scores is not None)
     assert scored == [f"encoder.encoder.layer.{i}.output.dense" for i in range(2)]
     assert len(masking.score_parameters(clf)) == len(layers) + 2
-    assert masking.set_ffn_keep_(clf, 1.0) == 0.5 == masking.ffn_keep_target(clf)
+    assert masking.set_keep_(clf, 1.0) == {"ffn": 0.5} == masking.keep_targets(clf)
     for name in scored:
         assert int(masking.masks(clf)[name].any(0).sum()) == 64  # of 128 intermediate neurons
+
+
+def test_heads_keep_scores_whole_heads(tiny_classifier):
+    """One score per head on the attention output projection's input columns; top heads kept per layer, straight-through."""
+    clf, _ = tiny_classifier
+    layers = masking.apply_masks_(clf, MaskConfig(heads_keep=0.5, ffn_ramp=0.5))
+    scored = sorted(n for n, m in layers.items() if m.neuron_scores is not None)
+    assert scored == [f"encoder.encoder.layer.{i}.attention.output.dense" for i in range(2)]
+    m = layers[scored[0]]
+    assert m.neuron_scores.shape == (4,) and m.unit_size == 16  # 4 heads of 16
+    assert masking.set_keep_(clf, 0.25) == {"heads": MaskConfig(heads_keep=0.5).keep_at("heads", 0.25)}
+    assert masking.set_keep_(clf, 1.0) == {"heads": 0.5} == masking.keep_targets(clf)
+    cols = masking.masks(clf)[scored[0]].any(0).reshape(4, 16)
+    assert (cols.all(1) | ~cols.any(1)).all() and int(cols.all(1).sum()) == 2  # whole heads: 2 of 4 kept
+    m(torch.randn(3, 64)).sum().backward()
+    assert m.neuron_scores.grad is not None and (m.neuron_scores.grad != 0).all()
+    with pytest.raises(ValueError, match="heads_keep"):
+        MaskConfig(heads_keep=1.5)

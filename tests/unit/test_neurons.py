@@ -1,6 +1,7 @@
-"""Dead FFN neurons leave the exported graph: smaller matmuls, the same logits."""
+"""Dead FFN neurons and attention heads leave the exported graph: smaller matmuls, the same logits."""
 import numpy as np
 import onnx
+import pytest
 import torch
 
 from compress import backbone, masking, quantize
@@ -11,10 +12,10 @@ from compress.runtimes.session import open_session, run_logits
 from test_export import sample
 
 
-def pruned(clf, bits=4, group_size=None):
+def pruned(clf, bits=4, group_size=None, heads_keep=None):
     qts = backbone.quantize_(clf, quantize.QuantConfig(bits=bits, group_size=group_size))
-    masking.apply_masks_(clf, masking.MaskConfig(ffn_keep=0.25))
-    masking.set_ffn_keep_(clf, 1.0)  # the end of the schedule: 32 of 128 neurons per FFN
+    masking.apply_masks_(clf, masking.MaskConfig(ffn_keep=0.25, heads_keep=heads_keep))
+    masking.set_keep_(clf, 1.0)  # the end of the schedule: 32 of 128 neurons per FFN (and heads_keep of 4 heads)
     return prepare(clf, qts)
 
 
@@ -31,7 +32,7 @@ def test_dead_neurons_leave_the_graph(tiny_classifier, tmp_path):
     with torch.no_grad():
         ref = clf(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()  # the unsliced masked model
     for kernel in ("float", "int8"):
-        res = export(clf, linears, embedding, tmp_path / f"{kernel}.onnx", ExportConfig(kernel=kernel), feeds)
+        res = export(clf, linears, embedding, tmp_path / f"{kernel}.onnx", ExportConfig(kernel=kernel, activations="token"), feeds)
         assert res.ffn_neurons == {f"encoder.encoder.layer.{i}.output.dense": [32, 128] for i in range(2)}
         got = run_logits(open_session(tmp_path / f"{kernel}.onnx"), feeds)
         # float kernel: removing a neuron whose output column is all zero is exact (fp32 summation order only);
@@ -67,3 +68,35 @@ def test_neurons_left_are_padded_to_a_multiple_of_16(tiny_classifier):
     feeds = {k: torch.from_numpy(v) for k, v in sample().items()}
     with torch.no_grad():
         assert torch.allclose(model.eval()(**feeds), clf(**feeds), atol=1e-5)
+
+
+@pytest.mark.parametrize("bits, group_size", [(4, None), (2, 16)])
+def test_dead_heads_leave_the_graph(tiny_classifier, tmp_path, bits, group_size):
+    """Heads whose output columns are all pruned are removed (Q/K/V rows, output columns); per layer its own head count.
+    With groups of 16 along the inputs a head of 16 holds whole groups, so grouped weights lose their heads too."""
+    clf, _ = tiny_classifier
+    qts = backbone.quantize_(clf, quantize.QuantConfig(bits=bits, group_size=group_size))
+    masking.apply_masks_(clf, masking.MaskConfig(heads_keep=0.5))
+    masking.set_keep_(clf, 1.0)  # 2 of 4 heads per layer
+    with torch.no_grad():  # a different head count per layer: layer 1 also loses a second head
+        name = "encoder.encoder.layer.1.attention.output.dense"
+        live = masking.masks(clf)[name].any(0).nonzero().flatten()
+        masking.masked_layers(clf)[name].scores[:, live[:16]] = -1.0
+    linears, embedding = prepare(clf, qts)
+    feeds = sample()
+    with torch.no_grad():
+        ref = clf(**{k: torch.from_numpy(v) for k, v in feeds.items()}).numpy()
+    for kernel in ("float", "int8"):
+        res = export(clf, linears, embedding, tmp_path / f"{kernel}.onnx", ExportConfig(kernel=kernel, activations="token"), feeds)
+        assert res.attention_heads == {"encoder.encoder.layer.0.attention.output.dense": [2, 4],
+                                       "encoder.encoder.layer.1.attention.output.dense": [1, 4]}
+        got = run_logits(open_session(tmp_path / f"{kernel}.onnx"), feeds)
+        assert np.abs(got - ref).max() < (1e-4 if kernel == "float" else 0.05)
+    open_session(tmp_path / "int8.onnx", optimized_path=tmp_path / "opt.onnx")
+    graph = onnx.load(str(tmp_path / "opt.onnx")).graph
+    heads = sorted(a.i for n in graph.node if n.op_type == "MultiHeadAttention" for a in n.attribute if a.name == "num_heads")
+    assert heads == [1, 2]
+    inits = {i.name: list(i.dims) for i in graph.initializer}
+    shapes = [inits[n.input[1]] for n in graph.node if n.op_type == "MatMulIntegerToFloat"]
+    assert shapes.count([64, 32]) == 3 and shapes.count([64, 16]) == 3  # Q/K/V of 2 heads (layer 0) and of 1 head (layer 1)
+    assert [32, 64] in shapes and [16, 64] in shapes and [64, 64] not in shapes  # the output projections take 2 and 1 heads

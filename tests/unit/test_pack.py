@@ -93,7 +93,7 @@ def test_pack_graph_folds_to_the_standalone_int8_weights(trained, packed):
         assert logits_parity(packed / f"{name}.onnx", trained / name / "onnx" / "model.onnx", feeds) <= 1e-5
     open_session(packed / "mrpc.onnx", optimized_path=trained / "opt.onnx")
     ops = Counter(n.op_type for n in onnx.load(str(trained / "opt.onnx"), load_external_data=False).graph.node)
-    assert ops["MultiHeadAttention"] == 2 and ops["MatMulInteger"] + ops["MatMulIntegerToFloat"] == 8  # per layer: QKV, out, FFN x 2
+    assert ops["QAttention"] == 2 and ops["MatMulIntegerToFloat"] == 6  # per layer: Q/K/V fused; out, FFN x 2 (static scales)
     assert ops["BitShift"] == ops["ScatterElements"] == ops["NonZero"] == ops["CumSum"] == 0
 
 
