@@ -10,7 +10,11 @@ Kernels (``kernel=``):
   "int8"  activations quantized to uint8 at run time -> MatMulInteger(x_q, W_int8) -> Cast -> Mul(x_scale * w_scale)
           (u8 x s8 VNNI/AMX kernels). Per-channel codes feed it exactly; group-wise codes are
           dequantized and re-rounded to per-channel int8 at load (<= 1/254 of the row's range).
-          activations="token" (default): one scale per token (max |x| of its row / 127, zero point
+          activations="static" (ExportConfig's default): one scale per activation fixed at export, the
+          calibration's max |x / s| / 127 (s: smoothing), zero point 128: QuantizeLinear, then the integer
+          kernels apply both scales in their epilogue (QAttention for Q/K/V, com.microsoft
+          MatMulIntegerToFloat for the rest); batch-independent, clips what the calibration never reached.
+          activations="token": one scale per token at run time (max |x| of its row / 127, zero point
           128), so a sequence's logits do not depend on its batch-mates or on the padding; the
           weight scales are applied in com.microsoft MatMulIntegerToFloat's epilogue, the token
           scales by one Mul; Q, K and V share one quantized input and feed MultiHeadAttention.
@@ -300,18 +304,18 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
         return dql[key]
 
     ids = next((i.name for i in graph.input if i.name == "input_ids"), None)
-    shared: dict = {}
+    per_graph: dict = {}  # tensors every quantized activation shares: shape, zero points, output shapes
 
     def tokens(x: str, base: str) -> tuple[str, str]:
         """-> (x's shape without its last axis, zero points 128 per token). Every activation of the encoder has the input_ids'
         [batch, tokens]: computed once from them (fewer nodes to run at batch 1), else from x itself."""
-        if ids is None or "lead" not in shared:
+        if ids is None or "lead" not in per_graph:
             lead = bld.node("Shape", [ids or x], base)[0]
             if ids is None:
                 lead = bld.node("Slice", [lead, bld.const(base, np.array([0], np.int64)), bld.const(base, np.array([-1], np.int64))], base)[0]
             count = bld.node("ReduceProd", [lead], base, keepdims=1)[0]
-            shared.update(lead=lead, zps=bld.node("Expand", [bld.const(base, np.array(128, np.uint8)), count], base)[0])
-        return shared["lead"], shared["zps"]
+            per_graph.update(lead=lead, zps=bld.node("Expand", [bld.const(base, np.array(128, np.uint8)), count], base)[0])
+        return per_graph["lead"], per_graph["zps"]
 
     def int8_matmul(x: str, y: str, base: str, wt: str, w_scale: str, sm: str | None, shape: tuple[int, int], names: list[str]) -> None:
         """y = x @ W^T through the integer kernel: W [rows, cols] = `shape` as int8 [cols, rows] with per-row scales w_scale."""
@@ -325,9 +329,9 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
                            domain="com.microsoft")[0]
             yf = bld.node("Mul", [acc, xs], base)[0]
             key = ("shape", lead[0], shape[0])
-            if key not in shared:  # [..., outputs]: one per output width
-                shared[key] = bld.node("Concat", [lead[0], bld.const(base, np.array([shape[0]], np.int64))], base, axis=0)[0]
-            bld.node("Reshape", [yf, shared[key]], base, outputs=[y])
+            if key not in per_graph:  # [..., outputs]: one per output width
+                per_graph[key] = bld.node("Concat", [lead[0], bld.const(base, np.array([shape[0]], np.int64))], base, axis=0)[0]
+            bld.node("Reshape", [yf, per_graph[key]], base, outputs=[y])
         else:
             acc = bld.node("Cast", [bld.node("MatMulInteger", [xq, wt, xzp], base)[0]], base, to=TensorProto.FLOAT)[0]
             bld.node("Mul", [acc, bld.node("Mul", [xs, w_scale], base)[0]], base, outputs=[y])

@@ -438,3 +438,19 @@ def test_hostile_files_and_a_full_disk(run_args, tiny_model_dir, tmp_path, monke
     assert "no space left on the device" in error_line(invoke("export", out, "--kernel", "float"))
     assert (out / "manifest.json").read_bytes() == before and mf.read(out, mf.ArtifactManifest)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_heads_keep_removes_heads_from_the_graph(run_args, tmp_path):
+    r = invoke(*run_args, "--heads-keep", "0.5", "--epochs", "2")
+    assert r.exit_code == 0, r.output
+    assert re.search(r"attention heads kept +4 of 8 \(the rest removed from the graph\)", r.output)
+    out = tmp_path / "out"
+    m = json.loads((out / "manifest.json").read_text())
+    assert m["attention_heads"] == {f"encoder.encoder.layer.{i}.attention.output.dense": [2, 4] for i in range(2)}
+    assert m["training"]["history"][-1]["heads_keep"] == 0.5 and m["config"]["mask"]["heads_keep"] == 0.5
+    before = (out / "onnx" / "model.onnx").read_bytes()
+    e = invoke("export", str(out))  # restored from mask.npz alone: the same heads leave the same graph
+    assert e.exit_code == 0, e.output
+    assert json.loads((out / "manifest.json").read_text())["attention_heads"] == m["attention_heads"]
+    assert (out / "onnx" / "model.onnx").read_bytes() == before
+    assert "heads_keep=0" in error_line(invoke(*run_args, "--heads-keep", "0"))
