@@ -221,7 +221,9 @@ def _run(cfg: RunConfig, ref: mf.BackboneRef | None, task, out: Path, command: s
         ckpt.remove()
     if not m.passed:  # kept, so that hours of training are not lost; but it fails
         raise AccuracyDriftError(f"{m.validation['failure']}: the artifact is kept at {out} with validation.passed = false; "
-                                 f"`compress export {out} --kernel float` ships the exact graph without retraining")
+                                 + (f"`compress export {out} --activations token` re-exports with per-token activation scales, " if
+                                    cfg.export.kernel == "int8" and cfg.export.activations == "static" else "")
+                                 + f"`compress export {out} --kernel float` ships the exact graph without retraining")
     return out, m
 
 
