@@ -262,20 +262,25 @@ def test_two_four_sparsity(run_args, tmp_path, monkeypatch):
     assert seen[0][0] == ("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_sparsity_enable": True})
 
 
-def test_ffn_keep_removes_neurons_from_the_graph(run_args, tmp_path):
-    r = invoke(*run_args, "--ffn-keep", "0.5", "--epochs", "2")
+@pytest.mark.parametrize("flag, unit, key, kept, report", [
+    ("--ffn-keep", "ffn", "ffn_neurons", {f"encoder.encoder.layer.{i}.output.dense": [64, 128] for i in range(2)}, r"FFN neurons kept +128 of 256"),
+    ("--heads-keep", "heads", "attention_heads", {f"encoder.encoder.layer.{i}.attention.output.dense": [2, 4] for i in range(2)},
+     r"attention heads kept +4 of 8"),
+])
+def test_structured_pruning_removes_units_from_the_graph(run_args, tmp_path, flag, unit, key, kept, report):
+    r = invoke(*run_args, flag, "0.5", "--epochs", "2")
     assert r.exit_code == 0, r.output
-    assert re.search(r"FFN neurons kept +128 of 256 \(the rest removed from the graph\)", r.output)
+    assert re.search(report + r" \(the rest removed from the graph\)", r.output)
     out = tmp_path / "out"
     m = json.loads((out / "manifest.json").read_text())
-    assert m["ffn_neurons"] == {f"encoder.encoder.layer.{i}.output.dense": [64, 128] for i in range(2)}
-    assert [h["ffn_keep"] for h in m["training"]["history"]][-1] == 0.5 and m["config"]["mask"]["ffn_keep"] == 0.5
+    assert m[key] == kept
+    assert m["training"]["history"][-1][f"{unit}_keep"] == 0.5 and m["config"]["mask"][f"{unit}_keep"] == 0.5
     before = (out / "onnx" / "model.onnx").read_bytes()
-    e = invoke("export", str(out))  # restored from mask.npz alone: the same neurons leave the same graph
+    e = invoke("export", str(out))  # restored from mask.npz alone: the same units leave the same graph
     assert e.exit_code == 0, e.output
-    assert json.loads((out / "manifest.json").read_text())["ffn_neurons"] == m["ffn_neurons"]
+    assert json.loads((out / "manifest.json").read_text())[key] == m[key]
     assert (out / "onnx" / "model.onnx").read_bytes() == before
-    assert "ffn_keep=1.5" in error_line(invoke(*run_args, "--ffn-keep", "1.5"))
+    assert f"{unit}_keep=1.5" in error_line(invoke(*run_args, flag, "1.5"))
 
 
 def test_bench_needs_an_artifact(tmp_path):
@@ -439,18 +444,3 @@ def test_hostile_files_and_a_full_disk(run_args, tiny_model_dir, tmp_path, monke
     assert (out / "manifest.json").read_bytes() == before and mf.read(out, mf.ArtifactManifest)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
 
-
-def test_heads_keep_removes_heads_from_the_graph(run_args, tmp_path):
-    r = invoke(*run_args, "--heads-keep", "0.5", "--epochs", "2")
-    assert r.exit_code == 0, r.output
-    assert re.search(r"attention heads kept +4 of 8 \(the rest removed from the graph\)", r.output)
-    out = tmp_path / "out"
-    m = json.loads((out / "manifest.json").read_text())
-    assert m["attention_heads"] == {f"encoder.encoder.layer.{i}.attention.output.dense": [2, 4] for i in range(2)}
-    assert m["training"]["history"][-1]["heads_keep"] == 0.5 and m["config"]["mask"]["heads_keep"] == 0.5
-    before = (out / "onnx" / "model.onnx").read_bytes()
-    e = invoke("export", str(out))  # restored from mask.npz alone: the same heads leave the same graph
-    assert e.exit_code == 0, e.output
-    assert json.loads((out / "manifest.json").read_text())["attention_heads"] == m["attention_heads"]
-    assert (out / "onnx" / "model.onnx").read_bytes() == before
-    assert "heads_keep=0" in error_line(invoke(*run_args, "--heads-keep", "0"))
