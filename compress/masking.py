@@ -146,8 +146,10 @@ def intermediate_size(model: torch.nn.Module) -> int:
     return size
 
 
-# the attention output projection of each transformer layer, by architecture (its inputs are the heads' outputs)
-ATTENTION_OUTPUTS = ("attention.output.dense", "attention.out_lin")
+# the attention output projection of each transformer layer (its inputs are the heads' outputs), by architecture, and the
+# Q/K/V projections beside it, relative to the layer's `attention` module (compress.exporters.neurons removes dead heads)
+ATTENTION_OUTPUTS = {"attention.output.dense": ("self.query", "self.key", "self.value"),
+                     "attention.out_lin": ("q_lin", "k_lin", "v_lin")}
 
 
 def head_size(model: torch.nn.Module) -> int:
@@ -169,14 +171,14 @@ def apply_masks_(model: torch.nn.Module, config: MaskConfig) -> dict[str, Masked
         parent_name, _, attr = name.rpartition(".")
         if lin.in_features == ffn != lin.out_features:
             masked = MaskedLinear(lin, config, "ffn")
-        elif head and name.endswith(ATTENTION_OUTPUTS):
+        elif head and name.endswith(tuple(ATTENTION_OUTPUTS)):
             masked = MaskedLinear(lin, config, "heads", head)
         else:
             masked = MaskedLinear(lin, config)
         setattr(model.get_submodule(parent_name), attr, masked)
         replaced[name] = masked
     if head and not any(m.unit == "heads" for m in replaced.values()):
-        raise ConfigError(f"{model.encoder.config.model_type}: no attention output projection named like {ATTENTION_OUTPUTS} "
+        raise ConfigError(f"{model.encoder.config.model_type}: no attention output projection named like {tuple(ATTENTION_OUTPUTS)} "
                           "among the masked layers, so heads cannot be pruned; drop heads_keep")
     return replaced
 

@@ -114,11 +114,6 @@ def drop_dead(model: torch.nn.Module, linears: dict[str, QWeight]) -> tuple[torc
     return folded, linears, kept
 
 
-# (attention module, its Q/K/V projections) relative to an attention output projection's name, by architecture
-_ATTENTION = {"attention.output.dense": ("attention", ("self.query", "self.key", "self.value")),
-              "attention.out_lin": ("attention", ("q_lin", "k_lin", "v_lin"))}
-
-
 def drop_dead_heads(folded: torch.nn.Module, linears: dict[str, QWeight]) -> tuple[dict[str, QWeight], dict[str, list[int]]]:
     """Remove, in place from the folded model, every attention head whose output columns are all pruned; -> (integer
     weights to match, {attention output projection: [heads kept, heads before]} for the layers that lost heads).
@@ -128,12 +123,11 @@ def drop_dead_heads(folded: torch.nn.Module, linears: dict[str, QWeight]) -> tup
     linears = dict(linears)
     out = {}
     for name, lin in list(folded.named_modules()):
-        suffix = next((k for k in _ATTENTION if name.endswith(k)), None)
+        suffix = next((k for k in masking.ATTENTION_OUTPUTS if name.endswith(k)), None)
         if suffix is None or not isinstance(lin, torch.nn.Linear):
             continue
-        prefix = name[: -len(suffix)]
-        att_name, qkv = _ATTENTION[suffix]
-        att = folded.get_submodule(prefix + att_name)
+        att_name = name[: -len(suffix)] + "attention"
+        att = folded.get_submodule(att_name)
         if not hasattr(att, "prune_heads"):
             continue
         q = linears.get(name)
@@ -153,9 +147,9 @@ def drop_dead_heads(folded: torch.nn.Module, linears: dict[str, QWeight]) -> tup
                 log.warning("%s: %d dead attention heads kept as zeros (its scales are per group of %d inputs, which a head of %d "
                             "does not hold whole)", name, int((~alive).sum()), q.group_size, size)
                 continue
-        for proj in qkv:
-            if prefix + att_name + "." + proj in linears:
-                linears[prefix + att_name + "." + proj] = linears[prefix + att_name + "." + proj].rows(cols)
+        for proj in (f"{att_name}.{p}" for p in masking.ATTENTION_OUTPUTS[suffix]):
+            if proj in linears:
+                linears[proj] = linears[proj].rows(cols)
         att.prune_heads([int(h) for h in np.flatnonzero(~alive)])
         out[name] = [int(alive.sum()), heads]
     if out:
