@@ -2,6 +2,7 @@
 
     python benchmarks/pareto.py train  --data-dir ../shared/data/glue --out runs/pareto [--seeds 2] [--max-train 2000] [--epochs 3]
     python benchmarks/pareto.py report --data-dir ../shared/data/glue --out runs/pareto [--rounds 5]
+    python benchmarks/pareto.py render --data-dir ../shared/data/glue --out runs/pareto   (tables again from pareto.json)
 
 `train` runs, for each task (MRPC, SST-2, CoLA, STS-B) and seed, every variant below as an ordinary `compress run`
 artifact under OUT/<task>/<variant>/cells/ (compress.sweep's cells: a finished cell is not run again, so the
@@ -20,7 +21,6 @@ the seed).
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import logging
 import random
@@ -155,11 +155,7 @@ def cmd_report(args) -> int:
 
     from export_vs_ort import latencies
 
-    from compress import tasks
-    from compress.exporters.export import ExportConfig
-
-    default = f"{VARIANTS['default'].label}, {ExportConfig().activations} activations"
-    data, sections, targets = {}, [], []
+    data = {}
     with tempfile.TemporaryDirectory() as tmp:
         graphs = {}
         for t in args.tasks:
@@ -167,9 +163,25 @@ def cmd_report(args) -> int:
             graphs.update({(t, name): path for name, path in g.items()})
         timed = latencies({f"{t}|{name}": p for (t, name), p in graphs.items()}, args.rounds)  # one round-robin over every graph
     for t in args.tasks:
-        rows, metric = data[t], tasks.get_task(t).metric
-        for name, r in rows.items():
+        for name, r in data[t].items():
             r.update(timed.get(f"{t}|{name}", {}))
+    return render(args, data | {"command": "python " + " ".join(sys.argv)})
+
+
+def _miss(value: float, target: float, lower_is_better: bool) -> str:
+    short = value - target if lower_is_better else target - value
+    return f"{value:.2f}" + (f" (missed by {short:.2f})" if short > 0.005 else " (met)")
+
+
+def render(args, data: dict) -> int:
+    """Tables, targets and plots from measured rows (`report` measures them; `render` reads them back from the JSON)."""
+    from compress import tasks
+    from compress.exporters.export import ExportConfig
+
+    default = f"{VARIANTS['default'].label}, {ExportConfig().activations} activations"
+    sections, targets = [], []
+    for t in args.tasks:
+        rows, metric = data.get(t, {}), tasks.get_task(t).metric
         ref = rows.get("ORT int8 dynamic")
         if ref is None:
             continue
@@ -185,13 +197,51 @@ def cmd_report(args) -> int:
         if default in rows and "dense fine-tuning (PyTorch)" in rows:
             d, dense = rows[default], _summary(rows["dense fine-tuning (PyTorch)"]["metrics"])[0]
             gap = _summary(d["metrics"])[0] - dense
-            targets.append(f"| {t} | {d['b1_ms'] / ref['b1_ms']:.2f} | {d['b32_seq_s'] / ref['b32_seq_s']:.2f} | {d['mb'] / ref['mb']:.2f} | "
-                           f"{gap:+.4f} |")
+            targets.append(f"| {t} | {_miss(d['b1_ms'] / ref['b1_ms'], 0.8, True)} | {_miss(d['b32_seq_s'] / ref['b32_seq_s'], 1.2, False)} | "
+                           f"{_miss(d['mb'] / ref['mb'], 0.5, True)} | {gap:+.4f}" + (f" (missed by {-0.005 - gap:.4f})" if gap < -0.005 else " (met)") + " |")
     head = ["| task | default b1 latency x int8 (target <= 0.8) | b32 throughput x int8 (>= 1.2) | size x int8 (<= 0.5) | "
             "dev metric - dense (>= -0.005) |", "|---" * 5 + "|"]
     write(args.results, "Accuracy against speed and size, four GLUE tasks (MiniLM-L6)", data,
-          "\n\n".join(sections + ["### Targets (the defaults against ORT int8, this run)\n\n" + "\n".join(head + targets)]))
+          "\n\n".join(sections + ["### Targets (the defaults against ORT int8, this run)\n\n" + "\n".join(head + targets), _why(args, data)]),
+          command=data.get("command"))
     return 0
+
+
+def _why(args, data: dict) -> str:
+    """Where the defaults' misses come from: the size split from seed 0's default artifact, the time split from the profile."""
+    lines = ["### Why the misses", ""]
+    cell = next((args.out / t / "default" / "cells" / "structure-4bit-seed0" for t in args.tasks
+                 if (args.out / t / "default" / "cells" / "structure-4bit-seed0" / "manifest.json").is_file()), None)
+    ref = next((data[t]["ORT int8 dynamic"]["mb"] for t in args.tasks if "ORT int8 dynamic" in data.get(t, {})), None)
+    if cell is not None and ref is not None:
+        s = json.loads((cell / "manifest.json").read_text())["sizes"]
+        mb = {k: s.get(k, 0) / 1e6 for k in ("weights", "embeddings", "scales", "other")}
+        lines.append(f"- **Size**: the 4-bit codes alone are {mb['weights']:.2f} MB (encoder linears) + {mb['embeddings']:.2f} MB (word "
+                     f"embedding table) = {(mb['weights'] + mb['embeddings']) / ref:.2f}x ORT int8's {ref:.1f} MB; the rest is scales "
+                     f"({mb['scales']:.2f} MB) and float tensors ({mb['other']:.2f} MB: position embeddings in fp32, biases, LayerNorms) "
+                     "and the graph. At 4 bits the floor is about 0.5x; below it needs fewer weights (--ffn-keep/--heads-keep) or "
+                     "fewer bits.")
+    lines += ["- **Batch-1 latency and batch-32 throughput**: at run time the 4-bit weights are int8 (unpacked at session load), "
+              "so the integer matmuls and attention cost what ORT int8's do (`profile_ops.md`: MatMulIntegerToFloat + QAttention "
+              "5.7 ms vs DynamicQuantizeMatMul + QAttention 5.7 ms at batch 1). The static graph adds one smoothing Div and one QuantizeLinear "
+              "per quantized activation (24 each in MiniLM-L6) that ORT's DynamicQuantizeMatMul does inside its kernel: about "
+              "1.1 ms of 9.4 at batch 1. 0.8x / 1.2x need about a fifth of the arithmetic gone: only structured pruning does that "
+              "here (the --ffn-keep 0.5 --heads-keep 0.5 rows), and at this training budget it loses accuracy on every task, so "
+              "it is not the default. The defaults' graph has the same shape on every task: a task whose ratio stands apart "
+              "from the others is that run's timing noise, not a met target.",
+              "- **Accuracy**: means over 2 seeds trained on the CPU (no GPU was lent for this issue), each task's training set "
+              "a 2,000-example sample, 3 epochs for every variant; CoLA does not learn at this budget (MCC < 0.05 for every "
+              "model), so its row says nothing about quantization."]
+    return "\n".join(lines)
+
+
+def cmd_render(args) -> int:
+    """The tables again from pareto.json, under the command that measured them (older JSON: the one the .md names)."""
+    data = json.loads(Path(args.results).with_suffix(".json").read_text())
+    if "command" not in data:
+        md = Path(args.results).with_suffix(".md").read_text().splitlines()
+        data["command"] = next(ln.strip("`") for ln in md if ln.startswith("`python "))
+    return render(args, data)
 
 
 def plot(task: str, metric: str, rows: dict, path: Path) -> None:
@@ -220,7 +270,7 @@ def plot(task: str, metric: str, rows: dict, path: Path) -> None:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["train", "report"])
+    ap.add_argument("command", choices=["train", "report", "render"])
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--out", type=Path, default=Path("runs/pareto"))
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
@@ -232,7 +282,7 @@ def main() -> int:
     ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "pareto"))
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return cmd_train(args) if args.command == "train" else cmd_report(args)
+    return {"train": cmd_train, "report": cmd_report, "render": cmd_render}[args.command](args)
 
 
 if __name__ == "__main__":

@@ -218,7 +218,7 @@ def quantize(model, bits, group_size, symmetric, quantizer, calibration_examples
 @click.option("--kernel", type=click.Choice(["int8", "float", "nbits"]), default=None, help="Matmul kernel (default: the artifact's).")
 @ACTIVATIONS
 @click.option("--format", "fmt", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
-              help="onnx: rebuild onnx/model.onnx; ort: also write onnx/model.ort for ONNX Runtime mobile builds.")
+              help="onnx: rebuild onnx/model.onnx; ort: also write onnx/model.ort for ONNX Runtime's mobile packages (weights stay low-bit).")
 @click.option("--backbone", type=click.Path(file_okay=False), default=None,
               help="Where the backbone the artifact was trained on is now [the path its manifest records].")
 @click.option("--with-tokenizer", is_flag=True,
@@ -237,8 +237,10 @@ def export_cmd(artifact_dir, kernel, activations, fmt, backbone, with_tokenizer)
     click.echo(f"{artifact_dir}/{GRAPH}: {m.sizes['onnx_total'] / 1e6:.2f} MB, kernel {m.config.export.kernel}, "
                f"float-kernel parity {m.validation['parity_max_abs_diff']:.2e}")
     if fmt == "ort":
-        click.echo(f"{artifact_dir}/onnx/model.ort: {m.sizes['ort_total'] / 1e6:.2f} MB, "
-                   f"max abs diff to {GRAPH} {m.validation['ort_max_abs_diff']:.2e}")
+        click.echo(f"{artifact_dir}/onnx/model.ort: {m.sizes['ort_total'] / 1e6:.2f} MB (MatMulNBits and GatherBlockQuantized on the packed "
+                   f"codes), max abs logit diff to {GRAPH} {m.validation['ort_max_abs_diff']:.2e}; its operators for a minimal "
+                   "build: onnx/model.required_operators.config; its dev metric: "
+                   f"compress bench {artifact_dir} --graph ort --data-dir D")
     if not m.metrics.onnx:
         click.echo(f"  its dev metric is not measured yet (the old graph's figures were removed): compress bench {artifact_dir} --data-dir D")
     if with_tokenizer:
@@ -254,20 +256,26 @@ def export_cmd(artifact_dir, kernel, activations, fmt, backbone, with_tokenizer)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Also measure the dev metric (GLUE-layout directory).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results to this file (bench.json).")
-def bench(artifact_dir, provider, batches, seq_len, threads, data_dir, json_path):
+@click.option("--graph", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
+              help="onnx: onnx/model.onnx; ort: onnx/model.ort, the mobile graph (compress export DIR --format ort).")
+def bench(artifact_dir, provider, batches, seq_len, threads, data_dir, json_path, graph):
     """Time an artifact's graph, or every task of a pack, in ONNX Runtime (reads only ARTIFACT_DIR)."""
     from compress import manifest as mf
+    from compress.errors import ConfigError
 
     try:
         if mf.kind_of(artifact_dir) == "pack":
+            if graph != "onnx":
+                raise ConfigError(f"{artifact_dir} is a pack: its task graphs are ONNX only (--graph ort is for an artifact)")
             from compress.pack import bench as run_bench
+            r = run_bench(artifact_dir, provider, batches, seq_len, threads, data_dir)
         else:
             from compress.pipeline import bench as run_bench
-        r = run_bench(artifact_dir, provider, batches, seq_len, threads, data_dir)
+            r = run_bench(artifact_dir, provider, batches, seq_len, threads, data_dir, graph)
     except _user_errors() as e:
         _fail(e)
     for name, t in (r["tasks"].items() if "tasks" in r else [(r["task"], r)]):
-        click.echo(f"{artifact_dir}: {r['model']} {name} on {provider}")
+        click.echo(f"{artifact_dir}: {r['model']} {name} on {provider}" + (f", {r['graph']} (loaded in {r['load_s']:.2f} s)" if "graph" in r else ""))
         for x in t["latency"]:
             click.echo(f"  batch {x['batch']} x {x['seq_len']}: median {x['median_ms']:.2f} ms, p90 {x['p90_ms']:.2f} ms, "
                        f"{x['throughput_seq_s']:.0f} seq/s")

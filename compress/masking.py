@@ -152,6 +152,17 @@ ATTENTION_OUTPUTS = {"attention.output.dense": ("self.query", "self.key", "self.
                      "attention.out_lin": ("q_lin", "k_lin", "v_lin")}
 
 
+def attention_of(name: str) -> tuple[str, tuple[str, str, str]] | None:
+    """An attention output projection's module name -> (its attention module's name, the names of that module's Q, K and
+    V projections): 'x.attention.output.dense' -> ('x.attention', ('x.attention.self.query', ...)); None for any other linear."""
+    suffix = next((k for k in ATTENTION_OUTPUTS if name.endswith(k)), None)
+    if suffix is None:
+        return None
+    att = name[: -len(suffix)] + "attention"
+    q, k, v = (f"{att}.{p}" for p in ATTENTION_OUTPUTS[suffix])
+    return att, (q, k, v)
+
+
 def head_size(model: torch.nn.Module) -> int:
     cfg = model.encoder.config
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None)

@@ -285,17 +285,27 @@ def validate(directory: Path, task, dev, torch_logits, torch_metrics, cfg: RunCo
 
 
 def bench(directory: Path, provider: str = "cpu", batch_sizes=(1, 32), seq_len: int = 128, threads: int | None = None,
-          data_dir: str | None = None) -> dict:
-    """Time an artifact's graph (and with data_dir, its dev metric) reading only the directory."""
+          data_dir: str | None = None, graph: str = "onnx") -> dict:
+    """Time an artifact's graph (and with data_dir, its dev metric) reading only the directory.
+    graph: "onnx" (onnx/model.onnx) or "ort" (onnx/model.ort, the mobile graph of `compress export DIR --format ort`)."""
+    import time
+
     from compress.runtimes import bench as rbench, evaluate
     from compress.runtimes.providers import require
     from compress.runtimes.session import open_session
 
     directory = Path(directory)
     m = mf.read(directory, mf.ArtifactManifest)
-    sess = open_session(artifact.graph_path(directory), require(provider), threads=threads, sparse=tuple(m.config.mask.nm or ()) == (2, 4))
-    out = {"kind": "bench", "artifact": str(directory), "model": m.model.name, "task": m.task.name,
-           "provider": provider, "latency": [rbench.latency(sess, batch=b, seq_len=seq_len) for b in batch_sizes]}
+    path = artifact.graph_path(directory) if graph == "onnx" else directory / "onnx" / "model.ort"
+    if graph not in ("onnx", "ort"):
+        raise ConfigError(f"graph '{graph}' is not one of onnx, ort")
+    if not path.is_file():
+        raise artifact.ArtifactError(f"{directory} has no onnx/model.ort: write it with compress export {directory} --format ort")
+    t0 = time.perf_counter()
+    sess = open_session(path, require(provider), threads=threads, sparse=tuple(m.config.mask.nm or ()) == (2, 4))
+    out = {"kind": "bench", "artifact": str(directory), "graph": str(path.relative_to(directory)), "model": m.model.name,
+           "task": m.task.name, "provider": provider, "load_s": time.perf_counter() - t0,
+           "latency": [rbench.latency(sess, batch=b, seq_len=seq_len) for b in batch_sizes]}
     if data_dir is not None:
         task = tasks.get_task(m.task.name)
         dev = tasks.load_task(task, data_dir)["dev"]
@@ -351,21 +361,44 @@ def restore(directory: Path, m: mf.ArtifactManifest, cfg: RunConfig):
     return model.eval(), tok, qweights, calib
 
 
+def _mobile(model, linears, embedding, config: ExportConfig, sample: dict, graph: Path, directory: Path) -> tuple[int, float]:
+    """onnx/model.ort (+ its required-operators config) next to `graph`: the "nbits" kernel's graph (MatMulNBits and
+    GatherBlockQuantized on the packed codes: the weights stay low-bit in the .ort), checked against PyTorch (bound
+    max_logit_diff), the .ort against that graph (parity_atol) and against `graph`; -> (.ort bytes, max |logit - graph's|)."""
+    import tempfile
+
+    from compress.exporters import ort_format, verify
+    from compress.runtimes.session import open_session, run_logits
+
+    with tempfile.TemporaryDirectory() as tmp:
+        mobile = Path(tmp) / "model.onnx"  # the converter names its outputs after it: model.ort, model.required_operators.config
+        res = export(model, linears, embedding, mobile, dataclasses.replace(config, kernel="nbits"), sample)
+        if not res.deployed_max_abs_diff <= config.max_logit_diff:
+            raise verify.ParityError(f"the mobile (nbits) graph's logits differ from PyTorch's by up to {res.deployed_max_abs_diff:.3g} > "
+                                     f"max_logit_diff {config.max_logit_diff:g} on the parity sample: {directory} is unchanged; "
+                                     "export --format onnx and convert onnx/model.onnx yourself")
+        ort_file = next(p for p in ort_format.to_ort(mobile, graph.parent) if p.suffix == ".ort")
+        logits = run_logits(open_session(ort_file), sample)
+        verify.compare({"logits": run_logits(open_session(mobile), sample)}, {"logits": logits}, config.parity_atol, "model.ort")
+    shipped = run_logits(open_session(graph), sample)
+    return ort_file.stat().st_size, float(np.max(np.abs(logits.astype(np.float64) - shipped)))
+
+
 def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", command: str = "",
              backbone_dir: str | None = None, activations: str | None = None, with_tokenizer: bool = False) -> mf.ArtifactManifest:
     """Re-export an artifact without retraining; returns the new manifest.
 
     fmt="onnx": rebuild onnx/model.onnx (and config.json) from base model (or backbone) + mask.npz + trainable.safetensors
                 (e.g. with another kernel); an artifact written before the Hugging Face layout gets it.
-    fmt="ort":  also write onnx/model.ort (ONNX Runtime's format for mobile builds), checked against the graph.
+    fmt="ort":  also write onnx/model.ort for ONNX Runtime's mobile packages and minimal builds: the low-bit graph
+                (MatMulNBits, GatherBlockQuantized; weights stay packed), whatever kernel onnx/model.onnx uses (_mobile).
     with_tokenizer: also write onnx/model_with_tokenizer.onnx (raw strings in; compress.exporters.tokenizer_graph),
                 checked against the two-step path on the shipped general text.
     """
     import shutil
 
-    from compress.exporters import ort_format, tokenizer_graph, verify
+    from compress.exporters import tokenizer_graph, verify
     from compress.runtimes.bench import sample as padded_sample
-    from compress.runtimes.session import open_session, run_logits
 
     if fmt not in ("onnx", "ort"):
         raise ConfigError(f"format '{fmt}' is not one of onnx, ort")
@@ -375,10 +408,12 @@ def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", comm
     with artifact.staging(directory, overwrite=True) as tmp:
         shutil.copytree(directory, tmp, dirs_exist_ok=True)
         graph = artifact.graph_path(tmp)
-        if fmt == "onnx" or kernel is not None or activations is not None:
+        rebuild = fmt == "onnx" or kernel is not None or activations is not None
+        if rebuild or fmt == "ort":
             cfg = config_from_manifest(m, backbone_dir, kernel=kernel, activations=activations)
             model, _, qweights, calib = restore(directory, m, cfg)
             linears, embedding = prepare(model, qweights)
+        if rebuild:
             for stale in (tmp / artifact.LEGACY_GRAPH, tmp / "model.ort", tmp / "model.required_operators.config",
                           tmp / "onnx" / "model.ort", tmp / "onnx" / "model.required_operators.config",
                           tmp / "onnx" / tokenizer_graph.FILE):  # the old graph's
@@ -410,11 +445,7 @@ def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", comm
             for key in ("ort_max_abs_diff", "with_tokenizer_max_abs_diff"):
                 m.validation.pop(key, None)
         if fmt == "ort":
-            ort_file = next(p for p in ort_format.to_ort(graph, graph.parent) if p.suffix == ".ort")
-            ref = {"logits": run_logits(open_session(graph), sample)}
-            diff = verify.compare(ref, {"logits": run_logits(open_session(ort_file), sample)}, m.config.export.parity_atol, "model.ort")
-            m.sizes["ort_total"] = ort_file.stat().st_size
-            m.validation["ort_max_abs_diff"] = diff["logits"]
+            m.sizes["ort_total"], m.validation["ort_max_abs_diff"] = _mobile(model, linears, embedding, cfg.export, sample, graph, directory)
         if with_tokenizer:
             text = calibration.general_sentences()[:64]
             pair = tasks.get_task(m.task.name).text_cols[1:] != ()

@@ -48,7 +48,8 @@ def size_lines(m: ArtifactManifest) -> list[str]:
     if "head" in sz:
         lines.append(f"- trainable.safetensors (what the task trained): {_mb(sz['head'])}")
     if "ort_total" in sz:
-        lines.append(f"- onnx/model.ort: {_mb(sz['ort_total'])}")
+        lines.append(f"- onnx/model.ort (ONNX Runtime mobile: MatMulNBits + GatherBlockQuantized, the weights at their bit width): "
+                     f"{_mb(sz['ort_total'])}")
     return lines
 
 

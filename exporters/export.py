@@ -99,8 +99,9 @@ def export(model: torch.nn.Module, linears: dict[str, QWeight], embedding: tuple
     del model  # the folded copy (the caller's model is untouched)
     qkv_bias = {n.input[2]: attention[n.name] for n in fp32.graph.node if n.name in attention and len(n.input) > 2}
     source = shared.source(masks, removed) if shared is not None else None
+    values = {n: found[1][2] for n in linears if (found := masking.attention_of(n))}  # output projection -> its V
     shipped, sizes = (weights.quantize_graph(fp32, linears, embedding, kernel=config.kernel, smooth=smooth, attention=attention,
-                                             source=source, activations=config.activations) if (linears or embedding)
+                                             source=source, activations=config.activations, values=values) if (linears or embedding)
                       else (fp32, {"weights": 0, "scales": 0, "embeddings": 0}))
     del fp32
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -123,10 +123,10 @@ def drop_dead_heads(folded: torch.nn.Module, linears: dict[str, QWeight]) -> tup
     linears = dict(linears)
     out = {}
     for name, lin in list(folded.named_modules()):
-        suffix = next((k for k in masking.ATTENTION_OUTPUTS if name.endswith(k)), None)
-        if suffix is None or not isinstance(lin, torch.nn.Linear):
+        found = masking.attention_of(name)
+        if found is None or not isinstance(lin, torch.nn.Linear):
             continue
-        att_name = name[: -len(suffix)] + "attention"
+        att_name, projections = found
         att = folded.get_submodule(att_name)
         if not hasattr(att, "prune_heads"):
             continue
@@ -147,7 +147,7 @@ def drop_dead_heads(folded: torch.nn.Module, linears: dict[str, QWeight]) -> tup
                 log.warning("%s: %d dead attention heads kept as zeros (its scales are per group of %d inputs, which a head of %d "
                             "does not hold whole)", name, int((~alive).sum()), q.group_size, size)
                 continue
-        for proj in (f"{att_name}.{p}" for p in masking.ATTENTION_OUTPUTS[suffix]):
+        for proj in projections:
             if proj in linears:
                 linears[proj] = linears[proj].rows(cols)
         att.prune_heads([int(h) for h in np.flatnonzero(~alive)])

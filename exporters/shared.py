@@ -21,7 +21,8 @@ import onnx
 from onnx import TensorProto, numpy_helper
 
 from compress.exporters import functions
-from compress.exporters.weights import Inline, QWeight, WeightMatchError, _Builder
+from compress.exporters.builder import Builder, Inline
+from compress.exporters.weights import QWeight, WeightMatchError
 from compress.qweight import mask_encode
 
 log = logging.getLogger(__name__)
@@ -61,7 +62,7 @@ class SharedSource(Inline):
             self.neurons[r.second] = (1, r)
         self.mask_bytes = 0
 
-    def _ref(self, bld: _Builder, name: str) -> str:
+    def _ref(self, bld: Builder, name: str) -> str:
         return bld.const(name, self.shared.tensors[name], name=name)
 
     def _kept(self, name: str, a: np.ndarray) -> np.ndarray:
@@ -84,7 +85,7 @@ class SharedSource(Inline):
         mask = self._kept(name, self.masks.get(name, np.ones(self.shared.qweights[name].shape, bool)))
         return np.where(mask & self._alive(name, codes.shape), codes, 0)
 
-    def codes(self, bld: _Builder, base: str, w: QWeight) -> str:
+    def codes(self, bld: Builder, base: str, w: QWeight) -> str:
         if base not in self.shared.qweights:
             raise WeightMatchError(f"{base}: the backbone has no quantized tensor of that name; pack artifacts trained on this backbone")
         if not np.array_equal(w.codes, self.expected(base)):
@@ -123,7 +124,7 @@ class SharedSource(Inline):
         cond = conds[0] if len(conds) == 1 else bld.node("And", conds, base)[0]
         return bld.node("Where", [cond, x, bld.const(base, np.array(0, np.int8))], base)[0]
 
-    def scale16(self, bld: _Builder, base: str, w: QWeight) -> str:
+    def scale16(self, bld: Builder, base: str, w: QWeight) -> str:
         """The backbone's float16 scales (of the kept neurons' rows, for a first FFN projection)."""
         full = self.shared.qweights[base]
         axis, r = self.neurons.get(base, (None, None))
@@ -132,18 +133,18 @@ class SharedSource(Inline):
         s = self._ref(bld, f"{base}.weight.scale")
         return bld.node("Gather", [s, self._indices(bld, r)], base, axis=0)[0] if axis == 0 else s
 
-    def scale(self, bld: _Builder, base: str, w: QWeight, shape: tuple[int, ...]) -> str:
+    def scale(self, bld: Builder, base: str, w: QWeight, shape: tuple[int, ...]) -> str:
         s = bld.node("Cast", [self.scale16(bld, base, w)], base, to=TensorProto.FLOAT)[0]
         return bld.node("Reshape", [s, bld.const(base, np.array(shape, np.int64))], base)[0]
 
     @staticmethod
-    def _indices(bld: _Builder, r) -> str:
+    def _indices(bld: Builder, r) -> str:
         """An FFN's kept neuron indices (one int16 tensor, int32 beyond 32768 neurons, for its projections and bias), cast to
         int64 in the graph."""
         small = r.keep.astype(np.int16 if r.total <= 2**15 else np.int32)
         return bld.node("Cast", [bld.const(r.second, small, name=neurons_name(r))], r.second, to=TensorProto.INT64)[0]
 
-    def _mask_graph(self, bld: _Builder, base: str, mask: np.ndarray) -> str:
+    def _mask_graph(self, bld: Builder, base: str, mask: np.ndarray) -> str:
         """The mask as a bool graph tensor: Rice codes of the gaps between its rarer value's positions, or 1 bit per weight."""
         kind, code, rare = mask_encode(mask, rice=True)
         if kind == "bits":
@@ -170,10 +171,10 @@ def share_floats(model: onnx.ModelProto, shared: SharedFile, qkv_bias: dict[str,
     (saved as references by `save`), fused Q/K/V biases (a Concat of the backbone's three), and the first
     FFN projection's bias of kept neurons (a Gather of the backbone's, padding neurons zeroed). Raises if
     a value differs."""
-    from compress.exporters.weights import _toposort
+    from compress.exporters.builder import toposort
 
     graph = model.graph
-    bld = _Builder(tag="b")
+    bld = Builder(tag="b")
     bld.named = {i.name for i in graph.initializer}  # e.g. the kept-neuron indices, already there
     drop = set()
     first_bias = {f"{r.first}.bias": r for r in removed.values()}
@@ -195,7 +196,7 @@ def share_floats(model: onnx.ModelProto, shared: SharedFile, qkv_bias: dict[str,
     kept = [i for i in graph.initializer if i.name not in drop]
     del graph.initializer[:]
     graph.initializer.extend(kept + bld.inits)
-    nodes = _toposort(list(graph.node) + bld.nodes, graph)
+    nodes = toposort(list(graph.node) + bld.nodes, graph)
     del graph.node[:]
     graph.node.extend(nodes)
 

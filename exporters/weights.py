@@ -26,7 +26,10 @@ Kernels (``kernel=``):
           block = the group size (per-channel scales repeated over blocks of <= 256 inputs); no
           Attention fusion. Kept to measure against: on x86 CPUs it is slower than "int8"
           (benchmarks/results/export_vs_ort.md), but it is the low-bit kernel of ORT's GPU and ARM builds.
-The word-embedding table becomes Gather(int codes) -> Cast -> Mul(Gather(row scales)).
+The word-embedding table becomes Gather(int codes) -> Cast -> Mul(Gather(row scales)); with "nbits",
+com.microsoft GatherBlockQuantized on the packed codes (one block per row), and the other float tables of
+>= TABLE_MIN_SIZE values (position embeddings) rounded to 8 bits per row the same way, so that nothing in the
+graph unpacks a weight and ONNX Runtime's .ort converter keeps every weight low-bit (compress.exporters.ort_format).
 
 Each weight is found in the fp32 graph by name: a linear by its MatMul node (the torch exporter
 names it after the module, e.g. ``/encoder/encoder/layer.0/output/dense/MatMul``), Q/K/V by the
@@ -47,12 +50,13 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compress.errors import ConfigError
 from compress.exporters import functions
-from compress.qweight import QWeight, pack_bits
+from compress.exporters.builder import Builder, Inline, toposort
+from compress.qweight import QWeight
 
 log = logging.getLogger(__name__)
 KERNELS = ("int8", "float", "nbits")
 ACTIVATIONS = ("token", "tensor", "static")  # int8 kernel: activation scales per token, per tensor (the whole batch), or calibrated
-NBITS_ACCURACY_LEVEL = 4  # MatMulNBits: quantize the activations to int8 per block, integer dot products
+TABLE_MIN_SIZE = 65536  # "nbits": float Gather tables this large are stored 8-bit per row (token-type tables stay float)
 
 
 class WeightMatchError(RuntimeError):
@@ -89,154 +93,11 @@ class Smoothing:
         return np.clip(s, 1e-3, 1e3).astype(np.float16).astype(np.float32)  # stored as float16
 
 
-class Inline:
-    """Where a weight's integer codes and scales come from in the graph: packed into the graph itself
-    (a pack's task graph takes them from the shared backbone file instead: compress.exporters.shared)."""
-
-    def codes(self, bld: _Builder, base: str, w: QWeight) -> str:
-        """-> int8 [rows, cols] signed codes (folded at load; int8 keeps the intermediate tensors of the fold small)."""
-        rows, cols = w.shape
-        if w.storage_bits == 8:
-            return bld.const(f"{base}.codes_int8", w.codes)
-        x = bld.node("Cast", [bld.unpack(base, w.stored(), w.storage_bits, "codes")], base, to=TensorProto.INT8)[0]  # < 16: exact
-        if w.zero is None:
-            return bld.node("Sub", [x, bld.const(base, np.array(2 ** (w.storage_bits - 1), np.int8))], base)[0]
-        zero = bld.node("Cast", [bld.unpack(base, w.zero[..., None], w.bits, "zero")], base, to=TensorProto.INT8)[0]
-        return bld.grouped(base, w, lambda x: bld.node("Sub", [x, zero], base)[0], x)
-
-    def scale(self, bld: _Builder, base: str, w: QWeight, shape: tuple[int, ...]) -> str:
-        """-> float32 scales [rows, groups] reshaped to `shape` (stored as float16)."""
-        return bld.half(f"{base}.scale", w.scale.reshape(shape))
-
-    def scale16(self, bld: _Builder, base: str, w: QWeight) -> str:
-        """-> the float16 per-row scales [rows] as stored (per-channel weights)."""
-        return bld.const(f"{base}.scale", w.scale.reshape(-1).astype(np.float16))
-
-
-class _Builder:
-    """Appends nodes and initializers to a graph, with unique names."""
-
-    def __init__(self, source: Inline | None = None, tag: str = "", compact: bool = False):
-        self.nodes, self.inits, self.n, self.tag = [], [], 0, tag
-        self.small: dict[tuple, str] = {}  # shapes, shifts, ...: one initializer per value
-        self.named: set[str] = set()
-        self.source = source or Inline()
-        self.compact = compact  # repeated subgraphs as calls of model-local functions (a pack's task graph)
-        self.functions: dict[str, onnx.FunctionProto] = {}
-
-    def call(self, fn: onnx.FunctionProto, inputs: list[str], base: str, outputs: int = 1) -> list[str]:
-        """One node calling a model-local function (compress.exporters.functions)."""
-        self.functions[fn.name] = fn
-        return self.node(fn.name, inputs, base, outputs=[self.name(f"{base}/{fn.name}") for _ in range(outputs)], domain=fn.domain)
-
-    def name(self, base: str) -> str:
-        self.n += 1
-        return f"{base.removeprefix('encoder.encoder.')}~{self.tag}{self.n}"
-
-    def const(self, base: str, array: np.ndarray, name: str | None = None) -> str:
-        """An initializer: small ones (shapes, shifts) once per value; with `name`, under exactly that name, once."""
-        array = np.ascontiguousarray(array)
-        if name is not None:
-            if name not in self.named:
-                self.inits.append(numpy_helper.from_array(array, name))
-                self.named.add(name)
-            return name
-        key = (array.dtype.str, array.shape, array.tobytes()) if array.nbytes <= 64 else None
-        if key in self.small:
-            return self.small[key]
-        name = self.name(base if key is None else "const")
-        self.inits.append(numpy_helper.from_array(array, name))
-        if key is not None:
-            self.small[key] = name
-        return name
-
-    def unpack(self, base: str, stored: np.ndarray, bits: int, suffix: str, name: str | None = None) -> str:
-        """Unsigned codes (any shape) -> bit-packed uint8 initializer + subgraph giving uint8 of that shape."""
-        if bits == 8:
-            return self.const(f"{base}.{suffix}_8bit", stored.astype(np.uint8), name)
-        packed = pack_bits(stored, bits)
-        return self.unpacked(base, self.const(f"{base}.{suffix}_{bits}bit", packed, name), packed.size, stored.shape, bits)
-
-    def unpacked(self, base: str, packed: str, packed_size: int, shape: tuple[int, ...], bits: int) -> str:
-        """The subgraph that unpacks a bit-packed uint8 graph tensor into uint8 codes of `shape`."""
-        per = 8 // bits
-        count = int(np.prod(shape))
-        col = self.node("Reshape", [packed, self.const(base, np.array([-1, 1], np.int64))], base)[0]
-        left = self.const(base, np.array([8 - bits * (j + 1) for j in range(per)], np.uint8))
-        x = self.node("BitShift", [col, left], base, direction="LEFT")[0]
-        x = self.node("BitShift", [x, self.const(base, np.array([8 - bits], np.uint8))], base, direction="RIGHT")[0]
-        x = self.node("Reshape", [x, self.const(base, np.array([-1], np.int64))], base)[0]
-        if packed_size * per != count:
-            x = self.node("Slice", [x, self.const(base, np.array([0], np.int64)), self.const(base, np.array([count], np.int64))], base)[0]
-        return self.node("Reshape", [x, self.const(base, np.array(shape, np.int64))], base)[0]
-
-    def node(self, op: str, inputs: list[str], base: str, outputs: list[str] | None = None, domain: str = "", **attrs) -> list[str]:
-        outs = outputs or [self.name(f"{base}/{op}")]
-        self.nodes.append(helper.make_node(op, inputs, outs, name=outs[0] if not outputs else self.name(f"{base}/{op}"),
-                                           domain=domain or None, **attrs))
-        return outs
-
-    def grouped(self, base: str, w: QWeight, op, x: str) -> str:
-        """op applied to x [rows, cols] seen as [rows, groups, cols / groups] (per-group scales, zero points)."""
-        rows, cols = w.shape
-        x = self.node("Reshape", [x, self.const(base, np.array([rows, w.groups, cols // w.groups], np.int64))], base)[0]
-        return self.node("Reshape", [op(x), self.const(base, np.array([rows, cols], np.int64))], base)[0]
-
-    def dequant_float(self, base: str, w: QWeight) -> str:
-        """-> fp32 [rows, cols] = codes * scale (per row or per group)."""
-        rows, _ = w.shape
-        x = self.node("Cast", [self.source.codes(self, base, w)], base, to=TensorProto.FLOAT)[0]
-        if w.groups == 1:
-            return self.node("Mul", [x, self.source.scale(self, base, w, (rows, 1))], base)[0]
-        scale = self.source.scale(self, base, w, (rows, w.groups, 1))
-        return self.grouped(base, w, lambda g: self.node("Mul", [g, scale], base)[0], x)
-
-    def matmul_nbits(self, base: str, x: str, y: str, w: QWeight) -> None:
-        """y = x @ W^T with com.microsoft MatMulNBits reading the stored codes directly."""
-        if type(self.source) is not Inline:
-            raise ConfigError(f"{base}: MatMulNBits reads packed codes as they are, so they cannot come from a shared backbone: use kernel int8")
-        rows, cols = w.shape
-        bits = w.storage_bits
-        block = w.group_size if w.groups > 1 else min(cols & -cols, 256)  # a power of two >= 16 that divides cols
-        if block < 16:
-            raise ConfigError(f"{base}: MatMulNBits needs blocks of >= 16 inputs, and {cols} inputs allow only {block}: use --kernel int8")
-        blocks = cols // block
-        codes = pack_bits(w.stored(), bits).reshape(rows, blocks, block * bits // 8)
-        scale = np.repeat(w.scale.reshape(rows, -1), blocks // w.groups, axis=1)
-        inputs = [x, self.const(f"{base}.codes_{bits}bit", codes), self.half(f"{base}.scale", scale)]
-        if w.zero is not None:  # else MatMulNBits' default zero point 2^(bits-1) is our symmetric code offset
-            zero = np.repeat(w.zero.reshape(rows, -1), blocks // w.groups, axis=1)
-            inputs.append(self.const(f"{base}.zero_{bits}bit", np.stack([pack_bits(z, bits) for z in zero])))
-        self.node("MatMulNBits", inputs, base, outputs=[y], domain="com.microsoft", K=cols, N=rows, bits=bits, block_size=block,
-                  accuracy_level=NBITS_ACCURACY_LEVEL)
-
-    def int8_weight(self, base: str, w: QWeight, smooth: str | None = None) -> tuple[str, str]:
-        """-> (int8 [cols, rows], float [rows] per-row scale) graph tensors for an integer matmul x @ (W * diag(s))^T,
-        smooth = the graph tensor holding s. Per-channel codes are used as they are; group-wise or smoothed
-        weights are re-rounded to int8 per row, all folded at load."""
-        rows, _ = w.shape
-        if w.groups == 1 and smooth is None:
-            w8, flat = self.source.codes(self, base, w), self.source.scale(self, base, w, (rows,))
-        elif self.compact and w.groups == 1:
-            return self.call(functions.prep(), [self.source.codes(self, base, w), self.source.scale16(self, base, w), smooth], base, 2)
-        else:
-            wf = self.dequant_float(base, w)
-            if smooth is not None:
-                wf = self.node("Mul", [wf, smooth], base)[0]
-            absmax = self.node("ReduceMax", [self.node("Abs", [wf], base)[0]], base, axes=[1], keepdims=1)[0]
-            absmax = self.node("Max", [absmax, self.const(base, np.array(2.0**-14, np.float32))], base)[0]
-            row_scale = self.node("Div", [absmax, self.const(base, np.array(127.0, np.float32))], base)[0]
-            x = self.node("Round", [self.node("Div", [wf, row_scale], base)[0]], base)[0]
-            flat = self.node("Reshape", [row_scale, self.const(base, np.array([rows], np.int64))], base)[0]
-            w8 = self.node("Cast", [x], base, to=TensorProto.INT8)[0]
-        return self.node("Transpose", [w8], base, perm=[1, 0])[0], flat
-
-    def half(self, base: str, values: np.ndarray) -> str:
-        """float32 values stored as float16 (scales and smoothing factors were rounded to float16 values: lossless)."""
-        half = values.astype(np.float16)
-        if not np.array_equal(half.astype(np.float32), values.astype(np.float32)):
-            raise ValueError(f"{base}: values are not float16-exact; quantize with compress.quantize")
-        return self.node("Cast", [self.const(base, half)], base, to=TensorProto.FLOAT)[0]
+def _rows_int8(table: np.ndarray) -> QWeight:
+    """A float table quantized per row, symmetric 8 bits, round to nearest (|error| <= half a step of max |row| / 127)."""
+    scale = (np.maximum(np.abs(table).max(axis=1, keepdims=True), 2.0**-14) / 127).astype(np.float16).astype(np.float32)  # as QWeight's
+    codes = np.clip(np.round(table / scale), -127, 127).astype(np.int8)
+    return QWeight(codes=codes, scale=scale, zero=None, bits=8, group_size=None)
 
 
 def module_of(node_name: str) -> str:
@@ -254,12 +115,16 @@ def _check(name: str, where: str, got: np.ndarray, expected: np.ndarray) -> None
 
 def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embedding: tuple[str, QWeight] | None,
                    kernel: str = "int8", smooth: Smoothing | None = None, attention: dict[str, tuple[str, str, str]] | None = None,
-                   source: Inline | None = None, activations: str = "token") -> tuple[onnx.ModelProto, dict[str, int]]:
+                   source: Inline | None = None, activations: str = "token",
+                   values: dict[str, str] | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
     """Replace every quantized weight by its integer encoding: fused Attention -> one integer matmul on the packed int8
     Q/K/V weight + MultiHeadAttention (activations="tensor": QAttention), MatMul -> integer matmul, word-embedding
     Gather -> int8 Gather.
 
     attention: fused Attention node name -> the (Q, K, V) module names it was built from (fusions.optimize).
+    values: attention output projection -> its attention's V projection (masking.attention_of). Where both are int8 and
+    the output projection's input is smoothed (x / s), s is folded into V's rows and bias instead (the attention's
+    output channels are V's: exact), so that input needs no division at run time.
     Returns the new model and byte counts {weights, scales, embeddings} of the initializers written.
     """
     if kernel not in KERNELS:
@@ -279,7 +144,7 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
             matmuls.setdefault(module_of(node.name), []).append(node)
     fused = {n.name: n for n in graph.node if n.op_type == "Attention"}
     qkv = {lin: (fused[att], j) for att, names in (attention or {}).items() if att in fused for j, lin in enumerate(names)}
-    bld, drop_nodes, drop_inits, dql = _Builder(source, compact=getattr(source, "compact", False)), set(), set(), {}
+    bld, drop_nodes, drop_inits, dql = Builder(source, compact=getattr(source, "compact", False)), set(), set(), {}
 
     def quantized_input(x: str, base: str, sm: str | None, channels: int) -> list[str]:
         """-> (uint8 codes, scale, zero point) of activation x (divided by the smoothing factors sm), made once per
@@ -287,7 +152,7 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
         the shape of x without its last axis (to restore the matmul's output); per tensor: DynamicQuantizeLinear's outputs."""
         key = (x, sm)
         if key not in dql:
-            xs = x if sm is None else bld.node("Div", [x, sm], base)[0]
+            xs = smoothed(x, base, sm)
             if per_token:  # tokens as rows [tokens, channels]: QuantizeLinear per row (axis 0)
                 rows = bld.node("Reshape", [xs, bld.const(base, np.array([-1, channels], np.int64))], base)[0]
                 # max |x| per row from two reductions that only read x (Abs would write a copy of it first)
@@ -337,6 +202,19 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
             bld.node("Mul", [acc, bld.node("Mul", [xs, w_scale], base)[0]], base, outputs=[y])
 
     factors: dict[str, np.ndarray] = {}  # smoothing tensor -> its values
+    reciprocal: dict[str, str] = {}  # smoothing tensor -> 1 / s (folded at load: a Mul runs ~2-4x faster than a Div on CPU)
+    folded_into_v: dict[str, str] = {}  # V projection -> the smoothing tensor of its output projection's input, folded into V
+
+    def inverse(sm: str, base: str) -> str:
+        if sm not in reciprocal:
+            reciprocal[sm] = bld.node("Reciprocal", [sm], base)[0]
+        return reciprocal[sm]
+
+    def smoothed(x: str, base: str, sm: str | None) -> str:
+        """x / s as x * (1 / s); x itself where there is no smoothing or V's rows already divided it (folded_into_v)."""
+        if sm is None or sm in folded_into_v.values():
+            return x
+        return bld.node("Mul", [x, inverse(sm, base)], base)[0]
 
     def smoothing(names: list[str]) -> str | None:
         bits = max(linears[n].bits for n in names)
@@ -360,7 +238,7 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
             s = factors[sm].astype(np.float64) if sm is not None else np.ones_like(ranges)
             sigma = bld.const(base, np.array(max(float((ranges / s).max()), 2.0**-24) / 127, np.float32))
             zp = bld.const(base, np.array(128, np.uint8))
-            xs = x if sm is None else bld.node("Div", [x, sm], base)[0]
+            xs = smoothed(x, base, sm)
             dql[key] = [bld.node("QuantizeLinear", [xs, sigma, zp], base, outputs=[bld.name(f"{x}_q")])[0], sigma, zp]
         return dql[key]
 
@@ -385,6 +263,9 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
                 bld.matmul_nbits(name, x, y, w)
             else:
                 sm = smoothing([name])
+                v = (values or {}).get(name)
+                if sm is not None and v in qkv and v in linears and len(matmuls[name]) == 1:  # its input is V's output: fold 1 / s into V
+                    folded_into_v[v] = sm
                 int8_matmul(x, y, name, *bld.int8_weight(name, w, sm), sm, w.shape, [name])
             drop_nodes.add(id(mm))
             drop_inits.add(mm.input[1])
@@ -405,11 +286,18 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
             sm = smoothing(names)
             int8 = [bld.int8_weight(n, linears[n], sm) for n in names]
             mask_index = att.input[3] if len(att.input) > 3 else ""
+            bias = att.input[2]
+            if names[2] in folded_into_v:  # V's rows and bias divided by its output projection's smoothing factors
+                inv = inverse(folded_into_v[names[2]], base)
+                int8[2] = (int8[2][0], bld.node("Mul", [int8[2][1], inv], base)[0])
+                qk = sum(linears[n].shape[0] for n in names[:2])
+                ones = bld.node("Expand", [bld.const(base, np.array([1.0], np.float32)), bld.const(base, np.array([qk], np.int64))], base)[0]
+                bias = bld.node("Mul", [bias, bld.node("Concat", [ones, inv], base, axis=0)[0]], base)[0]
             if per_token:  # QAttention takes one input scale: project Q, K and V as integer matmuls on one quantized input
                 q, k, v = [bld.name(f"{base}/{p}") for p in "qkv"]
                 for out_, (wt, w8_scale), n in zip((q, k, v), int8, names):
                     int8_matmul(att.input[0], out_, n, wt, w8_scale, sm, linears[n].shape, names)
-                new = helper.make_node("MultiHeadAttention", [q, k, v, att.input[2], mask_index], list(att.output),
+                new = helper.make_node("MultiHeadAttention", [q, k, v, bias, mask_index], list(att.output),
                                        name=bld.name(base), domain="com.microsoft")
                 new.attribute.extend(a for a in att.attribute if a.name == "num_heads")
             else:
@@ -419,7 +307,7 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
                     xq, xs, xzp = quantized_input(att.input[0], base, sm, linears[names[0]].shape[1])
                 packed = bld.node("Concat", [wt for wt, _ in int8], base, axis=1)[0]
                 col_scale = bld.node("Concat", [s8 for _, s8 in int8], base, axis=0)[0]  # per column of the packed weight
-                new = helper.make_node("QAttention", [xq, packed, att.input[2], xs, col_scale, mask_index, xzp], list(att.output),
+                new = helper.make_node("QAttention", [xq, packed, bias, xs, col_scale, mask_index, xzp], list(att.output),
                                        name=bld.name(base), domain="com.microsoft")
                 new.attribute.extend(a for a in att.attribute if a.name in ("num_heads", "unidirectional"))
         bld.nodes.append(new)
@@ -432,18 +320,34 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
         if not users:
             raise WeightMatchError(f"{name}: the exported graph has no Gather of {name}.weight (was EmbedLayerNormalization fused?)")
         _check(name, init.name, numpy_helper.to_array(init), w.dequantize())
-        table = bld.source.codes(bld, name, w)
-        row_scale = bld.source.scale(bld, name, w, (w.shape[0], 1))
-        for g in users:
-            ids, y = g.input[1], g.output[0]
-            rows = bld.node("Cast", [bld.node("Gather", [table, ids], name, axis=0)[0]], name, to=TensorProto.FLOAT)[0]
-            bld.node("Mul", [rows, bld.node("Gather", [row_scale, ids], name, axis=0)[0]], name, outputs=[y])
-            drop_nodes.add(id(g))
+        if kernel == "nbits":
+            for g in users:
+                bld.gather_nbits(name, g.input[1], g.output[0], w)
+                drop_nodes.add(id(g))
+        else:
+            table = bld.source.codes(bld, name, w)
+            row_scale = bld.source.scale(bld, name, w, (w.shape[0], 1))
+            for g in users:
+                ids, y = g.input[1], g.output[0]
+                rows = bld.node("Cast", [bld.node("Gather", [table, ids], name, axis=0)[0]], name, to=TensorProto.FLOAT)[0]
+                bld.node("Mul", [rows, bld.node("Gather", [row_scale, ids], name, axis=0)[0]], name, outputs=[y])
+                drop_nodes.add(id(g))
         drop_inits.add(init.name)
+    tables = {embedding[0]} if embedding else set()
+    if kernel == "nbits":  # the other float tables (position embeddings: 0.8 MB of MiniLM's 12.4) at 8 bits per row as well
+        for g in [n for n in graph.node if n.op_type == "Gather" and id(n) not in drop_nodes and n.input[0] in inits]:
+            init = inits[g.input[0]]
+            if init.data_type != TensorProto.FLOAT or len(init.dims) != 2 or init.dims[0] * init.dims[1] < TABLE_MIN_SIZE:
+                continue
+            base = init.name.removesuffix(".weight")
+            bld.gather_nbits(base, g.input[1], g.output[0], _rows_int8(numpy_helper.to_array(init)))
+            tables.add(base)
+            drop_nodes.add(id(g))
+            drop_inits.add(init.name)
     still_used = {i for n in graph.node if id(n) not in drop_nodes for i in n.input}
     kept = [n for n in graph.node if id(n) not in drop_nodes]
     del graph.node[:]
-    graph.node.extend(_toposort(kept + bld.nodes, graph))
+    graph.node.extend(toposort(kept + bld.nodes, graph))
     remaining = [i for i in graph.initializer if i.name not in drop_inits or i.name in still_used]
     del graph.initializer[:]
     graph.initializer.extend(remaining + bld.inits)
@@ -453,39 +357,9 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
         model.functions.extend(bld.functions.values())
         model.opset_import.append(helper.make_opsetid(functions.DOMAIN, 1))
     sizes = {"weights": 0, "scales": 0, "embeddings": 0}
-    emb_name = embedding[0] if embedding else None
     for i in bld.inits:
         n = len(i.raw_data) if i.raw_data else numpy_helper.to_array(i).nbytes
-        key = ("embeddings" if emb_name and i.name.startswith(emb_name) else "scales" if any(t in i.name for t in (".scale", ".zero", ".smooth"))
+        key = ("embeddings" if any(i.name.startswith(t) for t in tables) else "scales" if any(t in i.name for t in (".scale", ".zero", ".smooth"))
                else "weights")
         sizes[key] += n
     return model, sizes
-
-
-def _toposort(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
-    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
-    producers = {}
-    for n in nodes:
-        for o in n.output:
-            producers[o] = n
-    out, done = [], set()
-
-    def visit(n):
-        stack = [(n, False)]
-        while stack:
-            node, expanded = stack.pop()
-            if id(node) in done:
-                continue
-            if expanded:
-                done.add(id(node))
-                out.append(node)
-                continue
-            stack.append((node, True))
-            for i in node.input:
-                p = producers.get(i)
-                if p is not None and id(p) not in done and i not in ready:
-                    stack.append((p, False))
-
-    for n in nodes:
-        visit(n)
-    return out

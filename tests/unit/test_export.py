@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from compress import backbone, masking, quantize
+from compress.exporters import ort_format
 from compress.exporters.export import ExportConfig, export
 from compress.exporters.verify import GraphValidityError, ParityError, check_graph, compare
 from compress.pipeline import prepare
@@ -132,15 +133,34 @@ def test_logits_do_not_depend_on_batch_or_padding(tiny_classifier, tmp_path, act
         assert worst > 1e-5  # the test can tell the difference (measured 6e-5: this tiny model's logits are ~0.1)
 
 
-@pytest.mark.parametrize("bits,group,symmetric", [(4, None, True), (4, 16, False), (2, 16, False), (1, None, True)])
-def test_matmul_nbits_kernel(tiny_classifier, tmp_path, bits, group, symmetric):
-    """The MatMulNBits encoding reads the same packed codes; int8 activations (accuracy_level 4) bound the error."""
+@pytest.mark.parametrize("bits,group,symmetric", [(8, None, True), (4, None, True), (4, 16, False), (2, 16, False), (1, None, True)])
+def test_matmul_nbits_kernel(tiny_classifier, tmp_path, monkeypatch, bits, group, symmetric):
+    """MatMulNBits and GatherBlockQuantized read the same packed codes; int8 activations (accuracy_level 4) bound the error;
+    nothing unpacks a weight, so ONNX Runtime's .ort converter keeps them at their bit width. The position table (128 x 64
+    here; MiniLM's is 512 x 384) goes 8-bit per row."""
+    from compress.exporters import weights
+
+    monkeypatch.setattr(weights, "TABLE_MIN_SIZE", 128 * 64)
     clf, _ = tiny_classifier
     linears, embedding = prepare(clf, masked_quantized(clf, bits, group, symmetric))
     res = export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(kernel="nbits"), sample())
     assert res.parity_max_abs_diff < 1e-4 and res.deployed_max_abs_diff < 0.05  # as for the int8 kernel
-    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "model.onnx")).graph.node)
-    assert ops["MatMulNBits"] == len(linears) and ops["Attention"] == 0
+    graph = onnx.load(str(tmp_path / "model.onnx")).graph
+    ops = Counter(n.op_type for n in graph.node)
+    assert ops["MatMulNBits"] == len(linears) and ops["Attention"] == 0 and ops["GatherBlockQuantized"] == 2  # words, positions
+    assert not {"BitShift", "MatMulInteger"} & set(ops)
+    floats = {i.name for i in graph.initializer if i.data_type == onnx.TensorProto.FLOAT and len(i.dims) == 2}
+    assert "encoder.embeddings.position_embeddings.weight" not in floats
+    for gbq in (n for n in graph.node if n.op_type == "GatherBlockQuantized"):
+        stored = onnx.helper.get_attribute_value(next(a for a in gbq.attribute if a.name == "bits"))
+        assert stored == (max(bits, 4) if "word_embeddings" in gbq.input[0] else 8)
+        table = next(i for i in graph.initializer if i.name == gbq.input[0])
+        assert table.data_type == onnx.TensorProto.UINT8 and table.dims[1] == 64 * stored // 8  # hidden 64, packed
+    files = ort_format.to_ort(tmp_path / "model.onnx", tmp_path)
+    size = next(p for p in files if p.suffix == ".ort").stat().st_size
+    assert size <= 1.1 * (tmp_path / "model.onnx").stat().st_size  # stayed packed (int8-folded: ~2x at 4 bits)
+    got = run_logits(open_session(tmp_path / "model.ort"), sample())
+    assert np.abs(got - run_logits(open_session(tmp_path / "model.onnx"), sample())).max() < 1e-4
 
 
 def test_float_kernel_and_fp32_export(tiny_classifier, tmp_path):
@@ -191,13 +211,47 @@ def test_smoothing_evens_out_activation_outliers(tiny_classifier, tmp_path):
         err[alpha] = res.deployed_max_abs_diff
     assert err[0.75] < 0.6 * err[None], err
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "0.75.onnx")).graph.node)
-    assert ops["Div"] >= 2 * 2  # activations divided by s ahead of the int8 matmuls (folded weights carry s)
+    assert ops["Reciprocal"] == 4 * 2  # activations times 1 / s ahead of the int8 matmuls (folded weights carry s)
 
     # 8-bit codes are exact int8 already: they are not re-rounded, so not smoothed
     linears8, embedding8 = prepare(clf, masked_quantized(clf, 8))
     export(clf, linears8, embedding8, tmp_path / "8bit.onnx", ExportConfig(), feeds, calib)
     assert not any(".smooth" in i.name for i in onnx.load(str(tmp_path / "8bit.onnx")).graph.initializer)
     assert any(".smooth" in i.name for i in onnx.load(str(tmp_path / "0.75.onnx")).graph.initializer)
+
+
+@pytest.mark.parametrize("activations", ["static", "token"])
+def test_attention_output_smoothing_folds_into_v(tiny_classifier, tmp_path, monkeypatch, activations):
+    """The attention output projection's smoothing factors divide V's rows and bias instead of its input: no Mul runs
+    ahead of that projection, and the logits are the unfolded graph's (V's biases made nonzero so that a bias left
+    undivided would show)."""
+    from compress import calibration
+
+    clf, _ = tiny_classifier
+    with torch.no_grad():
+        for layer in clf.encoder.encoder.layer:
+            layer.attention.self.value.weight[5] *= 30.0
+            layer.attention.self.value.bias.normal_(0.0, 0.5)  # a random init's biases are zeros: they would hide a bias left undivided
+    linears, embedding = prepare(clf, masked_quantized(clf, 4))
+    feeds = sample(batch=8, length=24)
+    calib = calibration.batches({k: v.astype(np.int32) for k, v in feeds.items()})
+    folded = export(clf, linears, embedding, tmp_path / "f.onnx", ExportConfig(activations=activations), feeds, calib)
+    monkeypatch.setattr(masking, "attention_of", lambda name: None)  # the exporter no longer knows which V feeds which output
+    plain = export(clf, linears, embedding, tmp_path / "p.onnx", ExportConfig(activations=activations), feeds, calib)
+    layers = clf.encoder.config.num_hidden_layers
+
+    def smoothing_muls(path):  # activations (what depends on the graph's inputs) times 1 / s
+        graph = onnx.load(str(path)).graph
+        recips = {o for n in graph.node if n.op_type == "Reciprocal" for o in n.output}
+        dynamic = {i.name for i in graph.input}
+        for n in graph.node:  # topologically sorted
+            if dynamic & set(n.input):
+                dynamic |= set(n.output)
+        return sum(n.op_type == "Mul" and n.input[1] in recips and n.input[0] in dynamic for n in graph.node)
+
+    assert smoothing_muls(tmp_path / "p.onnx") == 4 * layers and smoothing_muls(tmp_path / "f.onnx") == 3 * layers
+    a, b = (run_logits(open_session(tmp_path / f), feeds) for f in ("f.onnx", "p.onnx"))
+    assert np.abs(a - b).max() < 1e-4  # measured 0 (static) and 6e-8 (token); with V's bias left undivided 3e-3 and 7e-3
 
 
 def test_static_activation_scales(tiny_classifier, tmp_path):

@@ -1,0 +1,213 @@
+"""Building ONNX subgraphs for quantized weights: a Builder appends nodes and initializers with unique names, and
+reads a weight's codes and scales from a source (Inline: packed into the graph itself; a pack's task graph takes them
+from the shared backbone file instead, compress.exporters.shared). The encodings each kernel needs are its methods:
+int8 codes unpacked at load, MatMulNBits / GatherBlockQuantized on the packed codes as they are."""
+from __future__ import annotations
+
+import numpy as np
+import onnx
+from onnx import TensorProto, helper, numpy_helper
+
+from compress.errors import ConfigError
+from compress.exporters import functions
+from compress.qweight import QWeight, pack_bits
+
+NBITS_ACCURACY_LEVEL = 4  # MatMulNBits: quantize the activations to int8 per block, integer dot products
+
+
+class Inline:
+    """Where a weight's integer codes and scales come from in the graph: packed into the graph itself
+    (a pack's task graph takes them from the shared backbone file instead: compress.exporters.shared)."""
+
+    def codes(self, bld: Builder, base: str, w: QWeight) -> str:
+        """-> int8 [rows, cols] signed codes (folded at load; int8 keeps the intermediate tensors of the fold small)."""
+        rows, cols = w.shape
+        if w.storage_bits == 8:
+            return bld.const(f"{base}.codes_int8", w.codes)
+        x = bld.node("Cast", [bld.unpack(base, w.stored(), w.storage_bits, "codes")], base, to=TensorProto.INT8)[0]  # < 16: exact
+        if w.zero is None:
+            return bld.node("Sub", [x, bld.const(base, np.array(2 ** (w.storage_bits - 1), np.int8))], base)[0]
+        zero = bld.node("Cast", [bld.unpack(base, w.zero[..., None], w.bits, "zero")], base, to=TensorProto.INT8)[0]
+        return bld.grouped(base, w, lambda x: bld.node("Sub", [x, zero], base)[0], x)
+
+    def scale(self, bld: Builder, base: str, w: QWeight, shape: tuple[int, ...]) -> str:
+        """-> float32 scales [rows, groups] reshaped to `shape` (stored as float16)."""
+        return bld.half(f"{base}.scale", w.scale.reshape(shape))
+
+    def scale16(self, bld: Builder, base: str, w: QWeight) -> str:
+        """-> the float16 per-row scales [rows] as stored (per-channel weights)."""
+        return bld.const(f"{base}.scale", w.scale.reshape(-1).astype(np.float16))
+
+
+class Builder:
+    """Appends nodes and initializers to a graph, with unique names."""
+
+    def __init__(self, source: Inline | None = None, tag: str = "", compact: bool = False):
+        self.nodes, self.inits, self.n, self.tag = [], [], 0, tag
+        self.small: dict[tuple, str] = {}  # shapes, shifts, ...: one initializer per value
+        self.named: set[str] = set()
+        self.source = source or Inline()
+        self.compact = compact  # repeated subgraphs as calls of model-local functions (a pack's task graph)
+        self.functions: dict[str, onnx.FunctionProto] = {}
+
+    def call(self, fn: onnx.FunctionProto, inputs: list[str], base: str, outputs: int = 1) -> list[str]:
+        """One node calling a model-local function (compress.exporters.functions)."""
+        self.functions[fn.name] = fn
+        return self.node(fn.name, inputs, base, outputs=[self.name(f"{base}/{fn.name}") for _ in range(outputs)], domain=fn.domain)
+
+    def name(self, base: str) -> str:
+        self.n += 1
+        return f"{base.removeprefix('encoder.encoder.')}~{self.tag}{self.n}"
+
+    def const(self, base: str, array: np.ndarray, name: str | None = None) -> str:
+        """An initializer: small ones (shapes, shifts) once per value; with `name`, under exactly that name, once."""
+        array = np.ascontiguousarray(array)
+        if name is not None:
+            if name not in self.named:
+                self.inits.append(numpy_helper.from_array(array, name))
+                self.named.add(name)
+            return name
+        key = (array.dtype.str, array.shape, array.tobytes()) if array.nbytes <= 64 else None
+        if key in self.small:
+            return self.small[key]
+        name = self.name(base if key is None else "const")
+        self.inits.append(numpy_helper.from_array(array, name))
+        if key is not None:
+            self.small[key] = name
+        return name
+
+    def unpack(self, base: str, stored: np.ndarray, bits: int, suffix: str, name: str | None = None) -> str:
+        """Unsigned codes (any shape) -> bit-packed uint8 initializer + subgraph giving uint8 of that shape."""
+        if bits == 8:
+            return self.const(f"{base}.{suffix}_8bit", stored.astype(np.uint8), name)
+        packed = pack_bits(stored, bits)
+        return self.unpacked(base, self.const(f"{base}.{suffix}_{bits}bit", packed, name), packed.size, stored.shape, bits)
+
+    def unpacked(self, base: str, packed: str, packed_size: int, shape: tuple[int, ...], bits: int) -> str:
+        """The subgraph that unpacks a bit-packed uint8 graph tensor into uint8 codes of `shape`."""
+        per = 8 // bits
+        count = int(np.prod(shape))
+        col = self.node("Reshape", [packed, self.const(base, np.array([-1, 1], np.int64))], base)[0]
+        left = self.const(base, np.array([8 - bits * (j + 1) for j in range(per)], np.uint8))
+        x = self.node("BitShift", [col, left], base, direction="LEFT")[0]
+        x = self.node("BitShift", [x, self.const(base, np.array([8 - bits], np.uint8))], base, direction="RIGHT")[0]
+        x = self.node("Reshape", [x, self.const(base, np.array([-1], np.int64))], base)[0]
+        if packed_size * per != count:
+            x = self.node("Slice", [x, self.const(base, np.array([0], np.int64)), self.const(base, np.array([count], np.int64))], base)[0]
+        return self.node("Reshape", [x, self.const(base, np.array(shape, np.int64))], base)[0]
+
+    def node(self, op: str, inputs: list[str], base: str, outputs: list[str] | None = None, domain: str = "", **attrs) -> list[str]:
+        outs = outputs or [self.name(f"{base}/{op}")]
+        self.nodes.append(helper.make_node(op, inputs, outs, name=outs[0] if not outputs else self.name(f"{base}/{op}"),
+                                           domain=domain or None, **attrs))
+        return outs
+
+    def grouped(self, base: str, w: QWeight, op, x: str) -> str:
+        """op applied to x [rows, cols] seen as [rows, groups, cols / groups] (per-group scales, zero points)."""
+        rows, cols = w.shape
+        x = self.node("Reshape", [x, self.const(base, np.array([rows, w.groups, cols // w.groups], np.int64))], base)[0]
+        return self.node("Reshape", [op(x), self.const(base, np.array([rows, cols], np.int64))], base)[0]
+
+    def dequant_float(self, base: str, w: QWeight) -> str:
+        """-> fp32 [rows, cols] = codes * scale (per row or per group)."""
+        rows, _ = w.shape
+        x = self.node("Cast", [self.source.codes(self, base, w)], base, to=TensorProto.FLOAT)[0]
+        if w.groups == 1:
+            return self.node("Mul", [x, self.source.scale(self, base, w, (rows, 1))], base)[0]
+        scale = self.source.scale(self, base, w, (rows, w.groups, 1))
+        return self.grouped(base, w, lambda g: self.node("Mul", [g, scale], base)[0], x)
+
+    def matmul_nbits(self, base: str, x: str, y: str, w: QWeight) -> None:
+        """y = x @ W^T with com.microsoft MatMulNBits reading the stored codes directly."""
+        if type(self.source) is not Inline:
+            raise ConfigError(f"{base}: MatMulNBits reads packed codes as they are, so they cannot come from a shared backbone: use kernel int8")
+        rows, cols = w.shape
+        bits = w.storage_bits
+        block = w.group_size if w.groups > 1 else min(cols & -cols, 256)  # a power of two >= 16 that divides cols
+        if block < 16:
+            raise ConfigError(f"{base}: MatMulNBits needs blocks of >= 16 inputs, and {cols} inputs allow only {block}: use --kernel int8")
+        blocks = cols // block
+        codes = pack_bits(w.stored(), bits).reshape(rows, blocks, block * bits // 8)
+        scale = np.repeat(w.scale.reshape(rows, -1), blocks // w.groups, axis=1)
+        inputs = [x, self.const(f"{base}.codes_{bits}bit", codes), self.half(f"{base}.scale", scale)]
+        if w.zero is not None:  # else MatMulNBits' default zero point 2^(bits-1) is our symmetric code offset
+            zero = np.repeat(w.zero.reshape(rows, -1), blocks // w.groups, axis=1)
+            inputs.append(self.const(f"{base}.zero_{bits}bit", np.stack([pack_bits(z, bits) for z in zero])))
+        self.node("MatMulNBits", inputs, base, outputs=[y], domain="com.microsoft", K=cols, N=rows, bits=bits, block_size=block,
+                  accuracy_level=NBITS_ACCURACY_LEVEL)
+
+    def gather_nbits(self, base: str, ids: str, y: str, w: QWeight) -> None:
+        """y = rows `ids` of the table W with com.microsoft GatherBlockQuantized reading the stored codes directly
+        (ONNX Runtime's mobile packages have it: the table stays low-bit in an .ort file, not folded to int8)."""
+        if type(self.source) is not Inline:
+            raise ConfigError(f"{base}: GatherBlockQuantized reads packed codes as they are, so they cannot come from a shared backbone: "
+                              "use kernel int8")
+        rows, cols = w.shape
+        bits = w.storage_bits
+        # a block is a power of two >= 16: per-row scales take one block that covers the row (ORT pads the last block)
+        block = w.group_size if w.groups > 1 else max(16, 1 << (cols - 1).bit_length())
+        if cols % w.groups or (w.groups > 1 and (block < 16 or block & (block - 1))):
+            raise ConfigError(f"{base}: GatherBlockQuantized needs blocks of a power of two >= 16 inputs, not {block}: use --kernel int8")
+        inputs = [self.const(f"{base}.codes_{bits}bit", pack_bits(w.stored(), bits).reshape(rows, -1)), ids,
+                  self.const(f"{base}.scale", w.scale.reshape(rows, -1).astype(np.float32))]
+        if w.zero is not None:  # else the default zero point 2^(bits-1) is our symmetric code offset
+            inputs.append(self.const(f"{base}.zero_{bits}bit", np.stack([pack_bits(z, bits) for z in w.zero.reshape(rows, -1)])))
+        self.node("GatherBlockQuantized", inputs, base, outputs=[y], domain="com.microsoft", gather_axis=0, quantize_axis=1,
+                  block_size=block, bits=bits)
+
+    def int8_weight(self, base: str, w: QWeight, smooth: str | None = None) -> tuple[str, str]:
+        """-> (int8 [cols, rows], float [rows] per-row scale) graph tensors for an integer matmul x @ (W * diag(s))^T,
+        smooth = the graph tensor holding s. Per-channel codes are used as they are; group-wise or smoothed
+        weights are re-rounded to int8 per row, all folded at load."""
+        rows, _ = w.shape
+        if w.groups == 1 and smooth is None:
+            w8, flat = self.source.codes(self, base, w), self.source.scale(self, base, w, (rows,))
+        elif self.compact and w.groups == 1:
+            return self.call(functions.prep(), [self.source.codes(self, base, w), self.source.scale16(self, base, w), smooth], base, 2)
+        else:
+            wf = self.dequant_float(base, w)
+            if smooth is not None:
+                wf = self.node("Mul", [wf, smooth], base)[0]
+            absmax = self.node("ReduceMax", [self.node("Abs", [wf], base)[0]], base, axes=[1], keepdims=1)[0]
+            absmax = self.node("Max", [absmax, self.const(base, np.array(2.0**-14, np.float32))], base)[0]
+            row_scale = self.node("Div", [absmax, self.const(base, np.array(127.0, np.float32))], base)[0]
+            x = self.node("Round", [self.node("Div", [wf, row_scale], base)[0]], base)[0]
+            flat = self.node("Reshape", [row_scale, self.const(base, np.array([rows], np.int64))], base)[0]
+            w8 = self.node("Cast", [x], base, to=TensorProto.INT8)[0]
+        return self.node("Transpose", [w8], base, perm=[1, 0])[0], flat
+
+    def half(self, base: str, values: np.ndarray) -> str:
+        """float32 values stored as float16 (scales and smoothing factors were rounded to float16 values: lossless)."""
+        half = values.astype(np.float16)
+        if not np.array_equal(half.astype(np.float32), values.astype(np.float32)):
+            raise ValueError(f"{base}: values are not float16-exact; quantize with compress.quantize")
+        return self.node("Cast", [self.const(base, half)], base, to=TensorProto.FLOAT)[0]
+
+
+def toposort(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:
+    ready = {i.name for i in graph.input} | {i.name for i in graph.initializer} | {""}
+    producers = {}
+    for n in nodes:
+        for o in n.output:
+            producers[o] = n
+    out, done = [], set()
+
+    def visit(n):
+        stack = [(n, False)]
+        while stack:
+            node, expanded = stack.pop()
+            if id(node) in done:
+                continue
+            if expanded:
+                done.add(id(node))
+                out.append(node)
+                continue
+            stack.append((node, True))
+            for i in node.input:
+                p = producers.get(i)
+                if p is not None and id(p) not in done and i not in ready:
+                    stack.append((p, False))
+
+    for n in nodes:
+        visit(n)
+    return out
