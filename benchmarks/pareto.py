@@ -223,9 +223,10 @@ def _why(args, data: dict) -> str:
                      "fewer bits.")
     lines += ["- **Batch-1 latency and batch-32 throughput**: at run time the 4-bit weights are int8 (unpacked at session load), "
               "so the integer matmuls and attention cost what ORT int8's do (`profile_ops.md`: MatMulIntegerToFloat + QAttention "
-              "5.7 ms vs DynamicQuantizeMatMul + QAttention 5.7 ms at batch 1). The static graph adds one smoothing Div and one QuantizeLinear "
-              "per quantized activation (24 each in MiniLM-L6) that ORT's DynamicQuantizeMatMul does inside its kernel: about "
-              "1.1 ms of 9.4 at batch 1. 0.8x / 1.2x need about a fifth of the arithmetic gone: only structured pruning does that "
+              "5.7 ms vs DynamicQuantizeMatMul + QAttention 5.7 ms at batch 1). The static graph adds a smoothing Mul (18 in MiniLM-L6: "
+              "the attention output's factors are folded into V) and a QuantizeLinear (24) per quantized activation, which ORT's "
+              "DynamicQuantizeMatMul does inside its kernel (in `profile_ops.md`, before the fold, 24 Divs and 24 QuantizeLinear "
+              "took about 1.1 ms of 9.4 at batch 1). 0.8x / 1.2x need about a fifth of the arithmetic gone: only structured pruning does that "
               "here (the --ffn-keep 0.5 --heads-keep 0.5 rows), and at this training budget it loses accuracy on every task, so "
               "it is not the default. The defaults' graph has the same shape on every task: a task whose ratio stands apart "
               "from the others is that run's timing noise, not a met target.",

@@ -165,9 +165,9 @@ def main() -> None:
                   "codes column) are about half of ORT int8's file, so 0.45x needs fewer weights (--ffn-keep / --heads-keep) or fewer "
                   "bits; the rest is scales and float tensors (position embeddings, biases, LayerNorms, the pooler). At run time the "
                   "4-bit weights are int8 (unpacked at session load) and go through the same integer kernels as ORT's "
-                  "(MatMulIntegerToFloat and QAttention vs DynamicQuantizeMatMul and QAttention), plus one smoothing Div and one "
-                  "QuantizeLinear per quantized activation that ORT's kernel does internally (benchmarks/results/profile_ops.md), so "
-                  "the latency is about ORT int8's, not below it."]
+                  "(MatMulIntegerToFloat and QAttention vs DynamicQuantizeMatMul and QAttention), plus a smoothing Mul and a "
+                  "QuantizeLinear per quantized activation (3 and 4 per layer) that ORT's kernel does internally "
+                  "(benchmarks/results/profile_ops.md), so the latency is about ORT int8's, not below it."]
     write(a.results, "Scale: the pipeline's cost and the graph's size and speed from tiny to bert-large (2-core CPU)", rows, "\n".join(lines),
           command=command)
 

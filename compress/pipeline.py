@@ -296,9 +296,9 @@ def bench(directory: Path, provider: str = "cpu", batch_sizes=(1, 32), seq_len: 
 
     directory = Path(directory)
     m = mf.read(directory, mf.ArtifactManifest)
-    path = artifact.graph_path(directory) if graph == "onnx" else directory / "onnx" / "model.ort"
     if graph not in ("onnx", "ort"):
         raise ConfigError(f"graph '{graph}' is not one of onnx, ort")
+    path = artifact.graph_path(directory) if graph == "onnx" else directory / "onnx" / "model.ort"
     if not path.is_file():
         raise artifact.ArtifactError(f"{directory} has no onnx/model.ort: write it with compress export {directory} --format ort")
     t0 = time.perf_counter()
@@ -409,8 +409,8 @@ def reexport(directory: Path, kernel: str | None = None, fmt: str = "onnx", comm
         shutil.copytree(directory, tmp, dirs_exist_ok=True)
         graph = artifact.graph_path(tmp)
         rebuild = fmt == "onnx" or kernel is not None or activations is not None
-        if rebuild or fmt == "ort":
-            cfg = config_from_manifest(m, backbone_dir, kernel=kernel, activations=activations)
+        if rebuild or fmt == "ort":  # the mobile graph alone needs no calibration ranges (nbits: float activations)
+            cfg = config_from_manifest(m, backbone_dir, kernel=kernel if rebuild else "nbits", activations=activations)
             model, _, qweights, calib = restore(directory, m, cfg)
             linears, embedding = prepare(model, qweights)
         if rebuild:

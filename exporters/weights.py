@@ -119,7 +119,7 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
                    values: dict[str, str] | None = None) -> tuple[onnx.ModelProto, dict[str, int]]:
     """Replace every quantized weight by its integer encoding: fused Attention -> one integer matmul on the packed int8
     Q/K/V weight + MultiHeadAttention (activations="tensor": QAttention), MatMul -> integer matmul, word-embedding
-    Gather -> int8 Gather.
+    Gather -> int8 Gather ("nbits": MatMulNBits and GatherBlockQuantized on the packed codes).
 
     attention: fused Attention node name -> the (Q, K, V) module names it was built from (fusions.optimize).
     values: attention output projection -> its attention's V projection (masking.attention_of). Where both are int8 and
@@ -202,7 +202,7 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
             bld.node("Mul", [acc, bld.node("Mul", [xs, w_scale], base)[0]], base, outputs=[y])
 
     factors: dict[str, np.ndarray] = {}  # smoothing tensor -> its values
-    reciprocal: dict[str, str] = {}  # smoothing tensor -> 1 / s (folded at load: a Mul runs ~2-4x faster than a Div on CPU)
+    reciprocal: dict[str, str] = {}  # smoothing tensor -> 1 / s (folded at load: on CPU a Mul costs less than a Div)
     folded_into_v: dict[str, str] = {}  # V projection -> the smoothing tensor of its output projection's input, folded into V
 
     def inverse(sm: str, base: str) -> str:
@@ -228,7 +228,7 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
     def static_input(x: str, base: str, sm: str | None, names: list[str]) -> list[str]:
         """-> (uint8 codes, scale, zero point) of x / s (smoothing) quantized with one scale fixed at export, sigma = the
         calibration's max |x_j / s_j| / 127 (ONNX Runtime's per-axis QuantizeLinear on the last axis is ~20x slower than
-        a Div and a per-tensor QuantizeLinear)."""
+        a Mul and a per-tensor QuantizeLinear)."""
         key = (x, sm)
         if key not in dql:
             if smooth is None or any(n not in smooth.input_absmax for n in names):

@@ -30,6 +30,8 @@ def test_tiny_run_writes_a_complete_artifact(run_args, mini_glue, tmp_path):
     # a stage rerun on its own reads only the directory
     b = invoke("bench", str(out), "--batch", "1")
     assert b.exit_code == 0 and "batch 1 x 128" in b.output
+    no_ort = invoke("bench", str(out), "--graph", "ort")
+    assert no_ort.exit_code == 1 and f"compress export {out} --format ort" in error_line(no_ort)
     # an app needs only onnxruntime + tokenizers: the example app runs on the artifact as shipped
     import subprocess, sys
     from pathlib import Path

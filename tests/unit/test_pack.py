@@ -178,6 +178,8 @@ def test_materialize_gives_a_standalone_artifact(trained, packed, tmp_path):
     again = invoke("export", out)
     assert again.exit_code != 0 and "materialized from the pack" in error_line(again)
     assert invoke("export", out, "--kernel", "float").exit_code == 0
+    mobile = invoke("export", out, "--format", "ort")  # the mobile graph needs no activation ranges: the way to a pack task's .ort
+    assert mobile.exit_code == 0 and (out / "onnx" / "model.ort").is_file(), mobile.output
 
 
 def test_bench_and_check_accept_a_pack(packed, glue2, tmp_path):
