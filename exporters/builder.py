@@ -136,9 +136,10 @@ class Builder:
         self.node("MatMulNBits", inputs, base, outputs=[y], domain="com.microsoft", K=cols, N=rows, bits=bits, block_size=block,
                   accuracy_level=NBITS_ACCURACY_LEVEL)
 
-    def gather_nbits(self, base: str, ids: str, y: str, w: QWeight) -> None:
-        """y = rows `ids` of the table W with com.microsoft GatherBlockQuantized reading the stored codes directly
-        (ONNX Runtime's mobile packages have it: the table stays low-bit in an .ort file, not folded to int8)."""
+    def gather_nbits(self, base: str, gathers: list[tuple[str, str]], w: QWeight) -> None:
+        """y = rows `ids` of the table W for each (ids, y) of `gathers`, with com.microsoft GatherBlockQuantized reading the
+        stored codes (one copy for all) directly (ONNX Runtime's mobile packages have it: the table stays low-bit in an
+        .ort file, not folded to int8)."""
         if type(self.source) is not Inline:
             raise ConfigError(f"{base}: GatherBlockQuantized reads packed codes as they are, so they cannot come from a shared backbone: "
                               "use kernel int8")
@@ -148,12 +149,13 @@ class Builder:
         block = w.group_size if w.groups > 1 else max(16, 1 << (cols - 1).bit_length())
         if cols % w.groups or (w.groups > 1 and (block < 16 or block & (block - 1))):
             raise ConfigError(f"{base}: GatherBlockQuantized needs blocks of a power of two >= 16 inputs, not {block}: use --kernel int8")
-        inputs = [self.const(f"{base}.codes_{bits}bit", pack_bits(w.stored(), bits).reshape(rows, -1)), ids,
-                  self.const(f"{base}.scale", w.scale.reshape(rows, -1).astype(np.float32))]
+        table = [self.const(f"{base}.codes_{bits}bit", pack_bits(w.stored(), bits).reshape(rows, -1)),
+                 self.const(f"{base}.scale", w.scale.reshape(rows, -1).astype(np.float32))]
         if w.zero is not None:  # else the default zero point 2^(bits-1) is our symmetric code offset
-            inputs.append(self.const(f"{base}.zero_{bits}bit", np.stack([pack_bits(z, bits) for z in w.zero.reshape(rows, -1)])))
-        self.node("GatherBlockQuantized", inputs, base, outputs=[y], domain="com.microsoft", gather_axis=0, quantize_axis=1,
-                  block_size=block, bits=bits)
+            table.append(self.const(f"{base}.zero_{bits}bit", np.stack([pack_bits(z, bits) for z in w.zero.reshape(rows, -1)])))
+        for ids, y in gathers:
+            self.node("GatherBlockQuantized", [table[0], ids, *table[1:]], base, outputs=[y], domain="com.microsoft", gather_axis=0,
+                      quantize_axis=1, block_size=block, bits=bits)
 
     def int8_weight(self, base: str, w: QWeight, smooth: str | None = None) -> tuple[str, str]:
         """-> (int8 [cols, rows], float [rows] per-row scale) graph tensors for an integer matmul x @ (W * diag(s))^T,

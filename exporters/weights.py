@@ -321,9 +321,8 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
             raise WeightMatchError(f"{name}: the exported graph has no Gather of {name}.weight (was EmbedLayerNormalization fused?)")
         _check(name, init.name, numpy_helper.to_array(init), w.dequantize())
         if kernel == "nbits":
-            for g in users:
-                bld.gather_nbits(name, g.input[1], g.output[0], w)
-                drop_nodes.add(id(g))
+            bld.gather_nbits(name, [(g.input[1], g.output[0]) for g in users], w)
+            drop_nodes.update(id(g) for g in users)
         else:
             table = bld.source.codes(bld, name, w)
             row_scale = bld.source.scale(bld, name, w, (w.shape[0], 1))
@@ -335,15 +334,17 @@ def quantize_graph(model: onnx.ModelProto, linears: dict[str, QWeight], embeddin
         drop_inits.add(init.name)
     tables = {embedding[0]} if embedding else set()
     if kernel == "nbits":  # the other float tables (position embeddings: 0.8 MB of MiniLM's 12.4) at 8 bits per row as well
-        for g in [n for n in graph.node if n.op_type == "Gather" and id(n) not in drop_nodes and n.input[0] in inits]:
-            init = inits[g.input[0]]
-            if init.data_type != TensorProto.FLOAT or len(init.dims) != 2 or init.dims[0] * init.dims[1] < TABLE_MIN_SIZE:
-                continue
-            base = init.name.removesuffix(".weight")
-            bld.gather_nbits(base, g.input[1], g.output[0], _rows_int8(numpy_helper.to_array(init)))
+        gathers: dict[str, list[onnx.NodeProto]] = {}
+        for g in graph.node:
+            init = inits.get(g.input[0]) if g.op_type == "Gather" and id(g) not in drop_nodes else None
+            if init is not None and init.data_type == TensorProto.FLOAT and len(init.dims) == 2 and init.dims[0] * init.dims[1] >= TABLE_MIN_SIZE:
+                gathers.setdefault(init.name, []).append(g)
+        for init_name, users in gathers.items():
+            base = init_name.removesuffix(".weight")
+            bld.gather_nbits(base, [(g.input[1], g.output[0]) for g in users], _rows_int8(numpy_helper.to_array(inits[init_name])))
             tables.add(base)
-            drop_nodes.add(id(g))
-            drop_inits.add(init.name)
+            drop_nodes.update(id(g) for g in users)
+            drop_inits.add(init_name)
     still_used = {i for n in graph.node if id(n) not in drop_nodes for i in n.input}
     kept = [n for n in graph.node if id(n) not in drop_nodes]
     del graph.node[:]
