@@ -109,11 +109,7 @@ def main() -> int:
     ap.add_argument("--render", action="store_true", help="only write the tables again from the results JSON")
     args = ap.parse_args()
     if args.render:
-        data = json.loads(Path(args.results).with_suffix(".json").read_text())
-        if "command" not in data:  # measured before the JSON kept it: the one the .md names
-            md = Path(args.results).with_suffix(".md").read_text().splitlines()
-            data["command"] = next(ln.strip("`") for ln in md if ln.startswith("`python "))
-        return render(args, data)
+        return render(args, json.loads(Path(args.results).with_suffix(".json").read_text()))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     cells = {(bits, "mrpc", 0): c for bits, c in train(args).items()}
     for t in ("mrpc", "sst2", "cola", "stsb"):

@@ -29,7 +29,7 @@ import sys
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from _results import write  # benchmarks/ is on sys.path when a script here runs
+from _results import command_of, verdict, write  # benchmarks/ is on sys.path when a script here runs
 
 TASKS = ("mrpc", "sst2", "cola", "stsb")
 
@@ -168,11 +168,6 @@ def cmd_report(args) -> int:
     return render(args, data | {"command": "python " + " ".join(sys.argv)})
 
 
-def _miss(value: float, target: float, lower_is_better: bool) -> str:
-    short = value - target if lower_is_better else target - value
-    return f"{value:.2f}" + (f" (missed by {short:.2f})" if short > 0.005 else " (met)")
-
-
 def render(args, data: dict) -> int:
     """Tables, targets and plots from measured rows (`report` measures them; `render` reads them back from the JSON)."""
     from compress import tasks
@@ -197,8 +192,8 @@ def render(args, data: dict) -> int:
         if default in rows and "dense fine-tuning (PyTorch)" in rows:
             d, dense = rows[default], _summary(rows["dense fine-tuning (PyTorch)"]["metrics"])[0]
             gap = _summary(d["metrics"])[0] - dense
-            targets.append(f"| {t} | {_miss(d['b1_ms'] / ref['b1_ms'], 0.8, True)} | {_miss(d['b32_seq_s'] / ref['b32_seq_s'], 1.2, False)} | "
-                           f"{_miss(d['mb'] / ref['mb'], 0.5, True)} | {gap:+.4f}" + (f" (missed by {-0.005 - gap:.4f})" if gap < -0.005 else " (met)") + " |")
+            targets.append(f"| {t} | {verdict(d['b1_ms'] / ref['b1_ms'], 0.8, True)} | {verdict(d['b32_seq_s'] / ref['b32_seq_s'], 1.2, False)} | "
+                           f"{verdict(d['mb'] / ref['mb'], 0.5, True)} | {gap:+.4f}" + (f" (missed by {-0.005 - gap:.4f})" if gap < -0.005 else " (met)") + " |")
     head = ["| task | default b1 latency x int8 (target <= 0.8) | b32 throughput x int8 (>= 1.2) | size x int8 (<= 0.5) | "
             "dev metric - dense (>= -0.005) |", "|---" * 5 + "|"]
     write(args.results, "Accuracy against speed and size, four GLUE tasks (MiniLM-L6)", data,
@@ -240,8 +235,7 @@ def cmd_render(args) -> int:
     """The tables again from pareto.json, under the command that measured them (older JSON: the one the .md names)."""
     data = json.loads(Path(args.results).with_suffix(".json").read_text())
     if "command" not in data:
-        md = Path(args.results).with_suffix(".md").read_text().splitlines()
-        data["command"] = next(ln.strip("`") for ln in md if ln.startswith("`python "))
+        data["command"] = command_of(args.results)
     return render(args, data)
 
 

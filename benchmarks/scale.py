@@ -23,7 +23,7 @@ import tempfile
 import time
 from pathlib import Path
 
-from _results import write  # benchmarks/ is on sys.path when a script here runs
+from _results import command_of, verdict, write  # benchmarks/ is on sys.path when a script here runs
 
 SHAPES = {  # transformers.BertConfig fields; minilm is the embedded pretrained model
     "tiny": dict(hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128),
@@ -130,8 +130,7 @@ def main() -> None:
         new = {r["model"]: r for r in rows}
         old = json.loads(res.with_suffix(".json").read_text())
         rows = [new.pop(r["model"], r) for r in old] + list(new.values())
-        before = next(ln.strip("`") for ln in res.with_suffix(".md").read_text().splitlines() if ln.startswith("`python "))
-        command = f"{before}`, then `python {' '.join(sys.argv)}"
+        command = f"{command_of(res)}`, then `python {' '.join(sys.argv)}"
     stage_names = list(dict.fromkeys(k for r in rows for k in r["stages"]))
     lines = ["`compress run` (64 MRPC pairs, 1 epoch, 64 dev pairs, 4-bit defaults), each model in its own process:", "",
              "| model | batch (steps) | wall s | peak resident GB | " + " | ".join(f"{s}: s / peak GB" for s in stage_names) + " |",
@@ -152,9 +151,6 @@ def main() -> None:
         codes = (r["sizes"]["weights"] + r["sizes"]["embeddings"]) / 1e6
         lines.append(f"| {r['model']} | {r['onnx_mb']:.1f} ({r['onnx_mb'] / r['ort_int8_mb']:.2f}) | {codes:.1f} ({codes / r['ort_int8_mb']:.2f}) | "
                      + " | ".join(cells) + " |")
-    def verdict(value: float, target: float) -> str:
-        return f"{value:.2f} (met)" if value <= target else f"{value:.2f} (missed by {value - target:.2f})"
-
     big = [r for r in rows if r["model"] in ("bert-base", "bert-large") and "latency" in r]
     if big:
         lines += ["", "| target (x ORT int8) | " + " | ".join(r["model"] for r in big) + " |", "|---|" + "---|" * len(big),
