@@ -1,4 +1,5 @@
 """Print a benchmark's Markdown table and save it, with the rows as JSON and the exact command."""
+
 from __future__ import annotations
 
 import json

@@ -9,6 +9,7 @@ inputs compared with the fp32 encoder's (mean cosine similarity; 1 = unchanged):
   gptq task       GPTQ calibrated on the task's first 128 training inputs (today's per-task default)
 The backbones of the first two are the same for every task. CPU only, a few minutes.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,7 +17,6 @@ import copy
 from pathlib import Path
 
 import torch
-
 from _results import write  # benchmarks/ is on sys.path when a script here runs
 from mask_init import pooled
 
@@ -58,8 +58,12 @@ def main():
         rows.append(row)
         print(row, flush=True)
     names = list(CALIBRATIONS)
-    table = (f"| task | {' | '.join(names)} |\n|---" + "|---" * len(names) + "|\n"
-             + "\n".join(f"| {r['task']} | " + " | ".join(f"{r[n]:.4f}" for n in names) + " |" for r in rows))
+    table = (
+        f"| task | {' | '.join(names)} |\n|---"
+        + "|---" * len(names)
+        + "|\n"
+        + "\n".join(f"| {r['task']} | " + " | ".join(f"{r[n]:.4f}" for n in names) + " |" for r in rows)
+    )
     write(args.results, f"{args.model} {args.bits}-bit: mean-pooled output cosine to fp32 on dev inputs, by calibration", rows, table)
 
 

@@ -12,6 +12,7 @@ largest |logit difference| and the predictions that flip against the reference, 
 and the latency at batch 1 and 32 x 128 of the first artifact's two graphs and of ONNX Runtime's own
 quantize_dynamic (per channel int8, BERT fusions) of the same weights, timed round-robin in one process.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -21,18 +22,17 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from _results import write  # benchmarks/ is on sys.path when a script here runs
 from export_vs_ort import reexported
 from smoothing import ort_dynamic
 
-from compress.artifact import graph_path
+from compress.files import graph_path
 
 MODES = ("token", "tensor")
 
 
 def exported(art: Path, activations: str, work: Path) -> Path:
-    from compress.pipeline import reexport
+    from compress.reexport import reexport
 
     d = work / f"{art.name}-{activations}"
     shutil.copytree(art, d)
@@ -86,8 +86,13 @@ def main() -> int:
                 sess = sessions[mode] = open_session(exported(art, mode, Path(tmp)))
                 out = three_ways(sess, enc, pad_id)
                 ref = out["alone"]
-                row = {"task": m.task.name, "activations": mode, "examples": len(dev.labels),
-                       "metric": task.metric, "dev_metric": metrics.compute(task, out["batch32"], dev.labels)[task.metric]}
+                row = {
+                    "task": m.task.name,
+                    "activations": mode,
+                    "examples": len(dev.labels),
+                    "metric": task.metric,
+                    "dev_metric": metrics.compute(task, out["batch32"], dev.labels)[task.metric],
+                }
                 for way in ("batch32", "pad128"):
                     row[f"{way}_max_abs_diff"] = float(np.abs(out[way] - ref).max())
                     row[f"{way}_flips"] = None if task.is_regression else int((out[way].argmax(1) != ref.argmax(1)).sum())
@@ -99,24 +104,40 @@ def main() -> int:
             for _ in range(args.rounds):
                 for k, sess in sessions.items():
                     for b in (1, 32):
-                        times[(k, b)].append(bench.latency(sess, b, 128, warmup=2, runs=20 if b == 1 else 3)["median_ms"])
+                        times[(k, b)].append(bench.latency(sess, b, 128, warmup=2, runs=20 if b == 1 else 3).median_ms)
             for b in (1, 32):
                 t = {k: float(np.median(times[(k, b)])) for k in sessions}
                 lat_rows.append({"task": m.task.name, "batch": b, **{f"{k}_ms": v for k, v in t.items()}})
-    table = ["| task | activation scales | dev metric | batch 32 (padded to longest) vs alone: max abs logit diff, flips "
-             "| padded to 128 vs alone: max abs logit diff, flips |", "|---|---|---|---|---|"]
+    table = [
+        "| task | activation scales | dev metric | batch 32 (padded to longest) vs alone: max abs logit diff, flips "
+        "| padded to 128 vs alone: max abs logit diff, flips |",
+        "|---|---|---|---|---|",
+    ]
     for r in rows:
-        table.append(f"| {r['task']} ({r['examples']}) | per {r['activations']} | {r['metric']} {r['dev_metric']:.4f} "
-                     f"| {r['batch32_max_abs_diff']:.2g}, {_n(r['batch32_flips'])} | {r['pad128_max_abs_diff']:.2g}, {_n(r['pad128_flips'])} |")
-    table += ["", f"Latency of {lat_rows[0]['task']}'s graphs, seq 128, median of {args.rounds} round-robin rounds in one process "
-              "(x int8: against ORT quantize_dynamic of the same weights):", "",
-              "| batch | per token ms | x int8 | per tensor ms | x int8 | ORT int8 ms | per token / per tensor |", "|---|---|---|---|---|---|---|"]
+        table.append(
+            f"| {r['task']} ({r['examples']}) | per {r['activations']} | {r['metric']} {r['dev_metric']:.4f} "
+            f"| {r['batch32_max_abs_diff']:.2g}, {_n(r['batch32_flips'])} | {r['pad128_max_abs_diff']:.2g}, {_n(r['pad128_flips'])} |"
+        )
+    table += [
+        "",
+        f"Latency of {lat_rows[0]['task']}'s graphs, seq 128, median of {args.rounds} round-robin rounds in one process "
+        "(x int8: against ORT quantize_dynamic of the same weights):",
+        "",
+        "| batch | per token ms | x int8 | per tensor ms | x int8 | ORT int8 ms | per token / per tensor |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in lat_rows:
         a = r["ORT int8_ms"]
-        table.append(f"| {r['batch']} | {r['token_ms']:.2f} | {r['token_ms'] / a:.2f} | {r['tensor_ms']:.2f} | {r['tensor_ms'] / a:.2f} "
-                     f"| {a:.2f} | {r['token_ms'] / r['tensor_ms']:.2f}x |")
-    write(args.results, "Batch and padding independence: per-token vs per-tensor activation scales", {"accuracy": rows, "latency": lat_rows},
-          "\n".join(table))
+        table.append(
+            f"| {r['batch']} | {r['token_ms']:.2f} | {r['token_ms'] / a:.2f} | {r['tensor_ms']:.2f} | {r['tensor_ms'] / a:.2f} "
+            f"| {a:.2f} | {r['token_ms'] / r['tensor_ms']:.2f}x |"
+        )
+    write(
+        args.results,
+        "Batch and padding independence: per-token vs per-tensor activation scales",
+        {"accuracy": rows, "latency": lat_rows},
+        "\n".join(table),
+    )
     return 0
 
 

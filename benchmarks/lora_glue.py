@@ -13,6 +13,7 @@ Reported: dev metric in PyTorch; the bytes a task costs (adapters and head in fl
 Runtime as fp32 graphs with and without the adapters); (b) merged, W + BA is a new weight per task that
 must be quantized again: no shared backbone, each task a full model (its 4-bit dev metric measured).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -38,9 +39,20 @@ def lora_model(backbone_dir: str, num_labels: int, seed: int, rank: int = 8):
     return get_peft_model(clf, cfg), tok
 
 
-def train(backbone_dir: str, task_name: str, data_dir: str, seed: int = 0, epochs: int = 3, max_train: int | None = None,
-          lr: float = 5e-4, head_lr: float = 1e-3, batch_size: int = 32, max_length: int = 128) -> dict:
-    from compress import metrics, tasks, train as tr
+def train(
+    backbone_dir: str,
+    task_name: str,
+    data_dir: str,
+    seed: int = 0,
+    epochs: int = 3,
+    max_train: int | None = None,
+    lr: float = 5e-4,
+    head_lr: float = 1e-3,
+    batch_size: int = 32,
+    max_length: int = 128,
+) -> dict:
+    from compress import metrics, tasks
+    from compress import train as tr
 
     task = tasks.get_task(task_name)
     splits = tasks.load_task(task, data_dir)
@@ -62,7 +74,7 @@ def train(backbone_dir: str, task_name: str, data_dir: str, seed: int = 0, epoch
         model.train()
         order = rng.permutation(len(train_split))
         for b in range(steps):
-            idx = order[b * batch_size:(b + 1) * batch_size]
+            idx = order[b * batch_size : (b + 1) * batch_size]
             with tr._autocast(torch.device("cpu"), True):
                 out = model(**tr.collate(enc, idx, pad)).float()
             target = y[torch.from_numpy(idx)]
@@ -83,15 +95,26 @@ def train(backbone_dir: str, task_name: str, data_dir: str, seed: int = 0, epoch
             params[n].copy_(v)
     adapters = sum(p.numel() for p in lora)
     head_n = sum(p.numel() for p in head)
-    return {"task": task.name, "seed": seed, "epochs": epochs, "metric": task.metric, "history": history,
-            "dev": metrics.compute(task, tr.predict(model, dev_enc, pad), dev.labels), "adapter_params": adapters, "head_params": head_n,
-            "bytes_fp16": 2 * (adapters + head_n), "seconds": time.perf_counter() - t0, "merged_4bit": merged_requantized(model, backbone_dir, task, dev_enc, dev, pad)}
+    return {
+        "task": task.name,
+        "seed": seed,
+        "epochs": epochs,
+        "metric": task.metric,
+        "history": history,
+        "dev": metrics.compute(task, tr.predict(model, dev_enc, pad), dev.labels),
+        "adapter_params": adapters,
+        "head_params": head_n,
+        "bytes_fp16": 2 * (adapters + head_n),
+        "seconds": time.perf_counter() - t0,
+        "merged_4bit": merged_requantized(model, backbone_dir, task, dev_enc, dev, pad),
+    }
 
 
 def merged_requantized(model, backbone_dir: str, task, dev_enc, dev, pad: int) -> dict:
     """Merge W + BA into each weight and quantize it again as the backbone was (4-bit GPTQ on the general text):
     a task-specific full model, no longer sharing the backbone. Its dev metric in PyTorch."""
-    from compress import backbone, calibration, metrics, train as tr
+    from compress import backbone, calibration, metrics
+    from compress import train as tr
 
     bb = backbone.load(backbone_dir)
     merged = model.merge_and_unload()
@@ -122,7 +145,7 @@ def serving_overhead(backbone_dir: str, rounds: int = 5, seq_len: int = 128) -> 
                 p.normal_(0, 0.01)
     model.eval()
     linear_flops = adapter_flops = 0
-    for name, mod in model.named_modules():
+    for _, mod in model.named_modules():
         if hasattr(mod, "lora_A") and "default" in getattr(mod, "lora_A", {}):
             w = mod.base_layer.weight
             linear_flops += w.numel()
@@ -135,10 +158,14 @@ def serving_overhead(backbone_dir: str, rounds: int = 5, seq_len: int = 128) -> 
         times = {k: [] for k in sessions}
         for _ in range(rounds):
             for k, s in sessions.items():
-                times[k].append(bench.latency(s, batch=1, seq_len=seq_len, runs=20)["median_ms"])
+                times[k].append(bench.latency(s, batch=1, seq_len=seq_len, runs=20).median_ms)
     med = {k: float(np.median(v)) for k, v in times.items()}
-    return {"adapter_flops_per_linear_flops": adapter_flops / linear_flops, "b1_ms": med,
-            "latency_ratio": med["with adapters"] / med["without"], "seq_len": seq_len}
+    return {
+        "adapter_flops_per_linear_flops": adapter_flops / linear_flops,
+        "b1_ms": med,
+        "latency_ratio": med["with adapters"] / med["without"],
+        "seq_len": seq_len,
+    }
 
 
 def _export(model, path: Path) -> Path:
@@ -150,8 +177,16 @@ def _export(model, path: Path) -> Path:
     dummy = tuple(torch.ones(2, 16, dtype=torch.long) for _ in names)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model.eval(), dummy, str(path), input_names=names, output_names=["logits"], opset_version=17, dynamo=False,
-                          dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}})
+        torch.onnx.export(
+            model.eval(),
+            dummy,
+            str(path),
+            input_names=names,
+            output_names=["logits"],
+            opset_version=17,
+            dynamo=False,
+            dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
+        )
     return path
 
 

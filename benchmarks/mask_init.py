@@ -9,6 +9,7 @@ encoder's: mean cosine similarity (1 = unchanged) and the fraction of weights th
 Zhao et al. 2020's Uniform(-0.02, 0.58) with threshold 0.01 prunes a random 5% at the start; the
 default, Uniform(0.01, 0.61), prunes nothing. CPU only, about a minute.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -16,11 +17,12 @@ import copy
 from pathlib import Path
 
 import torch
-
 from _results import write  # benchmarks/ is on sys.path when a script here runs
 
-INITS = {"default: Uniform(0.01, 0.61), nothing pruned": {},
-         "Zhao et al.: Uniform(-0.02, 0.58), 5% pruned": {"init_low": -0.02, "init_high": 0.58}}
+INITS = {
+    "default: Uniform(0.01, 0.61), nothing pruned": {},
+    "Zhao et al.: Uniform(-0.02, 0.58), 5% pruned": {"init_low": -0.02, "init_high": 0.58},
+}
 
 
 def pooled(model, enc) -> torch.Tensor:
@@ -62,9 +64,9 @@ def main():
             density = masking.densities(model)[1]
             rows.append({"bits": bits, "init": name, "cosine": cos, "pruned": 1 - density})
             print(f"{bits:>2}-bit  {name:<48} cosine {cos:.4f}  pruned {1 - density:.3f}", flush=True)
-    table = ("| weights | mask at the start | cosine to fp32 | pruned |\n|---|---|---|---|\n"
-             + "\n".join(f"| {'fp32' if r['bits'] > 8 else str(r['bits']) + '-bit'} | {r['init']} | {r['cosine']:.4f} | {r['pruned']:.3f} |"
-                         for r in rows))
+    table = "| weights | mask at the start | cosine to fp32 | pruned |\n|---|---|---|---|\n" + "\n".join(
+        f"| {'fp32' if r['bits'] > 8 else str(r['bits']) + '-bit'} | {r['init']} | {r['cosine']:.4f} | {r['pruned']:.3f} |" for r in rows
+    )
     write(args.results, f"Mask initialisation: damage to the pretrained {args.model} before training", rows, table)
 
 

@@ -8,6 +8,7 @@ the resident memory every 10 ms. Printed: the growth of resident memory over the
 the estimate predicts, less its best-epoch and checkpoint copies, which these steps do not make) against the
 estimate with and without its safety margin.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -18,7 +19,7 @@ from pathlib import Path
 
 from _results import write  # benchmarks/ is on sys.path when a script here runs
 
-CHILD = r'''
+CHILD = r"""
 import json, sys, tempfile, threading, time
 import psutil, torch
 from compress import masking, models, resources, train
@@ -58,7 +59,7 @@ e = resources.estimate(clf, b, s)
 print(json.dumps({"loaded_gb": base / 1e9, "growth_gb": (peak - base) / 1e9, "estimate_gb": e.total / 1e9,
                   "estimate_no_margin_gb": (e.trainable + e.masks + e.activations) / 1e9,
                   "copies_gb": 2 / 5 * e.trainable / 1e9}))
-'''
+"""
 
 
 def main():
@@ -72,14 +73,23 @@ def main():
         b, s = bs.split("x")
         out = subprocess.run([sys.executable, "-c", CHILD, model, b, s], capture_output=True, text=True, check=True)
         rows.append({"model": model, "batch": int(b), "seq_len": int(s), **json.loads(out.stdout.strip().splitlines()[-1])})
-    lines = ["| model | batch x tokens | loaded model GB | measured growth GB (+ best/checkpoint copies) | estimate GB (no margin) | "
-             "estimate GB | estimate / measured |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        "| model | batch x tokens | loaded model GB | measured growth GB (+ best/checkpoint copies) | estimate GB (no margin) | "
+        "estimate GB | estimate / measured |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
         need = r["growth_gb"] + r["copies_gb"]
-        lines.append(f"| {r['model']} | {r['batch']} x {r['seq_len']} | {r['loaded_gb']:.2f} | {r['growth_gb']:.2f} (+{r['copies_gb']:.2f}) "
-                     f"| {r['estimate_no_margin_gb']:.2f} | {r['estimate_gb']:.2f} | {r['estimate_gb'] / need:.2f}x |")
-    write(a.results, "Memory estimate before training against measured peak (CPU, bf16 autocast, 3 mask-learning steps)", rows,
-          "\n".join(lines))
+        lines.append(
+            f"| {r['model']} | {r['batch']} x {r['seq_len']} | {r['loaded_gb']:.2f} | {r['growth_gb']:.2f} (+{r['copies_gb']:.2f}) "
+            f"| {r['estimate_no_margin_gb']:.2f} | {r['estimate_gb']:.2f} | {r['estimate_gb'] / need:.2f}x |"
+        )
+    write(
+        a.results,
+        "Memory estimate before training against measured peak (CPU, bf16 autocast, 3 mask-learning steps)",
+        rows,
+        "\n".join(lines),
+    )
 
 
 if __name__ == "__main__":

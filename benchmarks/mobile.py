@@ -13,6 +13,7 @@ through ONNX Runtime's Python package (which reads the .ort format the mobile pa
 then timed in one round-robin loop on this machine's CPU (x86-64 with AVX-512; no ARM device was available, so these are
 not phone timings): session load time (median of --rounds loads) and batch-1 x 128 latency.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -30,10 +31,15 @@ TRAINED_HERE = (8, 2)  # bit widths trained for this benchmark (MRPC, seed 0); 4
 
 
 def train(args) -> dict[int, Path]:
-    from compress import pipeline, sweep, train as tr
+    from compress import configs, sweep
 
-    cfg = sweep.SweepConfig(run=pipeline.RunConfig(task="mrpc", data_dir=str(args.pareto / "data"), train=tr.TrainConfig(epochs=3, seed=0)),
-                            bits=TRAINED_HERE, modes=("structure",), seeds=1, out=str(args.out / "mrpc"))
+    cfg = sweep.SweepConfig(
+        run=configs.RunConfig(task="mrpc", data_dir=str(args.pareto / "data"), train=configs.TrainConfig(epochs=3, seed=0)),
+        bits=TRAINED_HERE,
+        modes=("structure",),
+        seeds=1,
+        out=str(args.out / "mrpc"),
+    )
     out = {}
     for bits in TRAINED_HERE:
         rec = sweep.run_cell(cfg, sweep.Cell("structure", bits, 0))
@@ -47,7 +53,7 @@ def measure(cell: Path, work: Path, task, dev) -> dict:
     from export_vs_ort import accuracy
 
     from compress import manifest as mf
-    from compress.pipeline import reexport
+    from compress.reexport import reexport
 
     copy = work / f"{cell.parent.parent.parent.name}-{cell.parent.parent.name}-{cell.name}"
     shutil.copytree(cell, copy)
@@ -56,10 +62,18 @@ def measure(cell: Path, work: Path, task, dev) -> dict:
     seconds = time.perf_counter() - t0
     src = mf.read(cell, mf.ArtifactManifest)
     args = (task, dev, copy / "tokenizer.json", m.config.train.max_length, m.model.pad_token_id)
-    return {"artifact": str(cell), "bits": src.config.quant.bits, "onnx": str(copy / "onnx" / "model.onnx"), "ort": str(copy / "onnx" / "model.ort"),
-            "onnx_mb": m.sizes["onnx_total"] / 1e6, "ort_mb": m.sizes["ort_total"] / 1e6, "export_ort_s": seconds,
-            "onnx_metric": accuracy(copy / "onnx" / "model.onnx", *args)["metric"], "ort_metric": accuracy(copy / "onnx" / "model.ort", *args)["metric"],
-            "ort_max_abs_diff": m.validation["ort_max_abs_diff"]}
+    return {
+        "artifact": str(cell),
+        "bits": src.config.quant.bits,
+        "onnx": str(copy / "onnx" / "model.onnx"),
+        "ort": str(copy / "onnx" / "model.ort"),
+        "onnx_mb": m.sizes.onnx_total / 1e6,
+        "ort_mb": m.sizes.ort_total / 1e6,
+        "export_ort_s": seconds,
+        "onnx_metric": accuracy(copy / "onnx" / "model.onnx", *args)["metric"],
+        "ort_metric": accuracy(copy / "onnx" / "model.ort", *args)["metric"],
+        "ort_max_abs_diff": m.validation.ort_max_abs_diff,
+    }
 
 
 def anchor(dense: Path, work: Path, task, dev) -> dict:
@@ -75,7 +89,13 @@ def anchor(dense: Path, work: Path, task, dev) -> dict:
     ort = next(p for p in ort_format.to_ort(int8, d) if p.suffix == ".ort")
     m = mf.read(dense, mf.ArtifactManifest)
     metric = accuracy(ort, task, dev, dense / "tokenizer.json", m.config.train.max_length, m.model.pad_token_id)["metric"]
-    return {"onnx": str(int8), "ort": str(ort), "onnx_mb": int8.stat().st_size / 1e6, "ort_mb": ort.stat().st_size / 1e6, "ort_metric": metric}
+    return {
+        "onnx": str(int8),
+        "ort": str(ort),
+        "onnx_mb": int8.stat().st_size / 1e6,
+        "ort_mb": ort.stat().st_size / 1e6,
+        "ort_metric": metric,
+    }
 
 
 def timings(paths: dict[str, Path], rounds: int) -> dict[str, dict]:
@@ -90,7 +110,7 @@ def timings(paths: dict[str, Path], rounds: int) -> dict[str, dict]:
             t0 = time.perf_counter()
             sess = open_session(p)
             load[k].append(time.perf_counter() - t0)
-            b1[k].append(bench.latency(sess, batch=1, seq_len=128, warmup=3, runs=20, max_seconds=0)["median_ms"])
+            b1[k].append(bench.latency(sess, batch=1, seq_len=128, warmup=3, runs=20, max_seconds=0).median_ms)
             del sess
     return {k: {"load_ms": 1e3 * statistics.median(load[k]), "b1_ms": statistics.median(b1[k])} for k in paths}
 
@@ -121,7 +141,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as tmp:
         work = Path(tmp)
         devs = {t: tasks.load_task(tasks.get_task(t), args.pareto / "data")["dev"] for t in {t for _, t, _ in cells}}
-        for (bits, t, seed), c in sorted(cells.items(), key=lambda kv: (kv[0][1] != "mrpc", kv[0])):
+        for (_, t, seed), c in sorted(cells.items(), key=lambda kv: (kv[0][1] != "mrpc", kv[0])):
             rows.append({"task": t, "seed": seed, **measure(c, work, tasks.get_task(t), devs[t])})
             logging.info("%s", rows[-1])
         ref = anchor(args.pareto / "mrpc" / "dense" / "cells" / "weights-32bit-seed0", work, tasks.get_task("mrpc"), devs["mrpc"])
@@ -139,30 +159,48 @@ def render(args, data: dict) -> int:
 
     rows, ref, t = data["rows"], data["anchor"], data["timings"]
     mrpc = {r["bits"]: r for r in rows if r["task"] == "mrpc" and r["seed"] == 0}
-    lines = ["Sizes and times (MiniLM-L6, MRPC seed 0; x86-64 CPU, 2 cores, ONNX Runtime's Python package, which reads the "
-             "same .ort format as its Android/iOS packages; no ARM device was available to time: phone timings will differ):", "",
-             "| model | .onnx MB | .ort MB | .ort x ORT int8 .ort | load ms .onnx / .ort | b1x128 ms .onnx / .ort | dev F1 .onnx / .ort |",
-             "|---|---|---|---|---|---|---|"]
-    lines.append(f"| ORT int8 dynamic (per channel, fusions) | {ref['onnx_mb']:.1f} | {ref['ort_mb']:.1f} | 1.00 | "
-                 f"{t['ORT int8 .onnx']['load_ms']:.0f} / {t['ORT int8 .ort']['load_ms']:.0f} | "
-                 f"{t['ORT int8 .onnx']['b1_ms']:.2f} / {t['ORT int8 .ort']['b1_ms']:.2f} | — / {ref['ort_metric']:.4f} |")
+    lines = [
+        "Sizes and times (MiniLM-L6, MRPC seed 0; x86-64 CPU, 2 cores, ONNX Runtime's Python package, which reads the "
+        "same .ort format as its Android/iOS packages; no ARM device was available to time: phone timings will differ):",
+        "",
+        "| model | .onnx MB | .ort MB | .ort x ORT int8 .ort | load ms .onnx / .ort | b1x128 ms .onnx / .ort | dev F1 .onnx / .ort |",
+        "|---|---|---|---|---|---|---|",
+    ]
+    lines.append(
+        f"| ORT int8 dynamic (per channel, fusions) | {ref['onnx_mb']:.1f} | {ref['ort_mb']:.1f} | 1.00 | "
+        f"{t['ORT int8 .onnx']['load_ms']:.0f} / {t['ORT int8 .ort']['load_ms']:.0f} | "
+        f"{t['ORT int8 .onnx']['b1_ms']:.2f} / {t['ORT int8 .ort']['b1_ms']:.2f} | — / {ref['ort_metric']:.4f} |"
+    )
     for bits, r in sorted(mrpc.items(), reverse=True):
         o, m = t[f"{bits}-bit .onnx"], t[f"{bits}-bit .ort"]
-        lines.append(f"| compress {bits}-bit | {r['onnx_mb']:.1f} | {r['ort_mb']:.1f} | {r['ort_mb'] / ref['ort_mb']:.2f} | "
-                     f"{o['load_ms']:.0f} / {m['load_ms']:.0f} | {o['b1_ms']:.2f} / {m['b1_ms']:.2f} | {r['onnx_metric']:.4f} / {r['ort_metric']:.4f} |")
-    lines += ["", "Dev metric of the .ort against the ONNX artifact (every artifact; the .onnx uses the int8 kernel with static "
-                  "activation scales, the .ort MatMulNBits and GatherBlockQuantized with int8 activation blocks):", "",
-              "| task | bits | seed | metric | .onnx | .ort | .ort - .onnx |", "|---|---|---|---|---|---|---|"]
+        lines.append(
+            f"| compress {bits}-bit | {r['onnx_mb']:.1f} | {r['ort_mb']:.1f} | {r['ort_mb'] / ref['ort_mb']:.2f} | "
+            f"{o['load_ms']:.0f} / {m['load_ms']:.0f} | {o['b1_ms']:.2f} / {m['b1_ms']:.2f} | "
+            f"{r['onnx_metric']:.4f} / {r['ort_metric']:.4f} |"
+        )
+    lines += [
+        "",
+        "Dev metric of the .ort against the ONNX artifact (every artifact; the .onnx uses the int8 kernel with static "
+        "activation scales, the .ort MatMulNBits and GatherBlockQuantized with int8 activation blocks):",
+        "",
+        "| task | bits | seed | metric | .onnx | .ort | .ort - .onnx |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in rows:
-        lines.append(f"| {r['task']} | {r['bits']} | {r['seed']} | {tasks.get_task(r['task']).metric} | {r['onnx_metric']:.4f} | "
-                     f"{r['ort_metric']:.4f} | {r['ort_metric'] - r['onnx_metric']:+.4f} |")
+        lines.append(
+            f"| {r['task']} | {r['bits']} | {r['seed']} | {tasks.get_task(r['task']).metric} | {r['onnx_metric']:.4f} | "
+            f"{r['ort_metric']:.4f} | {r['ort_metric'] - r['onnx_metric']:+.4f} |"
+        )
     four = mrpc.get(4)
     if four:
         worst = {b: max(abs(r["ort_metric"] - r["onnx_metric"]) for r in rows if r["bits"] == b) for b in sorted({r["bits"] for r in rows})}
-        lines += ["", f"Target (MiniLM 4-bit): .ort <= 13 MB and <= 0.55x ORT int8's .ort: {four['ort_mb']:.2f} MB, "
-                      f"{four['ort_mb'] / ref['ort_mb']:.3f}x; dev metric within 0.005 of the ONNX artifact: worst |.ort - .onnx| "
-                      f"over the {sum(r['bits'] == 4 for r in rows)} 4-bit artifacts above {worst[4]:.4f} "
-                      f"(" + ", ".join(f"{b}-bit: {w:.4f}" for b, w in worst.items() if b != 4) + ")."]
+        lines += [
+            "",
+            f"Target (MiniLM 4-bit): .ort <= 13 MB and <= 0.55x ORT int8's .ort: {four['ort_mb']:.2f} MB, "
+            f"{four['ort_mb'] / ref['ort_mb']:.3f}x; dev metric within 0.005 of the ONNX artifact: worst |.ort - .onnx| "
+            f"over the {sum(r['bits'] == 4 for r in rows)} 4-bit artifacts above {worst[4]:.4f} "
+            f"(" + ", ".join(f"{b}-bit: {w:.4f}" for b, w in worst.items() if b != 4) + ").",
+        ]
     write(args.results, "Mobile .ort packages: size, load time and latency (MiniLM-L6)", data, "\n".join(lines), command=data["command"])
     return 0
 

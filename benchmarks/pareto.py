@@ -18,6 +18,7 @@ benchmarks/results/pareto.{md,json} and one PNG per task (metric vs batch-1 late
 Metrics are means (and SD) over the seeds; timings and sizes are seed 0's graphs (their shapes do not depend on
 the seed).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -70,11 +71,12 @@ def sample_data(data_dir: Path, out: Path, max_train: int) -> Path:
 
 
 def sweep_config(task: str, variant: str, out: Path, data: Path, seeds: int, epochs: int):
-    from compress import masking, pipeline, sweep, train
+    from compress import configs, sweep
 
     v = VARIANTS[variant]
-    run = pipeline.RunConfig(task=task, data_dir=str(data), mask=masking.MaskConfig(**v.mask),
-                             train=train.TrainConfig(epochs=epochs, seed=0))
+    run = configs.RunConfig(
+        task=task, data_dir=str(data), mask=configs.MaskConfig(**v.mask), train=configs.TrainConfig(epochs=epochs, seed=0)
+    )
     return sweep.SweepConfig(run=run, bits=(v.bits,), modes=(v.mode,), seeds=seeds, out=str(out / task / variant))
 
 
@@ -98,8 +100,10 @@ ACTIVATIONS = ("token", "static")  # each variant's cells are exported both ways
 def _evaluate(graph: Path, cell: Path, task, dev) -> float:
     from export_vs_ort import accuracy
 
-    m = json.loads((cell / "manifest.json").read_text())
-    return accuracy(graph, task, dev, cell / "tokenizer.json", m["config"]["train"]["max_length"], m["model"]["pad_token_id"])["metric"]
+    from compress import manifest as mf
+
+    m = mf.read(cell, mf.ArtifactManifest)
+    return accuracy(graph, task, dev, cell / "tokenizer.json", m.config.train.max_length, m.model.pad_token_id)["metric"]
 
 
 def measure_task(args, task_name: str, work: Path) -> tuple[dict, dict]:
@@ -108,8 +112,9 @@ def measure_task(args, task_name: str, work: Path) -> tuple[dict, dict]:
 
     from export_vs_ort import build_anchors
 
+    from compress import manifest as mf
     from compress import tasks
-    from compress.pipeline import reexport
+    from compress.reexport import reexport
 
     task = tasks.get_task(task_name)
     dev = tasks.load_task(task, args.out / "data")["dev"]
@@ -126,8 +131,9 @@ def measure_task(args, task_name: str, work: Path) -> tuple[dict, dict]:
         dense = args.out / task_name / "dense" / "cells" / f"weights-32bit-seed{seed}"
         if not (dense / "manifest.json").is_file():
             continue
-        rows.setdefault("dense fine-tuning (PyTorch)", {"metrics": {}})["metrics"][seed] = \
-            json.loads((dense / "manifest.json").read_text())["metrics"]["torch"][task.metric]
+        rows.setdefault("dense fine-tuning (PyTorch)", {"metrics": {}})["metrics"][seed] = mf.read(
+            dense, mf.ArtifactManifest
+        ).metrics.torch[task.metric]
         (work / f"{task_name}-anchors-{seed}").mkdir(parents=True, exist_ok=True)
         for name, path in build_anchors(dense, work / f"{task_name}-anchors-{seed}").items():
             add(name, seed, _evaluate(path, dense, task, dev), path, anchor=True)
@@ -139,9 +145,17 @@ def measure_task(args, task_name: str, work: Path) -> tuple[dict, dict]:
                 copy = work / f"{task_name}-{key}-{act}-{seed}"
                 shutil.copytree(cell, copy)
                 m = reexport(copy, activations=act)  # the current exporter, with these activation scales
-                add(f"{VARIANTS[key].label}, {act} activations", seed, _evaluate(copy / "onnx" / "model.onnx", copy, task, dev),
-                    copy / "onnx" / "model.onnx", variant=key, activations=act,
-                    torch_metric=m.metrics.torch[task.metric], heads=m.attention_heads, ffn=m.ffn_neurons)
+                add(
+                    f"{VARIANTS[key].label}, {act} activations",
+                    seed,
+                    _evaluate(copy / "onnx" / "model.onnx", copy, task, dev),
+                    copy / "onnx" / "model.onnx",
+                    variant=key,
+                    activations=act,
+                    torch_metric=m.metrics.torch[task.metric],
+                    heads=m.attention_heads,
+                    ffn=m.ffn_neurons,
+                )
     return rows, graphs
 
 
@@ -180,54 +194,88 @@ def render(args, data: dict) -> int:
         ref = rows.get("ORT int8 dynamic")
         if ref is None:
             continue
-        lines = [f"### {t.upper()} (dev {metric}; seeds: {', '.join(map(str, sorted(ref['metrics'])))})", "",
-                 f"| model | dev {metric} mean ± SD (seeds) | b1x128 ms | x int8 | b32x128 seq/s | x int8 | MB | x int8 |", "|---" * 8 + "|"]
+        lines = [
+            f"### {t.upper()} (dev {metric}; seeds: {', '.join(map(str, sorted(ref['metrics'])))})",
+            "",
+            f"| model | dev {metric} mean ± SD (seeds) | b1x128 ms | x int8 | b32x128 seq/s | x int8 | MB | x int8 |",
+            "|---" * 8 + "|",
+        ]
         for name, r in rows.items():
             mean, sd, n = _summary(r["metrics"])
-            timing = (f"{r['b1_ms']:.2f} | {r['b1_ms'] / ref['b1_ms']:.2f} | {r['b32_seq_s']:.0f} | {r['b32_seq_s'] / ref['b32_seq_s']:.2f} | "
-                      f"{r['mb']:.1f} | {r['mb'] / ref['mb']:.2f}") if "b1_ms" in r else " | | | | | "
+            timing = (
+                (
+                    f"{r['b1_ms']:.2f} | {r['b1_ms'] / ref['b1_ms']:.2f} | "
+                    f"{r['b32_seq_s']:.0f} | {r['b32_seq_s'] / ref['b32_seq_s']:.2f} | "
+                    f"{r['mb']:.1f} | {r['mb'] / ref['mb']:.2f}"
+                )
+                if "b1_ms" in r
+                else " | | | | | "
+            )
             lines.append(f"| {name}{' **(defaults)**' if name == default else ''} | {mean:.4f} ± {sd:.4f} ({n}) | {timing} |")
         sections.append("\n".join(lines))
         plot(t, metric, rows, Path(args.results).parent / f"pareto_{t}.png")
         if default in rows and "dense fine-tuning (PyTorch)" in rows:
             d, dense = rows[default], _summary(rows["dense fine-tuning (PyTorch)"]["metrics"])[0]
             gap = _summary(d["metrics"])[0] - dense
-            targets.append(f"| {t} | {verdict(d['b1_ms'] / ref['b1_ms'], 0.8, True)} | {verdict(d['b32_seq_s'] / ref['b32_seq_s'], 1.2, False)} | "
-                           f"{verdict(d['mb'] / ref['mb'], 0.5, True)} | {gap:+.4f}" + (f" (missed by {-0.005 - gap:.4f})" if gap < -0.005 else " (met)") + " |")
-    head = ["| task | default b1 latency x int8 (target <= 0.8) | b32 throughput x int8 (>= 1.2) | size x int8 (<= 0.5) | "
-            "dev metric - dense (>= -0.005) |", "|---" * 5 + "|"]
-    write(args.results, "Accuracy against speed and size, four GLUE tasks (MiniLM-L6)", data,
-          "\n\n".join(sections + ["### Targets (the defaults against ORT int8, this run)\n\n" + "\n".join(head + targets), _why(args, data)]),
-          command=data.get("command"))
+            targets.append(
+                f"| {t} | {verdict(d['b1_ms'] / ref['b1_ms'], 0.8, True)} | {verdict(d['b32_seq_s'] / ref['b32_seq_s'], 1.2, False)} | "
+                f"{verdict(d['mb'] / ref['mb'], 0.5, True)} | {gap:+.4f}"
+                + (f" (missed by {-0.005 - gap:.4f})" if gap < -0.005 else " (met)")
+                + " |"
+            )
+    head = [
+        "| task | default b1 latency x int8 (target <= 0.8) | b32 throughput x int8 (>= 1.2) | size x int8 (<= 0.5) | "
+        "dev metric - dense (>= -0.005) |",
+        "|---" * 5 + "|",
+    ]
+    write(
+        args.results,
+        "Accuracy against speed and size, four GLUE tasks (MiniLM-L6)",
+        data,
+        "\n\n".join(sections + ["### Targets (the defaults against ORT int8, this run)\n\n" + "\n".join(head + targets), _why(args, data)]),
+        command=data.get("command"),
+    )
     return 0
 
 
 def _why(args, data: dict) -> str:
     """Where the defaults' misses come from: the size split from seed 0's default artifact, the time split from the profile."""
     lines = ["### Why the misses", ""]
-    cell = next((args.out / t / "default" / "cells" / "structure-4bit-seed0" for t in args.tasks
-                 if (args.out / t / "default" / "cells" / "structure-4bit-seed0" / "manifest.json").is_file()), None)
+    cell = next(
+        (
+            args.out / t / "default" / "cells" / "structure-4bit-seed0"
+            for t in args.tasks
+            if (args.out / t / "default" / "cells" / "structure-4bit-seed0" / "manifest.json").is_file()
+        ),
+        None,
+    )
     ref = next((data[t]["ORT int8 dynamic"]["mb"] for t in args.tasks if "ORT int8 dynamic" in data.get(t, {})), None)
     if cell is not None and ref is not None:
-        s = json.loads((cell / "manifest.json").read_text())["sizes"]
-        mb = {k: s.get(k, 0) / 1e6 for k in ("weights", "embeddings", "scales", "other")}
-        lines.append(f"- **Size**: the 4-bit codes alone are {mb['weights']:.2f} MB (encoder linears) + {mb['embeddings']:.2f} MB (word "
-                     f"embedding table) = {(mb['weights'] + mb['embeddings']) / ref:.2f}x ORT int8's {ref:.1f} MB; the rest is scales "
-                     f"({mb['scales']:.2f} MB) and float tensors ({mb['other']:.2f} MB: position embeddings in fp32, biases, LayerNorms) "
-                     "and the graph. At 4 bits the floor is about 0.5x; below it needs fewer weights (--ffn-keep/--heads-keep) or "
-                     "fewer bits.")
-    lines += ["- **Batch-1 latency and batch-32 throughput**: at run time the 4-bit weights are int8 (unpacked at session load), "
-              "so the integer matmuls and attention cost what ORT int8's do (`profile_ops.md`: MatMulIntegerToFloat + QAttention "
-              "5.7 ms vs DynamicQuantizeMatMul + QAttention 5.7 ms at batch 1). The static graph adds a smoothing Mul (18 in MiniLM-L6: "
-              "the attention output's factors are folded into V) and a QuantizeLinear (24) per quantized activation, which ORT's "
-              "DynamicQuantizeMatMul does inside its kernel (in `profile_ops.md`, before the fold, 24 Divs and 24 QuantizeLinear "
-              "took about 1.1 ms of 9.4 at batch 1). 0.8x / 1.2x need about a fifth of the arithmetic gone: only structured pruning does that "
-              "here (the --ffn-keep 0.5 --heads-keep 0.5 rows), and at this training budget it loses accuracy on every task, so "
-              "it is not the default. The defaults' graph has the same shape on every task: a task whose ratio stands apart "
-              "from the others is that run's timing noise, not a met target.",
-              "- **Accuracy**: means over 2 seeds trained on the CPU (no GPU was lent for this issue), each task's training set "
-              "a 2,000-example sample, 3 epochs for every variant; CoLA does not learn at this budget (MCC < 0.05 for every "
-              "model), so its row says nothing about quantization."]
+        from compress import manifest as mf
+
+        s = mf.read(cell, mf.ArtifactManifest).sizes
+        mb = {k: getattr(s, k) / 1e6 for k in ("weights", "embeddings", "scales", "other")}
+        lines.append(
+            f"- **Size**: the 4-bit codes alone are {mb['weights']:.2f} MB (encoder linears) + {mb['embeddings']:.2f} MB (word "
+            f"embedding table) = {(mb['weights'] + mb['embeddings']) / ref:.2f}x ORT int8's {ref:.1f} MB; the rest is scales "
+            f"({mb['scales']:.2f} MB) and float tensors ({mb['other']:.2f} MB: position embeddings in fp32, biases, LayerNorms) "
+            "and the graph. At 4 bits the floor is about 0.5x; below it needs fewer weights (--ffn-keep/--heads-keep) or "
+            "fewer bits."
+        )
+    lines += [
+        "- **Batch-1 latency and batch-32 throughput**: at run time the 4-bit weights are int8 (unpacked at session load), "
+        "so the integer matmuls and attention cost what ORT int8's do (`profile_ops.md`: MatMulIntegerToFloat + QAttention "
+        "5.7 ms vs DynamicQuantizeMatMul + QAttention 5.7 ms at batch 1). The static graph adds a smoothing Mul (18 in MiniLM-L6: "
+        "the attention output's factors are folded into V) and a QuantizeLinear (24) per quantized activation, which ORT's "
+        "DynamicQuantizeMatMul does inside its kernel (in `profile_ops.md`, before the fold, 24 Divs and 24 QuantizeLinear "
+        "took about 1.1 ms of 9.4 at batch 1). 0.8x / 1.2x need about a fifth of the arithmetic gone: only structured pruning does that "
+        "here (the --ffn-keep 0.5 --heads-keep 0.5 rows), and at this training budget it loses accuracy on every task, so "
+        "it is not the default. The defaults' graph has the same shape on every task: a task whose ratio stands apart "
+        "from the others is that run's timing noise, not a met target.",
+        "- **Accuracy**: means over 2 seeds trained on the CPU (no GPU was lent for this issue), each task's training set "
+        "a 2,000-example sample, 3 epochs for every variant; CoLA does not learn at this budget (MCC < 0.05 for every "
+        "model), so its row says nothing about quantization.",
+    ]
     return "\n".join(lines)
 
 
@@ -250,9 +298,19 @@ def plot(task: str, metric: str, rows: dict, path: Path) -> None:
         if "b1_ms" not in r:
             continue
         mean, sd, _ = _summary(r["metrics"])
-        ax.errorbar(r["b1_ms"], mean, yerr=sd, fmt="s" if r.get("anchor") else "o", markersize=4 + r["mb"] / 6, capsize=3, label=f"{name} ({r['mb']:.0f} MB)")
+        ax.errorbar(
+            r["b1_ms"],
+            mean,
+            yerr=sd,
+            fmt="s" if r.get("anchor") else "o",
+            markersize=4 + r["mb"] / 6,
+            capsize=3,
+            label=f"{name} ({r['mb']:.0f} MB)",
+        )
     if "dense fine-tuning (PyTorch)" in rows:
-        ax.axhline(_summary(rows["dense fine-tuning (PyTorch)"]["metrics"])[0], color="grey", linestyle="--", label="dense fine-tuning (PyTorch)")
+        ax.axhline(
+            _summary(rows["dense fine-tuning (PyTorch)"]["metrics"])[0], color="grey", linestyle="--", label="dense fine-tuning (PyTorch)"
+        )
     ax.set_xlabel("batch 1 x 128 latency, ms (2-core CPU, ONNX Runtime)")
     ax.set_ylabel(f"dev {metric} (mean over seeds)")
     ax.set_title(f"MiniLM-L6 / {task}: marker size = file size")

@@ -6,6 +6,7 @@ Profiles ORT's int8 anchor (built from the dense artifact as in export_vs_ort.py
 model.onnx: per operator type the mean time per run and the node count, from ORT's own profiler
 (SessionOptions.enable_profiling), after ORT's graph optimizations (the kernels that actually run).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -15,10 +16,10 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
-
 from _results import write  # benchmarks/ is on sys.path when a script here runs
 from export_vs_ort import build_anchors
-from compress.artifact import graph_path
+
+from compress.files import graph_path
 
 
 def profile(path: Path, threads: int, runs: int, prefix: str, batch: int = 1) -> dict:
@@ -30,8 +31,11 @@ def profile(path: Path, threads: int, runs: int, prefix: str, batch: int = 1) ->
     so.profile_file_prefix = prefix
     sess = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
     rng = np.random.default_rng(0)
-    feeds = {"input_ids": rng.integers(1000, 2000, (batch, 128)), "attention_mask": np.ones((batch, 128), np.int64),
-             "token_type_ids": np.zeros((batch, 128), np.int64)}
+    feeds = {
+        "input_ids": rng.integers(1000, 2000, (batch, 128)),
+        "attention_mask": np.ones((batch, 128), np.int64),
+        "token_type_ids": np.zeros((batch, 128), np.int64),
+    }
     feeds = {i.name: feeds[i.name].astype(np.int64) for i in sess.get_inputs()}
     for _ in range(runs):
         sess.run(None, feeds)
@@ -43,8 +47,10 @@ def profile(path: Path, threads: int, runs: int, prefix: str, batch: int = 1) ->
             per_op[e["args"]["op_name"]] += e["dur"]
             count[e["args"]["op_name"]] += 1
     n = len(total)
-    return {"run_ms": float(np.median(total[n // 4:])) / 1e3,
-            "ops": {op: {"ms": us / n / 1e3, "nodes": count[op] // n} for op, us in per_op.most_common()}}
+    return {
+        "run_ms": float(np.median(total[n // 4 :])) / 1e3,
+        "ops": {op: {"ms": us / n / 1e3, "nodes": count[op] // n} for op, us in per_op.most_common()},
+    }
 
 
 def main():
@@ -60,8 +66,10 @@ def main():
     with tempfile.TemporaryDirectory() as tmp:
         models = {"ORT int8 dynamic": build_anchors(args.dense, Path(tmp))["ORT int8 dynamic"]}
         models.update({d.name: graph_path(d) for d in args.artifacts})
-        models.update(dict((g.split("=", 1)[0], Path(g.split("=", 1)[1])) for g in args.graphs))
-        rows = {name: profile(p, args.threads, args.runs, str(Path(tmp) / f"prof{i}"), args.batch) for i, (name, p) in enumerate(models.items())}
+        models.update({g.split("=", 1)[0]: Path(g.split("=", 1)[1]) for g in args.graphs})
+        rows = {
+            name: profile(p, args.threads, args.runs, str(Path(tmp) / f"prof{i}"), args.batch) for i, (name, p) in enumerate(models.items())
+        }
     ops = list(dict.fromkeys(op for r in rows.values() for op in r["ops"]))
     lines = ["| operator | " + " | ".join(f"{n} ms (nodes)" for n in rows) + " |", "|---" * (len(rows) + 1) + "|"]
     for op in ops:

@@ -12,6 +12,7 @@ not the point at this size; size, speed and the pipeline's cost are). For each m
    artifact's graph: file size, and latency at batch 1 and batch 32 for 128 and 384 tokens, timed round-robin in this
    one process (medians over --rounds rounds; at batch 32 a few runs each, these are seconds per call on 2 cores).
 """
+
 from __future__ import annotations
 
 import argparse
@@ -52,8 +53,30 @@ def model_dir(name: str, work: Path) -> str:
 def run(name: str, model: str, data_dir: str, work: Path, batch: int = 32) -> dict:
     """One `compress run`; when its memory check refuses the batch (bert-large at 32 on 24 GB), again at half the batch."""
     out = work / f"art-{name}"
-    cmd = [sys.executable, "-m", "compress.cli", "run", "--model", model, "--task", "mrpc", "--data-dir", data_dir, "--max-train-examples",
-           "64", "--max-eval-examples", "64", "--epochs", "1", "--batch-size", str(batch), "--no-bench", "--overwrite", "--out", str(out)]
+    cmd = [
+        sys.executable,
+        "-m",
+        "compress.cli",
+        "run",
+        "--model",
+        model,
+        "--task",
+        "mrpc",
+        "--data-dir",
+        data_dir,
+        "--max-train-examples",
+        "64",
+        "--max-eval-examples",
+        "64",
+        "--epochs",
+        "1",
+        "--batch-size",
+        str(batch),
+        "--no-bench",
+        "--overwrite",
+        "--out",
+        str(out),
+    ]
     t0 = time.perf_counter()
     with tempfile.TemporaryFile("w+") as err:
         p = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=err, text=True)
@@ -67,9 +90,20 @@ def run(name: str, model: str, data_dir: str, work: Path, batch: int = 32) -> di
             print(f"{name}: batch {batch} refused before training ({refused[0][:160]}...): batch {batch // 2}", flush=True)
             return run(name, model, data_dir, work, batch // 2) | {"refused": refused[0]}
         raise SystemExit(f"{name}: compress run failed:\n{stderr[-3000:]}")
-    m = json.loads((out / "manifest.json").read_text())
-    return {"model": name, "artifact": str(out), "batch": batch, "wall_s": wall, "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9, "stages": m["stages"], "onnx_mb": m["sizes"]["onnx_total"] / 1e6, "sizes": m["sizes"],
-            "dev_f1": m["metrics"]["onnx"].get("f1")}
+    from compress import manifest as mf
+
+    m = mf.read(out, mf.ArtifactManifest).to_dict()  # rows of the results JSON
+    return {
+        "model": name,
+        "artifact": str(out),
+        "batch": batch,
+        "wall_s": wall,
+        "peak_rss_gb": usage.ru_maxrss * 1024 / 1e9,
+        "stages": m["stages"],
+        "onnx_mb": m["sizes"]["onnx_total"] / 1e6,
+        "sizes": m["sizes"],
+        "dev_f1": m["metrics"]["onnx"].get("f1"),
+    }
 
 
 def anchor(model: str, work: Path, name: str) -> Path:
@@ -95,7 +129,7 @@ def latencies(paths: dict[str, Path], rounds: int) -> dict[str, dict]:
     for _ in range(rounds):
         for b, s, runs in LATENCY:
             for k, sess in sessions.items():
-                times[k][(b, s)].append(bench.latency(sess, batch=b, seq_len=s, warmup=1, runs=runs, max_seconds=0)["median_ms"])
+                times[k][(b, s)].append(bench.latency(sess, batch=b, seq_len=s, warmup=1, runs=runs, max_seconds=0).median_ms)
     return {k: {f"b{b}x{s}_ms": float(np.median(v)) for (b, s), v in t.items()} for k, t in times.items()}
 
 
@@ -117,7 +151,7 @@ def main() -> None:
         row = run(name, model, a.data_dir, work)
         print(f"{name}: compress run {row['wall_s']:.0f} s, peak {row['peak_rss_gb']:.2f} GB, {row['onnx_mb']:.1f} MB", flush=True)
         if name in a.timed:
-            from compress.artifact import graph_path
+            from compress.files import graph_path
 
             int8 = anchor(model, work, name)
             row["ort_int8_mb"] = int8.stat().st_size / 1e6
@@ -132,40 +166,65 @@ def main() -> None:
         rows = [new.pop(r["model"], r) for r in old] + list(new.values())
         command = f"{command_of(res)}`, then `python {' '.join(sys.argv)}"
     stage_names = list(dict.fromkeys(k for r in rows for k in r["stages"]))
-    lines = ["`compress run` (64 MRPC pairs, 1 epoch, 64 dev pairs, 4-bit defaults), each model in its own process:", "",
-             "| model | batch (steps) | wall s | peak resident GB | " + " | ".join(f"{s}: s / peak GB" for s in stage_names) + " |",
-             "|---|---|---|---|" + "---|" * len(stage_names)]
+    lines = [
+        "`compress run` (64 MRPC pairs, 1 epoch, 64 dev pairs, 4-bit defaults), each model in its own process:",
+        "",
+        "| model | batch (steps) | wall s | peak resident GB | " + " | ".join(f"{s}: s / peak GB" for s in stage_names) + " |",
+        "|---|---|---|---|" + "---|" * len(stage_names),
+    ]
     for r in rows:
         cells = [f"{r['stages'][s]['seconds']:.0f} / {r['stages'][s]['peak_rss_gb']:.2f}" if s in r["stages"] else "" for s in stage_names]
-        lines.append(f"| {r['model']} | {r['batch']} ({-(-64 // r['batch'])}) | {r['wall_s']:.0f} | {r['peak_rss_gb']:.2f} | " + " | ".join(cells) + " |")
+        lines.append(
+            f"| {r['model']} | {r['batch']} ({-(-64 // r['batch'])}) | {r['wall_s']:.0f} | {r['peak_rss_gb']:.2f} | "
+            + " | ".join(cells)
+            + " |"
+        )
     lines += [f"\n{r['model']} at batch {2 * r['batch']}: `{r['refused']}`" for r in rows if "refused" in r]
-    lines += ["", "Against ONNX Runtime's int8 export of the same weights (sizes; latency medians in ms, batch x tokens; ratio = compress / "
-                  "ORT int8, so below 1 is better for size and latency):", "",
-              "| model | MB (x int8) | 4-bit codes MB (x int8) | " + " | ".join(f"b{b}x{s} ms (x int8)" for b, s, _ in LATENCY) + " |",
-              "|---|---|---|" + "---|" * len(LATENCY)]
+    lines += [
+        "",
+        "Against ONNX Runtime's int8 export of the same weights (sizes; latency medians in ms, batch x tokens; ratio = compress / "
+        "ORT int8, so below 1 is better for size and latency):",
+        "",
+        "| model | MB (x int8) | 4-bit codes MB (x int8) | " + " | ".join(f"b{b}x{s} ms (x int8)" for b, s, _ in LATENCY) + " |",
+        "|---|---|---|" + "---|" * len(LATENCY),
+    ]
     for r in rows:
         if "latency" not in r:
             continue
         c, o = r["latency"]["compress"], r["latency"]["ort_int8"]
         cells = [f"{c[f'b{b}x{s}_ms']:.1f} ({c[f'b{b}x{s}_ms'] / o[f'b{b}x{s}_ms']:.2f})" for b, s, _ in LATENCY]
         codes = (r["sizes"]["weights"] + r["sizes"]["embeddings"]) / 1e6
-        lines.append(f"| {r['model']} | {r['onnx_mb']:.1f} ({r['onnx_mb'] / r['ort_int8_mb']:.2f}) | {codes:.1f} ({codes / r['ort_int8_mb']:.2f}) | "
-                     + " | ".join(cells) + " |")
+        lines.append(
+            f"| {r['model']} | {r['onnx_mb']:.1f} ({r['onnx_mb'] / r['ort_int8_mb']:.2f}) | {codes:.1f} ({codes / r['ort_int8_mb']:.2f}) | "
+            + " | ".join(cells)
+            + " |"
+        )
     big = [r for r in rows if r["model"] in ("bert-base", "bert-large") and "latency" in r]
     if big:
-        lines += ["", "| target (x ORT int8) | " + " | ".join(r["model"] for r in big) + " |", "|---|" + "---|" * len(big),
-                  "| size <= 0.45 | " + " | ".join(verdict(r["onnx_mb"] / r["ort_int8_mb"], 0.45) for r in big) + " |",
-                  "| b1x128 latency <= 0.85 | " + " | ".join(verdict(r["latency"]["compress"]["b1x128_ms"] / r["latency"]["ort_int8"]["b1x128_ms"], 0.85)
-                                                          for r in big) + " |",
-                  "", "Where the ratios come from: the 4-bit codes of the encoder linears and the word embedding table alone (the "
-                  "codes column) are about half of ORT int8's file, so 0.45x needs fewer weights (--ffn-keep / --heads-keep) or fewer "
-                  "bits; the rest is scales and float tensors (position embeddings, biases, LayerNorms, the pooler). At run time the "
-                  "4-bit weights are int8 (unpacked at session load) and go through the same integer kernels as ORT's "
-                  "(MatMulIntegerToFloat and QAttention vs DynamicQuantizeMatMul and QAttention), plus a smoothing Mul and a "
-                  "QuantizeLinear per quantized activation (3 and 4 per layer) that ORT's kernel does internally "
-                  "(benchmarks/results/profile_ops.md), so the latency is about ORT int8's, not below it."]
-    write(a.results, "Scale: the pipeline's cost and the graph's size and speed from tiny to bert-large (2-core CPU)", rows, "\n".join(lines),
-          command=command)
+        lines += [
+            "",
+            "| target (x ORT int8) | " + " | ".join(r["model"] for r in big) + " |",
+            "|---|" + "---|" * len(big),
+            "| size <= 0.45 | " + " | ".join(verdict(r["onnx_mb"] / r["ort_int8_mb"], 0.45) for r in big) + " |",
+            "| b1x128 latency <= 0.85 | "
+            + " | ".join(verdict(r["latency"]["compress"]["b1x128_ms"] / r["latency"]["ort_int8"]["b1x128_ms"], 0.85) for r in big)
+            + " |",
+            "",
+            "Where the ratios come from: the 4-bit codes of the encoder linears and the word embedding table alone (the "
+            "codes column) are about half of ORT int8's file, so 0.45x needs fewer weights (--ffn-keep / --heads-keep) or fewer "
+            "bits; the rest is scales and float tensors (position embeddings, biases, LayerNorms, the pooler). At run time the "
+            "4-bit weights are int8 (unpacked at session load) and go through the same integer kernels as ORT's "
+            "(MatMulIntegerToFloat and QAttention vs DynamicQuantizeMatMul and QAttention), plus a smoothing Mul and a "
+            "QuantizeLinear per quantized activation (3 and 4 per layer) that ORT's kernel does internally "
+            "(benchmarks/results/profile_ops.md), so the latency is about ORT int8's, not below it.",
+        ]
+    write(
+        a.results,
+        "Scale: the pipeline's cost and the graph's size and speed from tiny to bert-large (2-core CPU)",
+        rows,
+        "\n".join(lines),
+        command=command,
+    )
 
 
 if __name__ == "__main__":

@@ -15,6 +15,7 @@ for bert-base and 1024,4096 for bert-large: larger matrices are where sparse ker
 ONNX Runtime's TensorRT provider with its sparsity option is the deployment path for the exported
 graph; this benchmark measures what the sparse tensor cores give on the same masks.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -22,7 +23,6 @@ import statistics
 import sys
 
 import torch
-
 from _results import write  # benchmarks/ is on sys.path when a script here runs
 
 
@@ -110,8 +110,13 @@ def kernel_rows(shapes: list[tuple[int, int, str]], tokens: int, rounds: int) ->
         w = w * _binarize(w.abs().float(), 0.0, (2, 4)).half()
         x = torch.randn(tokens, in_f, device="cuda", dtype=torch.float16)
         ref = torch.nn.functional.linear(x, w)
-        row = {"what": f"linear {label} {in_f}->{out_f}", "tokens": tokens,
-               "dense_ms": time_cuda(lambda: torch.nn.functional.linear(x, w), rounds), "sparse_ms": {}, "max_abs_diff": {}}
+        row = {
+            "what": f"linear {label} {in_f}->{out_f}",
+            "tokens": tokens,
+            "dense_ms": time_cuda(lambda: torch.nn.functional.linear(x, w), rounds),
+            "sparse_ms": {},
+            "max_abs_diff": {},
+        }
         for backend in BACKENDS:
             use_backend(backend)
             ws = to_sparse_semi_structured(w)
@@ -168,14 +173,24 @@ def main(argv=None) -> None:
         with torch.inference_mode():
             outs[variant] = m(input_ids=ids, attention_mask=att).float()
             times[variant] = time_cuda(lambda: m(input_ids=ids, attention_mask=att), a.rounds)
-    rows.append({"what": f"{a.model} encoder + head forward", "tokens": tokens, "dense_ms": times["dense"],
-                 "sparse_ms": {b: times[b] for b in BACKENDS},
-                 "max_abs_diff": {b: (outs["dense"] - outs[b]).abs().max().item() for b in BACKENDS}})
+    rows.append(
+        {
+            "what": f"{a.model} encoder + head forward",
+            "tokens": tokens,
+            "dense_ms": times["dense"],
+            "sparse_ms": {b: times[b] for b in BACKENDS},
+            "max_abs_diff": {b: (outs["dense"] - outs[b]).abs().max().item() for b in BACKENDS},
+        }
+    )
 
     name = torch.cuda.get_device_name()
     head = ["what", "dense ms"] + [f"2:4 {b} ms (speedup)" for b in BACKENDS] + ["max abs diff"]
-    lines = [f"{name}, torch {torch.__version__}, fp16, {a.batch} x {a.seq_len} tokens, median of {a.rounds} CUDA-event timings", "",
-             "| " + " | ".join(head) + " |", "|---" * len(head) + "|"]
+    lines = [
+        f"{name}, torch {torch.__version__}, fp16, {a.batch} x {a.seq_len} tokens, median of {a.rounds} CUDA-event timings",
+        "",
+        "| " + " | ".join(head) + " |",
+        "|---" * len(head) + "|",
+    ]
     for r in rows:
         cells = [f"{r['sparse_ms'][b]:.4f} ({r['dense_ms'] / r['sparse_ms'][b]:.2f}x)" for b in BACKENDS]
         lines.append(f"| {r['what']} | {r['dense_ms']:.4f} | " + " | ".join(cells) + f" | {max(r['max_abs_diff'].values()):.2e} |")

@@ -19,8 +19,10 @@ package's general text: ``QuantConfig.calibration``).
 Its identity is the SHA-256 of weights.safetensors: ``compress run --backbone DIR`` learns a task's
 mask on exactly those codes and records that hash; ``compress pack`` refuses artifacts whose hashes differ.
 """
+
 from __future__ import annotations
 
+import dataclasses
 import json
 import logging
 import time
@@ -31,15 +33,17 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from compress import artifact, calibration, gptq, manifest as mf, quantize
+from compress import calibration, files, gptq, quantize, staging
+from compress import manifest as mf
+from compress.errors import CompressError
 from compress.qweight import QWeight
 
 log = logging.getLogger(__name__)
-WEIGHTS = mf.BACKBONE_WEIGHTS
+WEIGHTS = files.BACKBONE_WEIGHTS
 PARTS = ("codes", "scale", "zero")  # the suffixes of a quantized tensor in weights.safetensors
 
 
-class BackboneError(ValueError):
+class BackboneError(CompressError, ValueError):
     """A backbone that cannot be made or used as asked."""
 
 
@@ -72,8 +76,14 @@ def quantize_(model: torch.nn.Module, config: quantize.QuantConfig, calibration_
     if not result:
         raise quantize.QuantConfigError("found no nn.Linear layers under model.encoder to quantize: is this a BERT-family encoder?")
     load_(model, result)
-    log.info("quantized %d tensors to %d bits (group_size=%s, symmetric=%s, %s)", len(result), config.bits, config.group_size,
-             config.symmetric, config.method)
+    log.info(
+        "quantized %d tensors to %d bits (group_size=%s, symmetric=%s, %s)",
+        len(result),
+        config.bits,
+        config.group_size,
+        config.symmetric,
+        config.method,
+    )
     return result
 
 
@@ -83,13 +93,15 @@ def load_(model: torch.nn.Module, qweights: dict[str, QWeight]) -> None:
     for name, qw in qweights.items():
         weight = model.get_submodule(name).weight
         if tuple(weight.shape) != qw.shape:
-            raise BackboneError(f"{name}: the quantized weight has shape {qw.shape}, the model's {tuple(weight.shape)}: "
-                                "they come from different models")
+            raise BackboneError(
+                f"{name}: the quantized weight has shape {qw.shape}, the model's {tuple(weight.shape)}: they come from different models"
+            )
         weight.copy_(torch.from_numpy(qw.dequantize()).to(weight.dtype))
 
 
-def calibration_tokens(tok, config: quantize.QuantConfig, max_length: int,
-                       task_tokens: dict[str, np.ndarray] | None = None) -> dict[str, np.ndarray] | None:
+def calibration_tokens(
+    tok, config: quantize.QuantConfig, max_length: int, task_tokens: dict[str, np.ndarray] | None = None
+) -> dict[str, np.ndarray] | None:
     """What calibrates GPTQ, as config.calibration says: the task's tokens, or the package's general text
     (None for round to nearest)."""
     if not config.enabled or config.method != "gptq":
@@ -97,8 +109,10 @@ def calibration_tokens(tok, config: quantize.QuantConfig, max_length: int,
     if config.calibration == "general":
         return calibration.general_tokens(tok, config.calibration_examples, max_length)
     if task_tokens is None:
-        raise BackboneError("GPTQ calibrated on task text needs the task's training texts: calibrate on general text "
-                            "(--calibration general) for a backbone that is shared between tasks")
+        raise BackboneError(
+            "GPTQ calibrated on task text needs the task's training texts: calibrate on general text "
+            "(--calibration general) for a backbone that is shared between tasks"
+        )
     return task_tokens
 
 
@@ -115,8 +129,10 @@ class BackboneConfig:
         if not self.quant.enabled:
             raise BackboneError(f"bits={self.quant.bits}: a backbone holds quantized weights; use --bits 8, 4, 2 or 1")
         if not self.quant.task_independent:
-            raise BackboneError("a backbone is shared by every task, so no task's text may calibrate it: "
-                                "use --quantizer rtn, or gptq with --calibration general")
+            raise BackboneError(
+                "a backbone is shared by every task, so no task's text may calibrate it: "
+                "use --quantizer rtn, or gptq with --calibration general"
+            )
 
 
 def _tensors(model: torch.nn.Module, qweights: dict[str, QWeight]) -> dict[str, np.ndarray]:
@@ -141,28 +157,37 @@ def write(cfg: BackboneConfig, command: str = "") -> tuple[Path, mf.BackboneMani
 
     t0 = time.perf_counter()
     out = Path(cfg.out)
-    artifact.check_target(out, cfg.overwrite)
+    staging.check_target(out, cfg.overwrite)
     clf, tok, source = models.build_classifier(cfg.model, 2, seed=0)
     calib = calibration_tokens(tok, cfg.quant, cfg.max_length)
     qweights = quantize_(clf, cfg.quant, calibration.batches(calib))
     tensors = _tensors(clf, qweights)
-    with artifact.staging(out, cfg.overwrite) as tmp:
+    with staging.staging(out, cfg.overwrite) as tmp:
         save_file(tensors, str(tmp / WEIGHTS), metadata={"format": "compress-backbone"})
         clf.encoder.config.save_pretrained(tmp)
         tok.save_pretrained(tmp)
         emb = quantize.word_embeddings(clf)
-        layers = [mf.QLayer(name, list(qw.shape), qw.bits, qw.group_size, qw.zero is None, emb is not None and name == emb[0])
-                  for name, qw in qweights.items()]
-        sizes = {"codes": 0, "scales": 0, "embeddings": 0, "floats": 0}
+        layers = [
+            mf.QLayer(name, list(qw.shape), qw.bits, qw.group_size, qw.zero is None, emb is not None and name == emb[0])
+            for name, qw in qweights.items()
+        ]
+        sizes = dict.fromkeys(("codes", "scales", "embeddings", "floats"), 0)
         for key, arr in tensors.items():
             owner, _, part = key.rpartition(".weight.")
-            kind = "floats" if owner not in qweights else "embeddings" if emb and owner == emb[0] else "codes" if part == "codes" else "scales"
+            kind = (
+                "floats" if owner not in qweights else "embeddings" if emb and owner == emb[0] else "codes" if part == "codes" else "scales"
+            )
             sizes[kind] += arr.nbytes
         m = mf.BackboneManifest(
-            command=command, model=mf.model_info(clf, source, tok), quant=cfg.quant,
+            command=command,
+            model=models.info(clf, source, tok),
+            quant=cfg.quant,
             calibration=mf.CalibrationInfo.of(cfg.quant, calibration.GENERAL_TEXT if calib is not None else None, calib),
-            layers=layers, sizes=sizes, seconds=time.perf_counter() - t0)
-        (tmp / "README.md").write_text(_readme(m))
+            layers=layers,
+            sizes=mf.BackboneSizes(**sizes),
+            seconds=time.perf_counter() - t0,
+        )
+        (tmp / files.BACKBONE_README).write_text(_readme(m))
         m = mf.write(tmp, m)
     log.info("wrote backbone %s (%s, weights %s)", out, cfg.quant, m.weights_sha256)
     return out, m
@@ -170,12 +195,22 @@ def write(cfg: BackboneConfig, command: str = "") -> tuple[Path, mf.BackboneMani
 
 def _readme(m: mf.BackboneManifest) -> str:
     q = m.quant
-    grid = f"{q.bits}-bit, " + (f"groups of {q.group_size}" if q.group_size else "per channel") + (", symmetric" if q.symmetric else ", asymmetric")
-    calib = "round to nearest (no calibration text)" if q.method == "rtn" else \
-        f"GPTQ calibrated on {m.calibration.examples} inputs of general text ({m.calibration.source})"
-    return (f"# Backbone: {m.model.name}, {grid}\n\nQuantized without task data: {calib}.\n\n"
-            f"Train a task on it: `compress run --backbone {'{this directory}'} --task TASK`; ship several tasks with `compress pack`.\n\n"
-            + "\n".join(f"- {k}: {v / 1e6:.2f} MB" for k, v in m.sizes.items()) + "\n")
+    grid = (
+        f"{q.bits}-bit, "
+        + (f"groups of {q.group_size}" if q.group_size else "per channel")
+        + (", symmetric" if q.symmetric else ", asymmetric")
+    )
+    calib = (
+        "round to nearest (no calibration text)"
+        if q.method == "rtn"
+        else f"GPTQ calibrated on {m.calibration.examples} inputs of general text ({m.calibration.source})"
+    )
+    return (
+        f"# Backbone: {m.model.name}, {grid}\n\nQuantized without task data: {calib}.\n\n"
+        f"Train a task on it: `compress run --backbone {'{this directory}'} --task TASK`; ship several tasks with `compress pack`.\n\n"
+        + "\n".join(f"- {k}: {v / 1e6:.2f} MB" for k, v in dataclasses.asdict(m.sizes).items())
+        + "\n"
+    )
 
 
 @dataclass(frozen=True)
@@ -233,10 +268,14 @@ class Backbone:
         floats = {k.removeprefix("encoder."): torch.from_numpy(v) for k, v in tensors.items() if v.dtype == np.float32}
         state = encoder.state_dict()
         unknown = set(floats) - set(state)
-        missing = {k for k, v in state.items() if v.is_floating_point() and k not in floats} - {f"{n.removeprefix('encoder.')}.weight" for n in qweights}
+        missing = {k for k, v in state.items() if v.is_floating_point() and k not in floats} - {
+            f"{n.removeprefix('encoder.')}.weight" for n in qweights
+        }
         if unknown or missing:
-            raise BackboneError(f"{self.weights_path} does not fit its config.json (unknown {sorted(unknown)[:3]}, missing {sorted(missing)[:3]}): "
-                                "re-create the backbone with `compress quantize`")
+            raise BackboneError(
+                f"{self.weights_path} does not fit its config.json (unknown {sorted(unknown)[:3]}, missing {sorted(missing)[:3]}): "
+                "re-create the backbone with `compress quantize`"
+            )
         encoder.load_state_dict(floats, strict=False)
         tok = AutoTokenizer.from_pretrained(self.directory)
         torch.manual_seed(seed)
@@ -261,6 +300,8 @@ def load(directory: str | Path, expect_sha256: str | None = None) -> Backbone:
     directory = Path(directory)
     m = mf.read(directory, mf.BackboneManifest)
     if expect_sha256 is not None and m.weights_sha256 != expect_sha256:
-        raise BackboneError(f"{directory / WEIGHTS} has SHA-256 {m.weights_sha256[:12]}..., but the task was trained on "
-                            f"{expect_sha256[:12]}...: pass the backbone it was trained on (--backbone DIR)")
+        raise BackboneError(
+            f"{directory / WEIGHTS} has SHA-256 {m.weights_sha256[:12]}..., but the task was trained on "
+            f"{expect_sha256[:12]}...: pass the backbone it was trained on (--backbone DIR)"
+        )
     return Backbone(directory, m)

@@ -8,6 +8,7 @@ Two sources, chosen by the caller (``QuantConfig.calibration``):
            3.0 usage examples, see its README): GPTQ for a backbone that every task shares.
 Used by GPTQ (input Hessians) and by the export's activation smoothing (input channel ranges).
 """
+
 from __future__ import annotations
 
 from collections.abc import Callable
@@ -18,7 +19,6 @@ import torch
 
 from compress.errors import ConfigError
 
-FILE = "calibration.npz"
 GENERAL_TEXT = Path(__file__).parent / "data" / "general_text.txt"
 SENTENCES_PER_EXAMPLE = 4
 
@@ -42,14 +42,20 @@ def general_tokens(tok, examples: int, max_length: int) -> dict[str, np.ndarray]
     sents = general_sentences()
     n = SENTENCES_PER_EXAMPLE
     if examples * n > len(sents):
-        raise ConfigError(f"{examples} general calibration examples need {examples * n} sentences; {GENERAL_TEXT} has {len(sents)}: "
-                         f"calibrate on at most {len(sents) // n}")
-    groups = [sents[i * n:(i + 1) * n] for i in range(examples)]
+        raise ConfigError(
+            f"{examples} general calibration examples need {examples * n} sentences; {GENERAL_TEXT} has {len(sents)}: "
+            f"calibrate on at most {len(sents) // n}"
+        )
+    groups = [sents[i * n : (i + 1) * n] for i in range(examples)]
     singles = tok([" ".join(g) for g in groups[0::2]], truncation=True, max_length=max_length)
     enc = {k: list(v) for k, v in singles.items() if k in ("input_ids", "attention_mask", "token_type_ids")}
     if groups[1::2]:
-        pairs = tok([" ".join(g[:n // 2]) for g in groups[1::2]], [" ".join(g[n // 2:]) for g in groups[1::2]], truncation=True,
-                    max_length=max_length)
+        pairs = tok(
+            [" ".join(g[: n // 2]) for g in groups[1::2]],
+            [" ".join(g[n // 2 :]) for g in groups[1::2]],
+            truncation=True,
+            max_length=max_length,
+        )
         for k in enc:
             enc[k] += pairs[k]
     return _padded(tok, enc)
@@ -65,7 +71,7 @@ def batches(arrays: dict[str, np.ndarray] | None, batch_size: int = 32) -> list[
     if arrays is None:
         return None
     n = len(arrays["input_ids"])
-    return [{k: torch.from_numpy(v[s:s + batch_size].astype(np.int64)) for k, v in arrays.items()} for s in range(0, n, batch_size)]
+    return [{k: torch.from_numpy(v[s : s + batch_size].astype(np.int64)) for k, v in arrays.items()} for s in range(0, n, batch_size)]
 
 
 @torch.no_grad()
@@ -77,6 +83,7 @@ def collect_inputs(model: torch.nn.Module, names: list[str], batches_, update: C
     def hook(name):
         def record(module, inputs, output):
             update(name, inputs[0][keep["mask"]].float())
+
         return record
 
     handles = [model.get_submodule(n).register_forward_hook(hook(n)) for n in names]

@@ -10,14 +10,17 @@ A directory (or its manifest.json) is verified first: every file's SHA-256.
 Every metric here is higher-is-better (GLUE's); a metric regresses when it falls more than
 `max_drop` below its baseline. A baseline metric missing from the report fails too.
 """
+
 from __future__ import annotations
 
 import json
 from dataclasses import dataclass
 from pathlib import Path
 
+from compress.errors import CompressError
 
-class CheckError(ValueError):
+
+class CheckError(CompressError, ValueError):
     """A report or baseline that cannot be read."""
 
 
@@ -71,8 +74,10 @@ def read_metrics(path: str | Path) -> dict[str, float]:
         return _extract(data, path)
     except (KeyError, TypeError, AttributeError, ValueError) as e:
         kind = data.get("kind") if isinstance(data, dict) else None
-        raise CheckError(f"{path} does not have the layout of {'a ' + kind if isinstance(kind, str) else 'a metrics'} file "
-                         f"({type(e).__name__}: {str(e)[:80]}): pass the file `compress run/bench/sweep/pack` wrote") from None
+        raise CheckError(
+            f"{path} does not have the layout of {'a ' + kind if isinstance(kind, str) else 'a metrics'} file "
+            f"({type(e).__name__}: {str(e)[:80]}): pass the file `compress run/bench/sweep/pack` wrote"
+        ) from None
 
 
 def _extract(data, path: Path) -> dict[str, float]:
@@ -82,7 +87,9 @@ def _extract(data, path: Path) -> dict[str, float]:
     if kind == "pack":
         return {f"{name}.onnx.{k}": v for name, t in data["tasks"].items() for k, v in _numbers(t["metrics"]).items()}
     if kind == "bench" and "tasks" in data:  # `compress bench PACK --data-dir D --json F`
-        return {f"{name}.onnx.{k}": v for name, t in data["tasks"].items() for k, v in _numbers(t.get("metrics", {}).get("onnx", {})).items()}
+        return {
+            f"{name}.onnx.{k}": v for name, t in data["tasks"].items() for k, v in _numbers(t.get("metrics", {}).get("onnx", {})).items()
+        }
     metrics = data.get("metrics") if isinstance(data, dict) else None
     if isinstance(metrics, dict) and ("onnx" in metrics or "torch" in metrics):  # manifest.json or bench.json
         out = {}
@@ -91,7 +98,7 @@ def _extract(data, path: Path) -> dict[str, float]:
         return out
     if isinstance(metrics, dict):
         return _numbers(metrics)
-    raise CheckError(f"{path} has no metrics: expected an artifact manifest, bench.json, sweep.json or {{\"metrics\": {{...}}}}")
+    raise CheckError(f'{path} has no metrics: expected an artifact manifest, bench.json, sweep.json or {{"metrics": {{...}}}}')
 
 
 def compare(report: dict[str, float], baseline: dict[str, float], max_drop: float = 0.01) -> list[Row]:

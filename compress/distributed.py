@@ -10,6 +10,7 @@ trainable tensors (mask scores and head); the frozen weights are buffers and are
 construction). Every process evaluates the dev set (the parameters are equal, so every process picks the same best
 epoch); process 0 alone writes the checkpoint and the artifact.
 """
+
 from __future__ import annotations
 
 import logging
@@ -58,8 +59,9 @@ def wrap(model: torch.nn.Module, dev: torch.device, find_unused: bool) -> torch.
         return model
     from torch.nn.parallel import DistributedDataParallel
 
-    return DistributedDataParallel(model, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False,
-                                   find_unused_parameters=find_unused)
+    return DistributedDataParallel(
+        model, device_ids=[dev.index] if dev.type == "cuda" else None, broadcast_buffers=False, find_unused_parameters=find_unused
+    )
 
 
 def shard(indices):
@@ -68,7 +70,7 @@ def shard(indices):
     if w == 1:
         return indices
     part = indices[r::w]
-    return part if len(part) else indices[r % len(indices):][:1]
+    return part if len(part) else indices[r % len(indices) :][:1]
 
 
 def any_true(flag: bool, dev: torch.device) -> bool:

@@ -9,6 +9,7 @@ Written here because the libraries that ship GPTQ (gptqmodel, llm-compressor, op
 decoder LLMs on CUDA; the algorithm itself is these ~40 lines. Which text calibrates is the
 caller's choice (compress.backbone: the task's texts, or the package's general text).
 """
+
 from __future__ import annotations
 
 import logging
@@ -39,12 +40,21 @@ def input_hessians(model: torch.nn.Module, names: list[str], batches) -> dict[st
 def _round_column(w: torch.Tensor, scale: torch.Tensor, zero: torch.Tensor | None, bits: int) -> torch.Tensor:
     if bits == 1:
         return torch.where(w >= 0, 1.0, -1.0).double()
-    return quantize._codes(w[:, None, None].float(), scale[:, None], None if zero is None else zero[:, None].float(), bits)[:, 0, 0].double()
+    return quantize._codes(w[:, None, None].float(), scale[:, None], None if zero is None else zero[:, None].float(), bits)[
+        :, 0, 0
+    ].double()
 
 
 @torch.no_grad()
-def gptq_tensor(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: int | None = None, clip_search: bool = True,
-                symmetric: bool = True, damp: float = 0.01) -> QWeight:
+def gptq_tensor(
+    w: torch.Tensor,
+    hessian: torch.Tensor,
+    bits: int,
+    group_size: int | None = None,
+    clip_search: bool = True,
+    symmetric: bool = True,
+    damp: float = 0.01,
+) -> QWeight:
     """Quantize W [rows, cols] with GPTQ given H [cols, cols]: the same grids as quantize.quantize_tensor."""
     W = w.detach().double().clone()
     rows, cols = W.shape
@@ -68,7 +78,7 @@ def gptq_tensor(w: torch.Tensor, hessian: torch.Tensor, bits: int, group_size: i
         for j in range(b2 - b1):
             i = b1 + j
             if i % g == 0:  # this group's grid, from the weights as updated so far (per channel: all of W, before any update)
-                cols_of_group = W1[:, j:j + g] if g < cols else W
+                cols_of_group = W1[:, j : j + g] if g < cols else W
                 _, scale, zero = quantize._quantize_groups(cols_of_group.float()[:, None, :], bits, clip_search, symmetric)
                 scale, zero = scale[:, 0], None if zero is None else zero[:, 0]
                 scales.append(scale)

@@ -15,61 +15,22 @@ and keeps the best fraction h of every layer's heads: a dropped head's Q/K/V row
 leave the exported graph. Both kept fractions fall from 1 to their target along a cubic schedule over
 the first ``ffn_ramp`` of training, so the pretrained network is not cut at once.
 """
+
 from __future__ import annotations
 
 import copy
-import hashlib
 import logging
-import math
-from pathlib import Path
-from dataclasses import dataclass
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 
+from compress import maskcodec
+from compress.configs import MaskConfig
 from compress.errors import ConfigError
-from compress.qweight import mask_decode, mask_encode
 from compress.quantize import target_linears
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class MaskConfig:
-    # scores ~ Uniform(init_low, init_high), all above the threshold: training starts from the intact
-    # pretrained weights. Zhao et al. 2020 start 5% pruned (Uniform(-.02, .58)); on MiniLM that random 5%
-    # costs more than 4-bit quantization (mean-pooled embedding cosine to the original .86, 4-bit .97).
-    init_low: float = 0.01
-    init_high: float = 0.61
-    threshold: float = 0.01  # mask = scores > threshold
-    nm: tuple[int, int] | None = None  # (n, m): keep the n best scores of every m inputs, e.g. (2, 4); threshold unused
-    ffn_keep: float | None = None  # structured: keep this fraction of every FFN's intermediate neurons (None: all)
-    heads_keep: float | None = None  # structured: keep this fraction of every layer's attention heads (None: all)
-    ffn_ramp: float = 0.5  # fraction of the training steps over which the kept fractions fall from 1 to ffn_keep / heads_keep
-
-    def __post_init__(self):
-        if not all(map(math.isfinite, (self.init_low, self.init_high, self.threshold))):
-            raise ConfigError(f"score init ({self.init_low}, {self.init_high}) and threshold {self.threshold} must be finite numbers")
-        if not self.init_low < self.init_high:
-            raise ConfigError(f"mask init range ({self.init_low}, {self.init_high}) is empty: init_low must be < init_high")
-        if self.nm is not None and not (0 < self.nm[0] < self.nm[1]):
-            raise ConfigError(f"nm={self.nm}: need 0 < n < m, e.g. (2, 4)")
-        if self.ffn_keep is not None and not 0 < self.ffn_keep <= 1:
-            raise ConfigError(f"ffn_keep={self.ffn_keep}: the kept fraction of FFN neurons must be in (0, 1], e.g. 0.6")
-        if self.heads_keep is not None and not 0 < self.heads_keep <= 1:
-            raise ConfigError(f"heads_keep={self.heads_keep}: the kept fraction of attention heads must be in (0, 1], e.g. 0.75")
-        if not 0 <= self.ffn_ramp <= 1:
-            raise ConfigError(f"ffn_ramp={self.ffn_ramp}: the fraction of training for the pruning schedule must be in [0, 1]")
-
-    def keep_at(self, unit: str, progress: float) -> float:
-        """The kept fraction of FFN neurons (unit="ffn") or attention heads ("heads") after `progress` (0..1) of
-        training: cubic from 1 to ffn_keep / heads_keep."""
-        target = self.ffn_keep if unit == "ffn" else self.heads_keep
-        if target is None:
-            return 1.0
-        t = 1.0 if self.ffn_ramp == 0 else min(1.0, progress / self.ffn_ramp)
-        return target + (1 - target) * (1 - t) ** 3
 
 
 def _binarize(scores: torch.Tensor, threshold: float, nm: tuple[int, int] | None) -> torch.Tensor:
@@ -148,8 +109,7 @@ def intermediate_size(model: torch.nn.Module) -> int:
 
 # the attention output projection of each transformer layer (its inputs are the heads' outputs), by architecture, and the
 # Q/K/V projections beside it, relative to the layer's `attention` module (compress.exporters.neurons removes dead heads)
-ATTENTION_OUTPUTS = {"attention.output.dense": ("self.query", "self.key", "self.value"),
-                     "attention.out_lin": ("q_lin", "k_lin", "v_lin")}
+ATTENTION_OUTPUTS = {"attention.output.dense": ("self.query", "self.key", "self.value"), "attention.out_lin": ("q_lin", "k_lin", "v_lin")}
 
 
 def attention_of(name: str) -> tuple[str, tuple[str, str, str]] | None:
@@ -189,8 +149,10 @@ def apply_masks_(model: torch.nn.Module, config: MaskConfig) -> dict[str, Masked
         setattr(model.get_submodule(parent_name), attr, masked)
         replaced[name] = masked
     if head and not any(m.unit == "heads" for m in replaced.values()):
-        raise ConfigError(f"{model.encoder.config.model_type}: no attention output projection named like {tuple(ATTENTION_OUTPUTS)} "
-                          "among the masked layers, so heads cannot be pruned; drop heads_keep")
+        raise ConfigError(
+            f"{model.encoder.config.model_type}: no attention output projection named like {tuple(ATTENTION_OUTPUTS)} "
+            "among the masked layers, so heads cannot be pruned; drop heads_keep"
+        )
     return replaced
 
 
@@ -253,60 +215,14 @@ def set_masks_(model: torch.nn.Module, mask_by_name: dict[str, np.ndarray | torc
         layer.keep = 1.0  # the loaded masks already hold any dropped neurons and heads (their columns are all pruned)
 
 
-# ---------------------------------------------------------------- mask.npz: bit-packed or gap-coded
-# A layer's mask is stored whichever way is smaller: packed 1 bit per weight (e.g. 2:4 masks at density
-# 0.5), or the positions of its rarer value as gaps between them (compress.qweight.gap_encode), which at
-# density 0.95 costs ~0.32 bits per weight against an entropy of 0.31. The .npz is deflated on top.
-# Plain numpy arrays: any numpy can read it.
-def mask_sha256(masks_: dict[str, np.ndarray]) -> str:
-    """A mask's identity, independent of how mask.npz codes it: SHA-256 over each layer's name, shape and bits, by name."""
-    h = hashlib.sha256()
-    for name in sorted(masks_):
-        m = np.asarray(masks_[name]).astype(bool)
-        h.update(name.encode() + b"\0" + np.array(m.shape, np.int64).tobytes() + np.packbits(m.ravel()).tobytes())
-    return h.hexdigest()
-
-
-
 def model_mask_sha256(model: torch.nn.Module) -> str:
-    """mask_sha256 of the masks a model holds now (on whatever device)."""
-    return mask_sha256({k: v.cpu().numpy() for k, v in masks(model).items()})
+    """maskcodec.mask_sha256 of the masks a model holds now (on whatever device)."""
+    return maskcodec.mask_sha256({k: v.cpu().numpy() for k, v in masks(model).items()})
 
 
 def save_masks(path, model: torch.nn.Module) -> int:
-    """Write mask.npz; returns its size in bytes."""
-    return write_masks(path, {name: m.numpy() for name, m in masks(model).items()})
-
-
-def write_masks(path, masks_: dict[str, np.ndarray]) -> int:
-    arrays = {}
-    for name, m in masks_.items():
-        kind, data, rare = mask_encode(m)
-        arrays[name + "::shape"] = np.array(m.shape, dtype=np.int64)
-        if kind == "gaps":
-            arrays[name + "::gaps"] = data
-            arrays[name + "::rare"] = np.array(rare)
-        else:
-            arrays[name] = data
-    with open(path, "wb") as f:
-        np.savez_compressed(f, **arrays)
-    return Path(path).stat().st_size
-
-
-def load_masks(path) -> dict[str, np.ndarray]:
-    with np.load(path) as z:
-        out = {}
-        for key in z.files:
-            name, _, kind = key.partition("::")
-            if kind != "shape":
-                continue
-            shape = tuple(z[key])
-            if name in z.files:
-                flat = mask_decode("bits", z[name], False, int(np.prod(shape)))
-            else:
-                flat = mask_decode("gaps", z[name + "::gaps"], bool(z[name + "::rare"]), int(np.prod(shape)))
-            out[name] = flat.reshape(shape)
-    return out
+    """Write mask.npz (compress.maskcodec); returns its size in bytes."""
+    return maskcodec.write_masks(path, {name: m.numpy() for name, m in masks(model).items()})
 
 
 def folded(model: torch.nn.Module) -> torch.nn.Module:

@@ -1,4 +1,5 @@
 """Official GLUE metrics (scikit-learn / scipy)."""
+
 from __future__ import annotations
 
 import numpy as np

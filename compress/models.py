@@ -1,4 +1,5 @@
 """Pretrained encoders: aliases, loading (embedded / local directory / hub), pooling, the classifier."""
+
 from __future__ import annotations
 
 import inspect
@@ -10,11 +11,13 @@ from pathlib import Path
 
 import torch
 
-from compress.errors import ConfigError
+from compress.configs import EMBEDDED_MODEL
+from compress.errors import CompressError, ConfigError
+from compress.manifest import ModelInfo
 
 log = logging.getLogger(__name__)
 
-EMBEDDED = "minilm"
+EMBEDDED = EMBEDDED_MODEL
 # alias -> Hugging Face hub id. Tested architectures: BERT (MiniLM-L6, tiny random BERT).
 ALIASES = {
     "bert-base": "google-bert/bert-base-uncased",
@@ -31,7 +34,7 @@ ALIASES = {
 POOLINGS = ("mean", "cls", "pooler")
 
 
-class ModelLoadError(RuntimeError):
+class ModelLoadError(CompressError, RuntimeError):
     """The model could not be found or loaded; the message says what to pass instead."""
 
 
@@ -72,9 +75,11 @@ def resolve(name: str) -> ModelSource:
     path = Path(name).expanduser()
     if path.is_dir():
         if not (path / "config.json").is_file():
-            raise ModelLoadError(f"{path} has no config.json: pass a Hugging Face model directory (config.json + weights), a hub id, or --model {EMBEDDED}")
+            raise ModelLoadError(
+                f"{path} has no config.json: pass a Hugging Face model directory (config.json + weights), a hub id, or --model {EMBEDDED}"
+            )
         return ModelSource(name, str(path.resolve()), True, detect_pooling(path))
-    if name.startswith((".", "/", "~")) or os.sep in name and name.count("/") > 1:
+    if name.startswith((".", "/", "~")) or (os.sep in name and name.count("/") > 1):
         raise ModelLoadError(f"model directory {name} does not exist: pass an existing directory, a hub id, or --model {EMBEDDED}")
     hub_id = ALIASES.get(name, name)
     if "/" not in hub_id and name not in ALIASES:
@@ -85,8 +90,10 @@ def resolve(name: str) -> ModelSource:
 
 
 def _offline_message(source: ModelSource, err: Exception) -> str:
-    return (f"cannot download '{source.location}' from the Hugging Face hub ({type(err).__name__}): "
-            f"go online, pass a local copy (--model /path/to/dir), or use the embedded --model {EMBEDDED}")
+    return (
+        f"cannot download '{source.location}' from the Hugging Face hub ({type(err).__name__}): "
+        f"go online, pass a local copy (--model /path/to/dir), or use the embedded --model {EMBEDDED}"
+    )
 
 
 HUB_PROBE_TIMEOUT_S = 3.0  # how long to wait for the hub's host before calling it unreachable
@@ -137,8 +144,10 @@ def load_encoder(source: ModelSource):
         tokenizer = load_tokenizer(location)
     except OSError as e:
         if source.local and "no file named" in str(e):
-            raise ModelLoadError(f"{source.location} has a config.json but no weights (model.safetensors or pytorch_model.bin): "
-                                 "save the model with save_pretrained(), or copy its weight file there") from None
+            raise ModelLoadError(
+                f"{source.location} has a config.json but no weights (model.safetensors or pytorch_model.bin): "
+                "save the model with save_pretrained(), or copy its weight file there"
+            ) from None
         if source.local:
             raise ModelLoadError(f"could not load model from {source.location}: {str(e).splitlines()[0]}") from e
         raise ModelLoadError(_offline_message(source, e)) from e
@@ -148,8 +157,10 @@ def load_encoder(source: ModelSource):
         raise
     vocab = getattr(encoder.config, "vocab_size", None)
     if vocab is not None and len(tokenizer) > vocab:
-        raise ModelLoadError(f"the tokenizer in {source.location} has {len(tokenizer)} tokens but the model's embedding table has {vocab}: "
-                             "they do not belong together; put the model's own tokenizer files beside its config.json")
+        raise ModelLoadError(
+            f"the tokenizer in {source.location} has {len(tokenizer)} tokens but the model's embedding table has {vocab}: "
+            "they do not belong together; put the model's own tokenizer files beside its config.json"
+        )
     return encoder, tokenizer
 
 
@@ -168,8 +179,9 @@ class SequenceClassifier(torch.nn.Module):
         self.dropout = torch.nn.Dropout(dropout)
         self.classifier = torch.nn.Linear(encoder.config.hidden_size, num_labels)
         # the signature, not forward.__code__: transformers 5 wraps forward in decorators whose code takes *args, **kwargs
-        self.uses_token_types = "token_type_ids" in inspect.signature(encoder.forward).parameters and \
-            getattr(encoder.config, "type_vocab_size", 0) > 1
+        self.uses_token_types = (
+            "token_type_ids" in inspect.signature(encoder.forward).parameters and getattr(encoder.config, "type_vocab_size", 0) > 1
+        )
 
     def forward(self, input_ids, attention_mask, token_type_ids=None):
         kw = {"token_type_ids": token_type_ids} if self.uses_token_types and token_type_ids is not None else {}
@@ -200,6 +212,30 @@ def build_classifier(model: str, num_labels: int, pooling: str | None = None, se
     encoder, tokenizer = load_encoder(source)
     torch.manual_seed(seed)
     clf = SequenceClassifier(encoder, num_labels, source.pooling)
-    log.info("loaded %s (%s, %.1fM parameters, pooling=%s)", source.name, source.location,
-             sum(p.numel() for p in clf.parameters()) / 1e6, clf.pooling)
+    log.info(
+        "loaded %s (%s, %.1fM parameters, pooling=%s)",
+        source.name,
+        source.location,
+        sum(p.numel() for p in clf.parameters()) / 1e6,
+        clf.pooling,
+    )
     return clf, tokenizer, source
+
+
+def info(clf: SequenceClassifier, source: ModelSource, tok, num_labels: int | None = None) -> ModelInfo:
+    """What a manifest records of a loaded model."""
+    from compress.exporters.onnx_graph import input_names
+
+    cfg = clf.encoder.config
+    return ModelInfo(
+        name=source.name,
+        location=source.location,
+        local=source.local,
+        pooling=clf.pooling,
+        architecture=cfg.model_type,
+        hidden_size=cfg.hidden_size,
+        num_heads=cfg.num_attention_heads,
+        inputs=input_names(clf),
+        pad_token_id=tok.pad_token_id or 0,
+        num_labels=num_labels,
+    )

@@ -14,62 +14,17 @@ float16, so that the file stores them in 16 bits without changing a single dequa
 The result is a ``compress.qweight.QWeight``. GPTQ (compress.gptq) rounds on the same grids; which
 tensors of a model are quantized, and how, is compress.backbone's job.
 """
+
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 
 import torch
 
+from compress.configs import ASYMMETRIC_BITS, QuantConfig, QuantConfigError
 from compress.qweight import QWeight
 
 log = logging.getLogger(__name__)
-
-SUPPORTED_BITS = (1, 2, 4, 8, 16, 32)
-METHODS = ("rtn", "gptq")
-CALIBRATIONS = ("task", "general")
-ASYMMETRIC_BITS = (2, 4)  # codes minus zero point must fit the int8 kernels: |q| <= 2^b - 1
-
-
-class QuantConfigError(ValueError):
-    """A QuantConfig that cannot be applied."""
-
-
-@dataclass(frozen=True)
-class QuantConfig:
-    bits: int = 4
-    group_size: int | None = None  # None: one scale per output channel
-    clip_search: bool = True  # MSE-optimal clipping ratio per channel/group
-    embeddings: bool = True  # also quantize the word-embedding table (per row, >= 4 bits)
-    symmetric: bool = True  # False: 2^b levels with a zero point per group (2 or 4 bits)
-    method: str = "rtn"  # "rtn": round to nearest; "gptq": error-compensating rounding on calibration text
-    calibration_examples: int = 128  # gptq: calibration texts (labels unused)
-    # gptq: which texts calibrate. "task": the task's first training texts (the quantized weights are the task's
-    # own); "general": the general English text this package ships (compress/data), the same for every task
-    calibration: str = "task"
-
-    def __post_init__(self):
-        if self.bits not in SUPPORTED_BITS:
-            raise QuantConfigError(f"bits={self.bits} is not supported: use one of {SUPPORTED_BITS} (16/32 = no quantization)")
-        if self.method not in METHODS:
-            raise QuantConfigError(f"method '{self.method}' is not one of {METHODS}")
-        if self.calibration not in CALIBRATIONS:
-            raise QuantConfigError(f"calibration '{self.calibration}' is not one of {CALIBRATIONS}")
-        if not self.symmetric and self.bits not in ASYMMETRIC_BITS:
-            raise QuantConfigError(f"asymmetric quantization is for bits in {ASYMMETRIC_BITS}, not {self.bits}: use --symmetric")
-        if self.group_size is not None and (self.group_size < 2 or self.group_size & (self.group_size - 1)):
-            raise QuantConfigError(f"group_size={self.group_size} must be a power of two >= 2, or None for per-channel scales")
-        if self.calibration_examples < 1:
-            raise QuantConfigError(f"calibration_examples={self.calibration_examples}: calibrate on at least 1 text")
-
-    @property
-    def enabled(self) -> bool:
-        return self.bits <= 8
-
-    @property
-    def task_independent(self) -> bool:
-        """Whether the quantized weights are the same for every task (no task text calibrates them)."""
-        return self.method == "rtn" or self.calibration == "general"
 
 
 def embedding_bits(config: QuantConfig) -> int:
@@ -77,8 +32,7 @@ def embedding_bits(config: QuantConfig) -> int:
     return max(config.bits, 4)
 
 
-def default_config(bits: int, group_size: int | None = None, symmetric: bool | None = None, method: str | None = None,
-                   **kw) -> QuantConfig:
+def default_config(bits: int, group_size: int | None = None, symmetric: bool | None = None, method: str | None = None, **kw) -> QuantConfig:
     """The recommended config for a bit width, unless told otherwise:
     4 bits: GPTQ per output channel, symmetric (RTN loses more: pooled-embedding error .39 -> .25 on MiniLM,
             and the codes stay exact in the int8 kernels);
@@ -90,8 +44,7 @@ def default_config(bits: int, group_size: int | None = None, symmetric: bool | N
         symmetric = False if symmetric is None else symmetric
     if bits in (2, 4):
         method = method or "gptq"
-    return QuantConfig(bits=bits, group_size=group_size, symmetric=True if symmetric is None else symmetric,
-                       method=method or "rtn", **kw)
+    return QuantConfig(bits=bits, group_size=group_size, symmetric=True if symmetric is None else symmetric, method=method or "rtn", **kw)
 
 
 def _qmax(bits: int) -> int:
@@ -151,11 +104,12 @@ def _quantize_groups(wg: torch.Tensor, bits: int, clip_search: bool, symmetric: 
 
 def qweight(q: torch.Tensor, scale: torch.Tensor, bits: int, group_size: int | None, zero: torch.Tensor | None) -> QWeight:
     """torch codes [rows, cols], scales and zero points [rows, groups] -> QWeight (numpy)."""
-    return QWeight(q.to(torch.int8).numpy(), scale.float().numpy(), bits, group_size, None if zero is None else zero.to(torch.uint8).numpy())
+    return QWeight(
+        q.to(torch.int8).numpy(), scale.float().numpy(), bits, group_size, None if zero is None else zero.to(torch.uint8).numpy()
+    )
 
 
-def quantize_tensor(w: torch.Tensor, bits: int, group_size: int | None = None, clip_search: bool = True,
-                    symmetric: bool = True) -> QWeight:
+def quantize_tensor(w: torch.Tensor, bits: int, group_size: int | None = None, clip_search: bool = True, symmetric: bool = True) -> QWeight:
     """Round a 2-D weight [rows, cols] to nearest on its grid, along its last dimension."""
     if bits > 8:
         raise QuantConfigError(f"quantize_tensor needs bits <= 8, got {bits}")

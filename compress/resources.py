@@ -9,6 +9,7 @@ h hidden, i FFN width); and a fixed OVERHEAD (autograd and oneDNN workspaces). T
 resident memory of training steps on MiniLM and a bert-base-shaped model at 32x128 and 8x384
 (benchmarks/memory_estimate.py prints estimate against measurement).
 """
+
 from __future__ import annotations
 
 import logging
@@ -18,6 +19,9 @@ from pathlib import Path
 
 import torch
 
+from compress.errors import CompressError
+from compress.manifest import Stage
+
 log = logging.getLogger(__name__)
 ACT_HIDDEN, ACT_FFN, ACT_ATTN = 15, 6, 10  # bytes per token and unit; per attention score
 MASK_BYTES = 13
@@ -25,7 +29,7 @@ OVERHEAD = 500_000_000
 MARGIN = 1.15  # allocator fragmentation and what the estimate leaves out
 
 
-class ResourceError(RuntimeError):
+class ResourceError(CompressError, RuntimeError):
     """Training would not fit in the memory that is free."""
 
 
@@ -60,8 +64,10 @@ def available(device: torch.device) -> int:
     if device.type == "cuda":
         return torch.cuda.mem_get_info(device)[0]
     free = _meminfo_available()
-    for limit, used in (("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-                        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes")):
+    for limit, used in (
+        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
+        ("/sys/fs/cgroup/memory/memory.limit_in_bytes", "/sys/fs/cgroup/memory/memory.usage_in_bytes"),
+    ):
         try:
             cap, cur = Path(limit).read_text().strip(), int(Path(used).read_text())
         except (OSError, ValueError):
@@ -86,9 +92,16 @@ def check(model: torch.nn.Module, batch_size: int, max_length: int, device: torc
     """Raise ResourceError, naming what to lower, when the estimate exceeds the free memory; else return the estimate."""
     est = estimate(model, batch_size, max_length, device.type)
     free = available(device)
-    gb = lambda n: f"{n / 1e9:.1f} GB"  # noqa: E731
-    log.info("memory for training: about %s (trainable state %s, masks %s, activations %s); %s free on %s", gb(est.total),
-             gb(est.trainable), gb(est.masks), gb(est.activations), gb(free), device)
+    gb = lambda n: f"{n / 1e9:.1f} GB"
+    log.info(
+        "memory for training: about %s (trainable state %s, masks %s, activations %s); %s free on %s",
+        gb(est.total),
+        gb(est.trainable),
+        gb(est.masks),
+        gb(est.activations),
+        gb(free),
+        device,
+    )
     if est.total > free:
         per_example = (est.activations - OVERHEAD) / batch_size
         fits = int(max(0, free / MARGIN - est.trainable - est.masks - OVERHEAD) / max(per_example, 1))
@@ -97,7 +110,8 @@ def check(model: torch.nn.Module, batch_size: int, max_length: int, device: torc
         raise ResourceError(
             f"training needs about {gb(est.total)} (activations of batch {batch_size} x {max_length} tokens {gb(est.activations)}, "
             f"trainable state {gb(est.trainable)}, masks {gb(est.masks)}) but {where} has {gb(free)} free: {lower}, "
-            "or use a smaller --model")
+            "or use a smaller --model"
+        )
     return est
 
 
@@ -114,12 +128,12 @@ def rss() -> int:
 class StageMeter:
     """Wall time and peak resident memory of each pipeline stage (a thread samples the resident memory every 20 ms).
 
-    start(name) ends the stage before; stop() ends the last; ``stages`` = {name: {"seconds", "peak_rss_gb"}}."""
+    start(name) ends the stage before; stop() ends the last; ``stages`` = {name: compress.manifest.Stage}."""
 
     def __init__(self, on_stage=None):
         import threading
 
-        self.stages: dict[str, dict] = {}
+        self.stages: dict[str, Stage] = {}
         self._on_stage, self._name, self._peak, self._t0 = on_stage, None, 0, 0.0
         self._done = threading.Event()
         self._thread = threading.Thread(target=self._sample, daemon=True)
@@ -142,11 +156,11 @@ class StageMeter:
 
         if self._name is not None:
             self._peak = max(self._peak, rss())
-            self.stages[self._name] = {"seconds": round(time.perf_counter() - self._t0, 2), "peak_rss_gb": round(self._peak / 1e9, 3)}
-            log.info("stage %s: %.1f s, peak resident memory %.2f GB", self._name, *self.stages[self._name].values())
+            st = self.stages[self._name] = Stage(round(time.perf_counter() - self._t0, 2), round(self._peak / 1e9, 3))
+            log.info("stage %s: %.1f s, peak resident memory %.2f GB", self._name, st.seconds, st.peak_rss_gb)
         self._name = None
 
-    def stop(self) -> dict[str, dict]:
+    def stop(self) -> dict[str, Stage]:
         self._end()
         self._done.set()
         return self.stages

@@ -12,6 +12,7 @@ plot.png (metric vs bits, one line per mode, the majority baseline dashed).
 Cells are independent: `parallel="ray"` runs them as Ray tasks (`pip install -e ".[ray]"`; a
 cluster is joined via RAY_ADDRESS), the default runs them one after another.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -21,19 +22,18 @@ import os
 import statistics
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from compress import artifact, manifest as mf, quantize
-
-if TYPE_CHECKING:
-    from compress.pipeline import RunConfig
+from compress import manifest as mf
+from compress import quantize, staging
+from compress.configs import RunConfig
+from compress.errors import ArtifactError, CompressError
 
 log = logging.getLogger(__name__)
 MODES = ("weights", "structure")
 PARALLEL = ("serial", "ray")
 
 
-class SweepError(ValueError):
+class SweepError(CompressError, ValueError):
     """A sweep that cannot run as configured."""
 
 
@@ -97,9 +97,14 @@ def cell_config(cfg: SweepConfig, cell: Cell):
     if cell.mode == "weights" and cell.bits < 32:
         init_from = str(cell_dir(cfg, Cell("weights", 32, cell.seed)))
     return dataclasses.replace(
-        base, out=str(cell_dir(cfg, cell)), overwrite=True, bench=False, init_from=init_from,
+        base,
+        out=str(cell_dir(cfg, cell)),
+        overwrite=True,
+        bench=False,
+        init_from=init_from,
         quant=quantize.default_config(cell.bits) if cell.bits <= 8 else quantize.QuantConfig(bits=cell.bits),
-        train=dataclasses.replace(base.train, mode=cell.mode, seed=cell.seed))
+        train=dataclasses.replace(base.train, mode=cell.mode, seed=cell.seed),
+    )
 
 
 # Settings that may differ between a finished cell and the sweep that collects it: where it trained
@@ -127,28 +132,36 @@ def done(cfg: SweepConfig, cell: Cell) -> mf.ArtifactManifest | None:
         return None
     try:
         manifest = mf.read(d, mf.ArtifactManifest)
-    except artifact.ArtifactError as e:  # artifacts are published whole, so this is damage or an edit, not an interrupted write
+    except ArtifactError as e:  # artifacts are published whole, so this is damage or an edit, not an interrupted write
         raise SweepError(f"cell {cell.name}: {str(e).splitlines()[0]}; delete {d} to train it again") from None
     if diff := _differences(cfg, cell, manifest):
-        raise SweepError(f"{d} was made with other settings ({'; '.join(diff[:3])}): "
-                         f"pass the settings it was made with, another --out, or delete {d}")
+        raise SweepError(
+            f"{d} was made with other settings ({'; '.join(diff[:3])}): pass the settings it was made with, another --out, or delete {d}"
+        )
     return manifest
 
 
 def record(cell: Cell, m: mf.ArtifactManifest) -> dict:
-    return {**dataclasses.asdict(cell), "dir": cell.name, "metrics": m.metrics.onnx, "torch_metrics": m.metrics.torch,
-            "density": m.density, "onnx_bytes": m.sizes["onnx_total"], "seconds": m.seconds, "majority": m.metrics.majority,
-            "validation_passed": m.passed}
+    return {
+        **dataclasses.asdict(cell),
+        "dir": cell.name,
+        "metrics": m.metrics.onnx,
+        "torch_metrics": m.metrics.torch,
+        "density": m.density,
+        "onnx_bytes": m.sizes.onnx_total,
+        "seconds": m.seconds,
+        "majority": m.metrics.majority,
+        "validation_passed": m.passed,
+    }
 
 
 def run_cell(cfg: SweepConfig, cell: Cell, progress: bool = False) -> dict:
-    from compress import pipeline
-
     from compress.exporters.verify import AccuracyDriftError
+    from compress.run import run
 
     if (m := done(cfg, cell)) is None:
         try:
-            pipeline.run(cell_config(cfg, cell), command=f"compress sweep (cell {cell.name})", progress=progress)
+            run(cell_config(cfg, cell), command=f"compress sweep (cell {cell.name})", progress=progress)
         except AccuracyDriftError as e:  # the artifact is kept and its metrics count; the sweep goes on
             log.warning("%s: %s", cell.name, e)
         m = mf.read(cell_dir(cfg, cell), mf.ArtifactManifest)
@@ -183,10 +196,18 @@ def summarize(records: list[dict]) -> list[dict]:
     out = []
     for (mode, bits), rs in sorted(groups.items(), key=lambda kv: (MODES.index(kv[0][0]), -kv[0][1])):
         ok = [r for r in rs if r.get("validation_passed") is not False]
-        out.append({"mode": mode, "bits": bits, "n": len(ok), "failed": len(rs) - len(ok), "metrics": _mean_sd(ok, "metrics"),
-                    "torch_metrics": _mean_sd(ok, "torch_metrics"),
-                    "density": statistics.fmean(r["density"] for r in ok) if ok else None,
-                    "onnx_mb": statistics.fmean(r["onnx_bytes"] for r in ok) / 1e6 if ok else None})
+        out.append(
+            {
+                "mode": mode,
+                "bits": bits,
+                "n": len(ok),
+                "failed": len(rs) - len(ok),
+                "metrics": _mean_sd(ok, "metrics"),
+                "torch_metrics": _mean_sd(ok, "torch_metrics"),
+                "density": statistics.fmean(r["density"] for r in ok) if ok else None,
+                "onnx_mb": statistics.fmean(r["onnx_bytes"] for r in ok) / 1e6 if ok else None,
+            }
+        )
     return out
 
 
@@ -194,13 +215,20 @@ def _mean_sd(records: list[dict], key: str) -> dict[str, dict[str, float]]:
     if not records:
         return {}
     names = records[0][key].keys()
-    return {k: {"mean": statistics.fmean(r[key][k] for r in records),
-                "sd": statistics.stdev(r[key][k] for r in records) if len(records) > 1 else 0.0} for k in names}
+    return {
+        k: {
+            "mean": statistics.fmean(r[key][k] for r in records),
+            "sd": statistics.stdev(r[key][k] for r in records) if len(records) > 1 else 0.0,
+        }
+        for k in names
+    }
 
 
 SOURCES = {"metrics": "through ONNX Runtime (the exported model.onnx)", "torch_metrics": "in PyTorch (the paper's protocol)"}
-ROW_NAMES = {"weights": "fine-tune weights (dense; post-training quantized below 32 bits)",
-             "structure": "fine-tune structure (mask on frozen quantized weights)"}
+ROW_NAMES = {
+    "weights": "fine-tune weights (dense; post-training quantized below 32 bits)",
+    "structure": "fine-tune structure (mask on frozen quantized weights)",
+}
 
 
 def table(data: dict, source: str = "metrics") -> str:
@@ -209,8 +237,12 @@ def table(data: dict, source: str = "metrics") -> str:
     metric, summary = data["metric"], data["summary"]
     bits = sorted({s["bits"] for s in summary}, reverse=True)
     cells_ = {(s["mode"], s["bits"]): s for s in summary}
-    lines = [f"{data['model']} on {data['task']}: dev {metric} {SOURCES[source]}, mean ± SD over {data['seeds']} seeds", "",
-             "| | " + " | ".join(f"{b}-bit" if b <= 8 else "fp32" for b in bits) + " |", "|---" * (len(bits) + 1) + "|"]
+    lines = [
+        f"{data['model']} on {data['task']}: dev {metric} {SOURCES[source]}, mean ± SD over {data['seeds']} seeds",
+        "",
+        "| | " + " | ".join(f"{b}-bit" if b <= 8 else "fp32" for b in bits) + " |",
+        "|---" * (len(bits) + 1) + "|",
+    ]
     for mode in [m for m in MODES if any(k[0] == m for k in cells_)]:
         row = []
         for b in bits:
@@ -219,8 +251,11 @@ def table(data: dict, source: str = "metrics") -> str:
         lines.append(f"| {ROW_NAMES[mode]} | " + " | ".join(row) + " |")
     lines.append(f"| majority class | {data['majority']:.3f} |" + " |" * (len(bits) - 1))
     if any(s.get("failed") for s in summary):
-        lines += ["", "Cells that failed their accuracy guard (ONNX Runtime's dev metric trailing PyTorch's by more than "
-                      "--max-metric-drop) are left out of mean and SD, and counted in the cell."]
+        lines += [
+            "",
+            "Cells that failed their accuracy guard (ONNX Runtime's dev metric trailing PyTorch's by more than "
+            "--max-metric-drop) are left out of mean and SD, and counted in the cell.",
+        ]
     return "\n".join(lines) + "\n"
 
 
@@ -249,8 +284,14 @@ def plot(data: dict, path: Path) -> None:
         rows = sorted((s for s in data["summary"] if s["mode"] == mode and s.get("n", 1)), key=lambda s: s["bits"])
         if rows:
             xs = [min(s["bits"], 16) for s in rows]  # fp32 drawn at 16 on the log axis
-            ax.errorbar(xs, [s["metrics"][metric]["mean"] for s in rows], yerr=[s["metrics"][metric]["sd"] for s in rows],
-                        marker="o", capsize=3, label=ROW_NAMES[mode].split(" (")[0])
+            ax.errorbar(
+                xs,
+                [s["metrics"][metric]["mean"] for s in rows],
+                yerr=[s["metrics"][metric]["sd"] for s in rows],
+                marker="o",
+                capsize=3,
+                label=ROW_NAMES[mode].split(" (")[0],
+            )
     ax.axhline(data["majority"], color="grey", linestyle="--", label="majority class")
     ticks = sorted({min(s["bits"], 16) for s in data["summary"]})
     ax.set_xscale("log", base=2)
@@ -269,14 +310,22 @@ def write_outputs(cfg: SweepConfig, records: list[dict]) -> dict:
 
     task = tasks.get_task(cfg.run.task)
     records = sorted(records, key=lambda r: (MODES.index(r["mode"]), -r["bits"], r["seed"]))
-    data = {"kind": "sweep", "model": cfg.run.model, "task": task.name, "metric": task.metric, "seeds": cfg.seeds,
-            "majority": records[0]["majority"][task.metric], "cells": records, "summary": summarize(records),
-            "config": {"bits": list(cfg.bits), "modes": list(cfg.modes), "seeds": cfg.seeds, "run": _jsonable(cfg)}}
+    data = {
+        "kind": "sweep",
+        "model": cfg.run.model,
+        "task": task.name,
+        "metric": task.metric,
+        "seeds": cfg.seeds,
+        "majority": records[0]["majority"][task.metric],
+        "cells": records,
+        "summary": summarize(records),
+        "config": {"bits": list(cfg.bits), "modes": list(cfg.modes), "seeds": cfg.seeds, "run": _jsonable(cfg)},
+    }
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
-    artifact.atomic_write(out / "sweep.json", lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
-    artifact.atomic_write(out / "table.md", lambda p: p.write_text(tables(data)))
-    artifact.atomic_write(out / "plot.png", lambda p: plot(data, p))
+    staging.atomic_write(out / "sweep.json", lambda p: p.write_text(json.dumps(data, indent=2) + "\n"))
+    staging.atomic_write(out / "table.md", lambda p: p.write_text(tables(data)))
+    staging.atomic_write(out / "plot.png", lambda p: plot(data, p))
     return data
 
 

@@ -3,6 +3,7 @@
 GLUE TSVs are read exactly as written: tab-separated, no quoting (MRPC and SST-2 have bare `"`
 inside sentences), UTF-8 with an optional byte-order mark (MRPC), one row per `\\n`.
 """
+
 from __future__ import annotations
 
 import logging
@@ -11,12 +12,14 @@ import os
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from compress.errors import CompressError
+
 log = logging.getLogger(__name__)
 
 DATA_ENV = "GLUE_DIR"
 
 
-class TaskDataError(ValueError):
+class TaskDataError(CompressError, ValueError):
     """Task data missing or malformed; the message names the file, the row and the fix."""
 
 
@@ -48,8 +51,17 @@ TASKS = {
     "mrpc": Task("mrpc", "MRPC", (3, 4), 0, ("0", "1"), "f1", min_cols=5, hf_columns=("sentence1", "sentence2")),
     "stsb": Task("stsb", "STS-B", (7, 8), -1, (), "pearson", min_cols=10, hf_columns=("sentence1", "sentence2")),
     "qqp": Task("qqp", "QQP", (3, 4), 5, ("0", "1"), "f1", min_cols=6, hf_columns=("question1", "question2")),
-    "mnli": Task("mnli", "MNLI", (8, 9), -1, ("contradiction", "entailment", "neutral"), "accuracy", min_cols=11,
-                 dev_splits=("dev_matched", "dev_mismatched"), hf_columns=("premise", "hypothesis")),
+    "mnli": Task(
+        "mnli",
+        "MNLI",
+        (8, 9),
+        -1,
+        ("contradiction", "entailment", "neutral"),
+        "accuracy",
+        min_cols=11,
+        dev_splits=("dev_matched", "dev_mismatched"),
+        hf_columns=("premise", "hypothesis"),
+    ),
     "qnli": Task("qnli", "QNLI", (1, 2), -1, ("entailment", "not_entailment"), "accuracy", min_cols=4, hf_columns=("question", "sentence")),
     "rte": Task("rte", "RTE", (1, 2), -1, ("entailment", "not_entailment"), "accuracy", min_cols=4, hf_columns=("sentence1", "sentence2")),
     "wnli": Task("wnli", "WNLI", (1, 2), -1, ("0", "1"), "accuracy", min_cols=4, hf_columns=("sentence1", "sentence2")),
@@ -57,10 +69,19 @@ TASKS = {
 ALIASES = {"sst-2": "sst2", "sts-b": "stsb", "mnli-m": "mnli"}
 # the `datasets` library encodes labels as integers in this order (MNLI: entailment, neutral, contradiction)
 # what each class means, in logit order (GLUE's names; the TSV files say 0/1): an app's config.json id2label
-LABEL_NAMES = {"cola": ("unacceptable", "acceptable"), "sst2": ("negative", "positive"), "mrpc": ("not_equivalent", "equivalent"),
-               "qqp": ("not_duplicate", "duplicate"), "wnli": ("not_entailment", "entailment"), "stsb": ("similarity",)}
-HF_LABEL_NAMES = {"mnli": ("entailment", "neutral", "contradiction"), "qnli": ("entailment", "not_entailment"),
-                  "rte": ("entailment", "not_entailment")}
+LABEL_NAMES = {
+    "cola": ("unacceptable", "acceptable"),
+    "sst2": ("negative", "positive"),
+    "mrpc": ("not_equivalent", "equivalent"),
+    "qqp": ("not_duplicate", "duplicate"),
+    "wnli": ("not_entailment", "entailment"),
+    "stsb": ("similarity",),
+}
+HF_LABEL_NAMES = {
+    "mnli": ("entailment", "neutral", "contradiction"),
+    "qnli": ("entailment", "not_entailment"),
+    "rte": ("entailment", "not_entailment"),
+}
 
 
 def get_task(name: str) -> Task:
@@ -82,11 +103,17 @@ class Split:
     def __len__(self) -> int:
         return len(self.labels)
 
-    def subset(self, n: int | None) -> "Split":
+    def subset(self, n: int | None) -> Split:
         if n is None or n >= len(self):
             return self
-        return Split(self.task, self.name, self.text_a[:n], None if self.text_b is None else self.text_b[:n],
-                     self.labels[:n], self.source + f" (first {n})")
+        return Split(
+            self.task,
+            self.name,
+            self.text_a[:n],
+            None if self.text_b is None else self.text_b[:n],
+            self.labels[:n],
+            self.source + f" (first {n})",
+        )
 
 
 def read_tsv(path: Path, task: Task, split: str) -> Split:
@@ -94,7 +121,7 @@ def read_tsv(path: Path, task: Task, split: str) -> Split:
     try:
         text = path.read_text(encoding="utf-8-sig")  # strips MRPC's byte-order mark
     except UnicodeDecodeError as e:
-        line = path.read_bytes()[:e.start].count(b"\n") + 1
+        line = path.read_bytes()[: e.start].count(b"\n") + 1
         raise TaskDataError(f"{path}:{line}: byte {e.start} is not UTF-8 ({e.reason}): save the file as UTF-8") from None
     except OSError as e:
         raise TaskDataError(f"{path} cannot be read ({e.strerror or type(e).__name__}): pass a readable GLUE TSV") from None
@@ -107,8 +134,10 @@ def read_tsv(path: Path, task: Task, split: str) -> Split:
             continue
         cols = raw.rstrip("\r").split("\t")
         if len(cols) < task.min_cols:
-            raise TaskDataError(f"{path}:{lineno}: expected at least {task.min_cols} tab-separated columns for {task.name}, "
-                                f"found {len(cols)}: fix or remove that row")
+            raise TaskDataError(
+                f"{path}:{lineno}: expected at least {task.min_cols} tab-separated columns for {task.name}, "
+                f"found {len(cols)}: fix or remove that row"
+            )
         raw_label = cols[task.label_col].strip()
         if task.is_regression:
             try:
@@ -141,8 +170,10 @@ def _task_dir(root: Path, task: Task) -> Path:
     for cand in (root / task.folder, root / task.name, root):
         if (cand / "train.tsv").is_file():
             return cand
-    raise TaskDataError(f"no {task.folder}/train.tsv under {root}: pass --data-dir pointing at a GLUE-layout directory "
-                        f"(DIR/{task.folder}/train.tsv, DIR/{task.folder}/{task.dev_splits[0]}.tsv)")
+    raise TaskDataError(
+        f"no {task.folder}/train.tsv under {root}: pass --data-dir pointing at a GLUE-layout directory "
+        f"(DIR/{task.folder}/train.tsv, DIR/{task.folder}/{task.dev_splits[0]}.tsv)"
+    )
 
 
 def load_task(task: Task, data_dir: str | os.PathLike | None = None) -> dict[str, Split]:
@@ -167,13 +198,17 @@ def _load_hf(task: Task) -> dict[str, Split]:
     try:
         import datasets
     except ImportError:
-        raise TaskDataError(f"no data for {task.name}: pass --data-dir DIR (GLUE layout, DIR/{task.folder}/train.tsv), "
-                            f"set {DATA_ENV}, or pip install datasets and go online") from None
+        raise TaskDataError(
+            f"no data for {task.name}: pass --data-dir DIR (GLUE layout, DIR/{task.folder}/train.tsv), "
+            f"set {DATA_ENV}, or pip install datasets and go online"
+        ) from None
     try:
         ds = datasets.load_dataset("nyu-mll/glue", task.name)
     except Exception as e:
-        raise TaskDataError(f"could not download GLUE/{task.name} ({type(e).__name__}): pass --data-dir DIR with the GLUE TSVs "
-                            f"(DIR/{task.folder}/train.tsv) or set {DATA_ENV}") from e
+        raise TaskDataError(
+            f"could not download GLUE/{task.name} ({type(e).__name__}): pass --data-dir DIR with the GLUE TSVs "
+            f"(DIR/{task.folder}/train.tsv) or set {DATA_ENV}"
+        ) from e
     hf_splits = {"train": "train", "dev": "validation_matched" if task.name == "mnli" else "validation"}
     if task.name == "mnli":
         hf_splits["dev_mismatched"] = "validation_mismatched"
@@ -185,8 +220,14 @@ def _load_hf(task: Task) -> dict[str, Split]:
         if hf_names:  # re-map to this table's label order
             labels = [task.labels.index(hf_names[i]) for i in labels]
         cols = task.hf_columns
-        out[ours] = Split(task.name, ours, list(d[cols[0]]), list(d[cols[1]]) if len(cols) == 2 else None,
-                          [float(x) if task.is_regression else int(x) for x in labels], f"datasets:glue/{task.name}/{theirs}")
+        out[ours] = Split(
+            task.name,
+            ours,
+            list(d[cols[0]]),
+            list(d[cols[1]]) if len(cols) == 2 else None,
+            [float(x) if task.is_regression else int(x) for x in labels],
+            f"datasets:glue/{task.name}/{theirs}",
+        )
     return out
 
 

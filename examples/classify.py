@@ -1,7 +1,8 @@
 """Use a `compress run` artifact in an app: only onnxruntime, tokenizers and numpy (no torch, no transformers).
 
-    python examples/classify.py runs/minilm-mrpc-4bit "The cat sat on the mat." "A cat was sitting on the mat."
+python examples/classify.py runs/minilm-mrpc-4bit "The cat sat on the mat." "A cat was sitting on the mat."
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -42,9 +43,11 @@ class Classifier:
 
     def logits(self, text_a: list[str], text_b: list[str] | None = None) -> np.ndarray:
         encs = self.tokenizer.encode_batch(list(zip(text_a, text_b)) if text_b else text_a)
-        feed = {"input_ids": np.array([e.ids for e in encs], dtype=np.int64),
-                "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
-                "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64)}
+        feed = {
+            "input_ids": np.array([e.ids for e in encs], dtype=np.int64),
+            "attention_mask": np.array([e.attention_mask for e in encs], dtype=np.int64),
+            "token_type_ids": np.array([e.type_ids for e in encs], dtype=np.int64),
+        }
         return self.session.run(["logits"], {k: feed[k] for k in self.inputs})[0]
 
 

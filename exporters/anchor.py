@@ -3,6 +3,7 @@
 fp32 ONNX with ONNX Runtime's BERT fusions, then `quantize_dynamic` (int8 weights per channel,
 activations quantized at run time). The size anchor of a pack's report and of the benchmarks.
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -36,6 +37,7 @@ def ort_int8(model: torch.nn.Module, num_heads: int, hidden_size: int, out_dir: 
     fp32, int8 = out_dir / "fp32.onnx", out_dir / "int8.onnx"
     onnx.save(fusions.optimize(raw, num_heads, hidden_size, keep_embeddings=False, keep_matmuls=False).model, str(fp32))
     with _quiet_root():
-        quantize_dynamic(fp32, int8, per_channel=True, weight_type=QuantType.QInt8,
-                         extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT})  # types behind fused com.microsoft ops
+        quantize_dynamic(
+            fp32, int8, per_channel=True, weight_type=QuantType.QInt8, extra_options={"DefaultTensorType": onnx.TensorProto.FLOAT}
+        )  # types behind fused com.microsoft ops
     return fp32, int8

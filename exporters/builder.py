@@ -2,6 +2,7 @@
 reads a weight's codes and scales from a source (Inline: packed into the graph itself; a pack's task graph takes them
 from the shared backbone file instead, compress.exporters.shared). The encodings each kernel needs are its methods:
 int8 codes unpacked at load, MatMulNBits / GatherBlockQuantized on the packed codes as they are."""
+
 from __future__ import annotations
 
 import numpy as np
@@ -21,7 +22,6 @@ class Inline:
 
     def codes(self, bld: Builder, base: str, w: QWeight) -> str:
         """-> int8 [rows, cols] signed codes (folded at load; int8 keeps the intermediate tensors of the fold small)."""
-        rows, cols = w.shape
         if w.storage_bits == 8:
             return bld.const(f"{base}.codes_int8", w.codes)
         x = bld.node("Cast", [bld.unpack(base, w.stored(), w.storage_bits, "codes")], base, to=TensorProto.INT8)[0]  # < 16: exact
@@ -98,8 +98,9 @@ class Builder:
 
     def node(self, op: str, inputs: list[str], base: str, outputs: list[str] | None = None, domain: str = "", **attrs) -> list[str]:
         outs = outputs or [self.name(f"{base}/{op}")]
-        self.nodes.append(helper.make_node(op, inputs, outs, name=outs[0] if not outputs else self.name(f"{base}/{op}"),
-                                           domain=domain or None, **attrs))
+        self.nodes.append(
+            helper.make_node(op, inputs, outs, name=outs[0] if not outputs else self.name(f"{base}/{op}"), domain=domain or None, **attrs)
+        )
         return outs
 
     def grouped(self, base: str, w: QWeight, op, x: str) -> str:
@@ -120,7 +121,9 @@ class Builder:
     def matmul_nbits(self, base: str, x: str, y: str, w: QWeight) -> None:
         """y = x @ W^T with com.microsoft MatMulNBits reading the stored codes directly."""
         if type(self.source) is not Inline:
-            raise ConfigError(f"{base}: MatMulNBits reads packed codes as they are, so they cannot come from a shared backbone: use kernel int8")
+            raise ConfigError(
+                f"{base}: MatMulNBits reads packed codes as they are, so they cannot come from a shared backbone: use kernel int8"
+            )
         rows, cols = w.shape
         bits = w.storage_bits
         block = w.group_size if w.groups > 1 else min(cols & -cols, 256)  # a power of two >= 16 that divides cols
@@ -133,29 +136,51 @@ class Builder:
         if w.zero is not None:  # else MatMulNBits' default zero point 2^(bits-1) is our symmetric code offset
             zero = np.repeat(w.zero.reshape(rows, -1), blocks // w.groups, axis=1)
             inputs.append(self.const(f"{base}.zero_{bits}bit", np.stack([pack_bits(z, bits) for z in zero])))
-        self.node("MatMulNBits", inputs, base, outputs=[y], domain="com.microsoft", K=cols, N=rows, bits=bits, block_size=block,
-                  accuracy_level=NBITS_ACCURACY_LEVEL)
+        self.node(
+            "MatMulNBits",
+            inputs,
+            base,
+            outputs=[y],
+            domain="com.microsoft",
+            K=cols,
+            N=rows,
+            bits=bits,
+            block_size=block,
+            accuracy_level=NBITS_ACCURACY_LEVEL,
+        )
 
     def gather_nbits(self, base: str, gathers: list[tuple[str, str]], w: QWeight) -> None:
         """y = rows `ids` of the table W for each (ids, y) of `gathers`, with com.microsoft GatherBlockQuantized reading the
         stored codes (one copy for all) directly (ONNX Runtime's mobile packages have it: the table stays low-bit in an
         .ort file, not folded to int8)."""
         if type(self.source) is not Inline:
-            raise ConfigError(f"{base}: GatherBlockQuantized reads packed codes as they are, so they cannot come from a shared backbone: "
-                              "use kernel int8")
+            raise ConfigError(
+                f"{base}: GatherBlockQuantized reads packed codes as they are, so they cannot come from a shared backbone: use kernel int8"
+            )
         rows, cols = w.shape
         bits = w.storage_bits
         # a block is a power of two >= 16: per-row scales take one block that covers the row (ORT pads the last block)
         block = w.group_size if w.groups > 1 else max(16, 1 << (cols - 1).bit_length())
         if cols % w.groups or (w.groups > 1 and (block < 16 or block & (block - 1))):
             raise ConfigError(f"{base}: GatherBlockQuantized needs blocks of a power of two >= 16 inputs, not {block}: use --kernel int8")
-        table = [self.const(f"{base}.codes_{bits}bit", pack_bits(w.stored(), bits).reshape(rows, -1)),
-                 self.const(f"{base}.scale", w.scale.reshape(rows, -1).astype(np.float32))]
+        table = [
+            self.const(f"{base}.codes_{bits}bit", pack_bits(w.stored(), bits).reshape(rows, -1)),
+            self.const(f"{base}.scale", w.scale.reshape(rows, -1).astype(np.float32)),
+        ]
         if w.zero is not None:  # else the default zero point 2^(bits-1) is our symmetric code offset
             table.append(self.const(f"{base}.zero_{bits}bit", np.stack([pack_bits(z, bits) for z in w.zero.reshape(rows, -1)])))
         for ids, y in gathers:
-            self.node("GatherBlockQuantized", [table[0], ids, *table[1:]], base, outputs=[y], domain="com.microsoft", gather_axis=0,
-                      quantize_axis=1, block_size=block, bits=bits)
+            self.node(
+                "GatherBlockQuantized",
+                [table[0], ids, *table[1:]],
+                base,
+                outputs=[y],
+                domain="com.microsoft",
+                gather_axis=0,
+                quantize_axis=1,
+                block_size=block,
+                bits=bits,
+            )
 
     def int8_weight(self, base: str, w: QWeight, smooth: str | None = None) -> tuple[str, str]:
         """-> (int8 [cols, rows], float [rows] per-row scale) graph tensors for an integer matmul x @ (W * diag(s))^T,

@@ -4,10 +4,12 @@ An FFN computes W2 · act(W1 x + b1) + b2. When the mask prunes the whole column
 `MaskConfig.ffn_keep` learns to), intermediate neuron j contributes nothing: row j of W1, b1[j] and
 column j of W2 are removed, exactly. Likewise a head whose block of input columns of the attention
 output projection is pruned whole (`MaskConfig.heads_keep`) contributes nothing: its Q/K/V rows and
-those columns are removed (Hugging Face's `prune_heads`), and ONNX Runtime's Attention fusion takes
+those columns are removed (what Hugging Face's `prune_heads` did before transformers 5 dropped it), and ONNX Runtime's Attention
+fusion takes
 each layer's remaining head count. Zeros inside a matrix never speed up ONNX Runtime's kernels;
 a smaller matrix does.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -31,8 +33,9 @@ def ffn_pairs(model: torch.nn.Module) -> list[tuple[str, str]]:
         size = masking.intermediate_size(model)
     except ValueError:
         return []
-    linears = {n: m for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, masking.MaskedLinear))
-               and n.startswith("encoder.")}
+    linears = {
+        n: m for n, m in model.named_modules() if isinstance(m, (torch.nn.Linear, masking.MaskedLinear)) and n.startswith("encoder.")
+    }
     return pairs({n: tuple(m.weight.shape) for n, m in linears.items()}, size)
 
 
@@ -88,8 +91,13 @@ def drop_dead(model: torch.nn.Module, linears: dict[str, QWeight]) -> tuple[torc
         if alive.all():
             continue
         if q2 is not None and q2.group_size is not None:
-            log.warning("%s: %d dead FFN neurons kept as zeros (its scales are per group of %d inputs; "
-                        "per-channel quantization lets the export remove them)", second, int((~alive).sum()), q2.group_size)
+            log.warning(
+                "%s: %d dead FFN neurons kept as zeros (its scales are per group of %d inputs; "
+                "per-channel quantization lets the export remove them)",
+                second,
+                int((~alive).sum()),
+                q2.group_size,
+            )
             continue
         # kept: the live neurons, padded with dead ones (zero columns) to a multiple of 16, which integer
         # kernels like and MatMulNBits needs (blocks of >= 16 inputs)
@@ -128,8 +136,6 @@ def drop_dead_heads(folded: torch.nn.Module, linears: dict[str, QWeight]) -> tup
             continue
         att_name, projections = found
         att = folded.get_submodule(att_name)
-        if not hasattr(att, "prune_heads"):
-            continue
         q = linears.get(name)
         alive_cols = (q.codes != 0).any(0) if q is not None else (lin.weight != 0).any(0).numpy()
         heads = _num_heads(folded, att)
@@ -144,17 +150,53 @@ def drop_dead_heads(folded: torch.nn.Module, linears: dict[str, QWeight]) -> tup
             try:
                 linears[name] = q.cols(cols)
             except ValueError:
-                log.warning("%s: %d dead attention heads kept as zeros (its scales are per group of %d inputs, which a head of %d "
-                            "does not hold whole)", name, int((~alive).sum()), q.group_size, size)
+                log.warning(
+                    "%s: %d dead attention heads kept as zeros (its scales are per group of %d inputs, which a head of %d "
+                    "does not hold whole)",
+                    name,
+                    int((~alive).sum()),
+                    q.group_size,
+                    size,
+                )
                 continue
         for proj in projections:
             if proj in linears:
                 linears[proj] = linears[proj].rows(cols)
-        att.prune_heads([int(h) for h in np.flatnonzero(~alive)])
+        _remove_heads(folded, att, projections, name, cols, int(alive.sum()))
         out[name] = [int(alive.sum()), heads]
     if out:
         log.info("removed dead attention heads: %s", {k: f"{a}/{b}" for k, (a, b) in out.items()})
     return linears, out
+
+
+def _remove_heads(
+    model: torch.nn.Module, att: torch.nn.Module, projections: tuple[str, str, str], output: str, cols: np.ndarray, heads: int
+) -> None:
+    """Q, K and V keep their rows `cols`, the output projection its columns `cols`, and the attention module its new head count
+    (what Hugging Face's prune_heads did, with the same weights, in any transformers version)."""
+    idx = torch.from_numpy(cols.astype(np.int64))
+    for name, dim in [*((p, 0) for p in projections), (output, 1)]:
+        lin = model.get_submodule(name)
+        bias = None if lin.bias is None else lin.bias.detach().clone() if dim == 1 else lin.bias[idx].detach().clone()
+        parent, _, attr = name.rpartition(".")
+        setattr(model.get_submodule(parent), attr, _linear(lin.weight.index_select(dim, idx).detach().clone(), bias))
+    size = cols.size // heads
+    for mod in (getattr(att, "self", None), att):
+        for key in ("num_attention_heads", "n_heads", "num_heads"):
+            if mod is not None and isinstance(getattr(mod, key, None), int):
+                setattr(mod, key, heads)
+        if mod is not None and isinstance(getattr(mod, "all_head_size", None), int):
+            mod.all_head_size = size * heads
+
+
+def head_counts(model: torch.nn.Module) -> dict[str, int]:
+    """Q projection -> its attention's current head count, for every attention module (after drop_dead_heads: the heads left)."""
+    out = {}
+    for name in [n for n, _ in model.named_modules()]:
+        if (found := masking.attention_of(name)) is not None:
+            att_name, (q, _, _) = found
+            out[q] = _num_heads(model, model.get_submodule(att_name))
+    return out
 
 
 def _num_heads(model: torch.nn.Module, att: torch.nn.Module) -> int:

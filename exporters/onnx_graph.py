@@ -1,4 +1,5 @@
 """torch -> fp32 ONNX, masks folded into the weights (pruned weights are exact zeros)."""
+
 from __future__ import annotations
 
 import logging
@@ -7,8 +8,9 @@ from pathlib import Path
 
 import torch
 
+from compress.configs import OPSET
+
 log = logging.getLogger(__name__)
-OPSET = 17
 
 
 def input_names(model) -> list[str]:
@@ -24,8 +26,16 @@ def export_fp32(model: torch.nn.Module, path: Path, opset: int = OPSET) -> Path:
     dummy = tuple(torch.ones(2, 16, dtype=torch.long) for _ in names)
     with warnings.catch_warnings(), torch.no_grad():
         warnings.simplefilter("ignore")
-        torch.onnx.export(model, dummy, str(path), input_names=names, output_names=["logits"],
-                          dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
-                          opset_version=opset, dynamo=False, do_constant_folding=True)
+        torch.onnx.export(
+            model,
+            dummy,
+            str(path),
+            input_names=names,
+            output_names=["logits"],
+            dynamic_axes={**{n: {0: "batch", 1: "sequence"} for n in names}, "logits": {0: "batch"}},
+            opset_version=opset,
+            dynamo=False,
+            do_constant_folding=True,
+        )
     log.info("exported fp32 graph to %s", path)
     return path

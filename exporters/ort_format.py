@@ -2,13 +2,14 @@
 
 The converter optimizes the graph and stores the result, constant folding included: a graph whose low-bit
 weights are unpacked by a subgraph at session load (the int8 kernel's) would be stored unpacked, as large as
-ONNX Runtime's own int8 model. The mobile graph (compress.pipeline.reexport with format "ort") is therefore the
+ONNX Runtime's own int8 model. The mobile graph (compress.reexport.reexport with format "ort") is therefore the
 "nbits" kernel's: com.microsoft MatMulNBits for the linears and GatherBlockQuantized for the word embeddings read
 the packed codes as they are, so the .ort keeps them at their bit width. Both operators are in ONNX Runtime's
 full Android/iOS packages (onnxruntime-android, onnxruntime-c/-objc, which replaced the reduced onnxruntime-mobile
 packages in 1.19) and in any minimal build made from the required-operators config written next to the .ort
 (contrib operators included unless the build disables them).
 """
+
 from __future__ import annotations
 
 import contextlib
@@ -35,8 +36,9 @@ def to_ort(onnx_path: Path, out_dir: Path) -> list[Path]:
         shutil.copy2(onnx_path, src)
         chatter = io.StringIO()
         with contextlib.redirect_stdout(chatter):
-            convert_onnx_models_to_ort(src, output_dir=Path(tmp) / "out", optimization_styles=[OptimizationStyle.Fixed],
-                                       target_platform=TARGET)
+            convert_onnx_models_to_ort(
+                src, output_dir=Path(tmp) / "out", optimization_styles=[OptimizationStyle.Fixed], target_platform=TARGET
+            )
         log.info("ORT converter: %s", chatter.getvalue().strip())
         written = []
         for f in sorted((Path(tmp) / "out").iterdir()):

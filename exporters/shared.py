@@ -5,11 +5,13 @@ tensor that is the same in every task (the backbone's bit-packed codes, scales a
 embedding table, biases, LayerNorms, position embeddings) points into the backbone's
 weights.safetensors, whose raw little-endian bytes after its JSON header are exactly what ONNX
 reads. The task's graph holds only what differs per task: the mask of each linear, coded as the gaps
-between its pruned weights (compress.qweight.RiceCode, within ~1% of the entropy; decoded in the graph by
-CumSum and ScatterElements, see compress.exporters.functions) or bit-packed, whichever is smaller; the FFN neurons kept; the head; the activation
+between its pruned weights (compress.maskcodec.RiceCode, within ~1% of the entropy; decoded in the graph by
+CumSum and ScatterElements, see compress.exporters.functions) or bit-packed, whichever is smaller; the FFN neurons kept; the head; the
+activation
 smoothing factors. All of it is constant, so ONNX Runtime folds it at session load into the very
 int8 weights of the standalone artifact: every task runs on the same kernels at the same speed.
 """
+
 from __future__ import annotations
 
 import logging
@@ -22,8 +24,9 @@ from onnx import TensorProto, numpy_helper
 
 from compress.exporters import functions
 from compress.exporters.builder import Builder, Inline
-from compress.exporters.weights import QWeight, WeightMatchError
-from compress.qweight import mask_encode
+from compress.exporters.weights import WeightMatchError
+from compress.maskcodec import mask_encode
+from compress.qweight import QWeight
 
 log = logging.getLogger(__name__)
 
@@ -41,8 +44,9 @@ class SharedFile:
     def of(cls, backbone, location: str) -> SharedFile:
         """From a compress.backbone.Backbone."""
         tensors = backbone.tensors()
-        offsets = {k: (backbone.data_start + v["data_offsets"][0], v["data_offsets"][1] - v["data_offsets"][0])
-                   for k, v in backbone.header.items()}
+        offsets = {
+            k: (backbone.data_start + v["data_offsets"][0], v["data_offsets"][1] - v["data_offsets"][0]) for k, v in backbone.header.items()
+        }
         return cls(location, tensors, offsets, backbone.qweights(tensors))
 
     def source(self, masks: dict[str, np.ndarray], removed: dict) -> SharedSource:
@@ -89,8 +93,9 @@ class SharedSource(Inline):
         if base not in self.shared.qweights:
             raise WeightMatchError(f"{base}: the backbone has no quantized tensor of that name; pack artifacts trained on this backbone")
         if not np.array_equal(w.codes, self.expected(base)):
-            raise WeightMatchError(f"{base}: the task's codes are not the backbone's codes under its mask: the artifact was not "
-                                   "trained on this backbone")
+            raise WeightMatchError(
+                f"{base}: the task's codes are not the backbone's codes under its mask: the artifact was not trained on this backbone"
+            )
         full = self.shared.qweights[base]
         bits = full.storage_bits
         packed_name = f"{base}.weight.codes"
@@ -105,7 +110,9 @@ class SharedSource(Inline):
                 x = bld.node("Sub", [x, bld.const(base, np.array(2 ** (bits - 1), np.int16))], base)[0]
             else:
                 zname = f"{base}.weight.zero"
-                zero = bld.unpacked(base, self._ref(bld, zname), self.shared.tensors[zname].size, (full.shape[0], full.groups, 1), full.bits)
+                zero = bld.unpacked(
+                    base, self._ref(bld, zname), self.shared.tensors[zname].size, (full.shape[0], full.groups, 1), full.bits
+                )
                 zero = bld.node("Cast", [zero], base, to=TensorProto.INT16)[0]
                 x = bld.grouped(base, full, lambda g: bld.node("Sub", [g, zero], base)[0], x)
             x = bld.node("Cast", [x], base, to=TensorProto.INT8)[0]
@@ -117,7 +124,9 @@ class SharedSource(Inline):
         conds = [] if mask.all() else [self._mask_graph(bld, base, mask)]
         if not alive.all():
             axis, r = self.neurons[base]
-            vec = bld.node("Cast", [bld.const(base, r.alive.astype(np.uint8), name=tensor_name(r.second, "neurons_alive"))], base, to=TensorProto.BOOL)[0]
+            vec = bld.node(
+                "Cast", [bld.const(base, r.alive.astype(np.uint8), name=tensor_name(r.second, "neurons_alive"))], base, to=TensorProto.BOOL
+            )[0]
             conds.append(bld.node("Unsqueeze", [vec, bld.const(base, np.array([1 - axis], np.int64))], base)[0])
         if not conds:
             return x
@@ -190,8 +199,9 @@ def share_floats(model: onnx.ModelProto, shared: SharedFile, qkv_bias: dict[str,
             _same(name, numpy_helper.to_array(init), np.where(r.alive, shared.tensors[name][r.keep], 0).astype(np.float32))
             full = bld.const(name, shared.tensors[name], name=f"{name}:backbone")  # the graph's tensor keeps its name
             idx = SharedSource._indices(bld, r)
-            bld.node("Mul", [bld.node("Gather", [full, idx], name, axis=0)[0], bld.const(name, r.alive.astype(np.float32))], name,
-                     outputs=[name])
+            bld.node(
+                "Mul", [bld.node("Gather", [full, idx], name, axis=0)[0], bld.const(name, r.alive.astype(np.float32))], name, outputs=[name]
+            )
             drop.add(name)
     kept = [i for i in graph.initializer if i.name not in drop]
     del graph.initializer[:]
@@ -206,9 +216,9 @@ def _same(name: str, got: np.ndarray, expected: np.ndarray) -> None:
         raise WeightMatchError(f"{name}: the graph's tensor differs from the backbone's: the artifact was not trained on this backbone")
 
 
-def save(model: onnx.ModelProto, path: Path, shared: SharedFile) -> dict[str, int]:
+def save(model: onnx.ModelProto, path: Path, shared: SharedFile) -> int:
     """Write the task graph with every initializer that equals a shared-file tensor of its name (or
-    `name:backbone`) pointing into the shared file; returns {shared: bytes referenced, own: bytes inline}."""
+    `name:backbone`) pointing into the shared file; returns the bytes it references there."""
     referenced = 0
     for init in model.graph.initializer:
         key = init.name.removesuffix(":backbone")
@@ -231,7 +241,7 @@ def save(model: onnx.ModelProto, path: Path, shared: SharedFile) -> dict[str, in
     shorten_names(model.graph)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(model, str(path))
-    return {"shared": referenced, "own": path.stat().st_size}
+    return referenced
 
 
 def compute_constants(graph: onnx.GraphProto, min_bytes: int = 256) -> None:
@@ -248,12 +258,19 @@ def compute_constants(graph: onnx.GraphProto, min_bytes: int = 256) -> None:
         y, shape = node.output[0], numpy_helper.from_array(np.array(value.shape, np.int64), f"{node.output[0]}:shape")
         flat = value.reshape(-1)
         if np.all(flat == flat[0]):
-            out += [helper.make_node("Constant", [], [shape.name], value=shape),
-                    helper.make_node("ConstantOfShape", [shape.name], [y], value=numpy_helper.from_array(flat[:1]))]
+            out += [
+                helper.make_node("Constant", [], [shape.name], value=shape),
+                helper.make_node("ConstantOfShape", [shape.name], [y], value=numpy_helper.from_array(flat[:1])),
+            ]
         elif np.array_equal(flat, np.arange(flat.size, dtype=flat.dtype)):
-            scalars = [numpy_helper.from_array(np.array(v, value.dtype), f"{y}:{k}") for k, v in (("start", 0), ("limit", flat.size), ("delta", 1))]
+            scalars = [
+                numpy_helper.from_array(np.array(v, value.dtype), f"{y}:{k}") for k, v in (("start", 0), ("limit", flat.size), ("delta", 1))
+            ]
             out += [helper.make_node("Constant", [], [t.name], value=t) for t in (*scalars, shape)]
-            out += [helper.make_node("Range", [t.name for t in scalars], [f"{y}:range"]), helper.make_node("Reshape", [f"{y}:range", shape.name], [y])]
+            out += [
+                helper.make_node("Range", [t.name for t in scalars], [f"{y}:range"]),
+                helper.make_node("Reshape", [f"{y}:range", shape.name], [y]),
+            ]
         else:
             out.append(node)
     del graph.node[:]

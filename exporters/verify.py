@@ -1,4 +1,5 @@
 """Validate an exported graph: onnx.checker, then PyTorch-vs-ONNX Runtime parity per output."""
+
 from __future__ import annotations
 
 import logging
@@ -6,10 +7,12 @@ import logging
 import numpy as np
 import onnx
 
+from compress.errors import CompressError
+
 log = logging.getLogger(__name__)
 
 
-class ExportValidationError(RuntimeError):
+class ExportValidationError(CompressError, RuntimeError):
     """Base class: the exported graph cannot be shipped."""
 
 
@@ -41,7 +44,9 @@ def compare(reference: dict[str, np.ndarray], actual: dict[str, np.ndarray], ato
             raise ParityError(f"{what}: output '{name}' has shape {got.shape}, PyTorch gives {ref.shape}")
         diffs[name] = float(np.max(np.abs(got.astype(np.float64) - ref))) if ref.size else 0.0
         if not np.isfinite(diffs[name]) or diffs[name] > atol:
-            raise ParityError(f"{what}: output '{name}' differs from PyTorch by max |d| = {diffs[name]:.3g} > atol {atol:g}: "
-                              "the folded weights do not match the model that was trained; re-export from the same artifact")
+            raise ParityError(
+                f"{what}: output '{name}' differs from PyTorch by max |d| = {diffs[name]:.3g} > atol {atol:g}: "
+                "the folded weights do not match the model that was trained; re-export from the same artifact"
+            )
     log.info("%s parity: %s (atol %g)", what, diffs, atol)
     return diffs

@@ -1,10 +1,12 @@
 """Latency percentiles and throughput of an ONNX Runtime session on fixed-shape inputs."""
+
 from __future__ import annotations
 
 import time
 
 import numpy as np
 
+from compress.manifest import Latency
 from compress.runtimes.session import run_logits
 
 
@@ -21,7 +23,7 @@ def sample(batch: int = 4, seq_len: int = 32, seed: int = 1) -> dict[str, np.nda
     return feeds
 
 
-def latency(sess, batch: int = 1, seq_len: int = 128, warmup: int = 5, runs: int = 50, max_seconds: float = 20.0) -> dict:
+def latency(sess, batch: int = 1, seq_len: int = 128, warmup: int = 5, runs: int = 50, max_seconds: float = 20.0) -> Latency:
     """Median / p90 latency in ms and throughput in sequences per second."""
     feed = inputs(batch, seq_len)
     for _ in range(warmup):
@@ -32,5 +34,11 @@ def latency(sess, batch: int = 1, seq_len: int = 128, warmup: int = 5, runs: int
         run_logits(sess, feed)
         times.append(time.perf_counter() - t0)
     t = np.array(times) * 1e3
-    return {"batch": batch, "seq_len": seq_len, "runs": len(t), "median_ms": float(np.median(t)),
-            "p90_ms": float(np.percentile(t, 90)), "throughput_seq_s": float(batch * 1e3 / np.median(t))}
+    return Latency(
+        batch=batch,
+        seq_len=seq_len,
+        runs=len(t),
+        median_ms=float(np.median(t)),
+        p90_ms=float(np.percentile(t, 90)),
+        throughput_seq_s=float(batch * 1e3 / np.median(t)),
+    )

@@ -1,4 +1,5 @@
 """The task metric through ONNX Runtime: tokenize with tokenizer.json, batch, run, score."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -19,8 +20,11 @@ def load_tokenizer(path: str | Path, max_length: int):
 
 def encode(tok, text_a: list[str], text_b: list[str] | None) -> dict[str, list[list[int]]]:
     encs = tok.encode_batch(list(zip(text_a, text_b)) if text_b is not None else list(text_a))
-    return {"input_ids": [e.ids for e in encs], "attention_mask": [e.attention_mask for e in encs],
-            "token_type_ids": [e.type_ids for e in encs]}
+    return {
+        "input_ids": [e.ids for e in encs],
+        "attention_mask": [e.attention_mask for e in encs],
+        "token_type_ids": [e.type_ids for e in encs],
+    }
 
 
 def pad(enc: dict[str, list[list[int]]], rows, pad_id: int = 0) -> dict[str, np.ndarray]:
@@ -45,8 +49,9 @@ def logits(sess, enc, batch_size: int = 32, pad_id: int = 0) -> np.ndarray:
     return np.concatenate([run_logits(sess, f) for f in batches(enc, batch_size, pad_id)])
 
 
-def texts_logits(sess, tokenizer_json: str | Path, max_length: int, text_a: list[str], text_b: list[str] | None,
-                 pad_id: int = 0, batch_size: int = 32) -> np.ndarray:
+def texts_logits(
+    sess, tokenizer_json: str | Path, max_length: int, text_a: list[str], text_b: list[str] | None, pad_id: int = 0, batch_size: int = 32
+) -> np.ndarray:
     """Tokenize with an artifact's tokenizer.json and run the texts through the session."""
     tok = load_tokenizer(tokenizer_json, max_length)
     return logits(sess, encode(tok, text_a, text_b), batch_size, pad_id)

@@ -1,16 +1,17 @@
 """Execution providers: cpu / cuda / tensorrt, their availability and why one is skipped."""
+
 from __future__ import annotations
 
 from dataclasses import dataclass
 
 import onnxruntime as ort
 
-from compress.errors import ConfigError
+from compress.errors import CompressError, ConfigError
 
 ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
 
 
-class ProviderUnavailableError(RuntimeError):
+class ProviderUnavailableError(CompressError, RuntimeError):
     """The execution provider is not in this onnxruntime build or has no device."""
 
 
@@ -37,8 +38,12 @@ def get(name: str) -> Provider:
     if ORT_NAMES[name] in have:
         return Provider(name, True)
     pkg = "onnxruntime-gpu" if name in ("cuda", "tensorrt") else "onnxruntime"
-    return Provider(name, False, f"{ORT_NAMES[name]} is not in this onnxruntime build ({ort.__version__}, has {have}): "
-                                 f"install {pkg} on a machine with an NVIDIA GPU")
+    return Provider(
+        name,
+        False,
+        f"{ORT_NAMES[name]} is not in this onnxruntime build ({ort.__version__}, has {have}): "
+        f"install {pkg} on a machine with an NVIDIA GPU",
+    )
 
 
 def require(name: str) -> Provider:

@@ -1,4 +1,5 @@
 """Open an ONNX Runtime session for a graph on a provider."""
+
 from __future__ import annotations
 
 import ctypes
@@ -8,17 +9,23 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
+from compress.errors import CompressError
 from compress.runtimes.providers import Provider, require
 
 log = logging.getLogger(__name__)
 
 
-class GraphLoadError(RuntimeError):
+class GraphLoadError(CompressError, RuntimeError):
     """A graph file that ONNX Runtime cannot load (not ONNX, truncated, unknown operators)."""
 
 
-def open_session(model: str | Path | bytes, provider: Provider | str = "cpu", threads: int | None = None,
-                 optimized_path: str | Path | None = None, sparse: bool = False) -> ort.InferenceSession:
+def open_session(
+    model: str | Path | bytes,
+    provider: Provider | str = "cpu",
+    threads: int | None = None,
+    optimized_path: str | Path | None = None,
+    sparse: bool = False,
+) -> ort.InferenceSession:
     """All graph optimizations on (constant folding unpacks the low-bit weights at load).
 
     optimized_path: also write the graph ONNX Runtime actually runs (to check which kernels fire).
@@ -37,11 +44,13 @@ def open_session(model: str | Path | bytes, provider: Provider | str = "cpu", th
     src = model if isinstance(model, bytes) else str(model)
     try:
         sess = ort.InferenceSession(src, so, providers=p.session_providers(sparse))
-    except Exception as e:  # noqa: BLE001 - ONNX Runtime's load errors have no common base class
+    except Exception as e:
         if isinstance(model, bytes):
             raise  # a graph built in memory that does not load is a bug
-        raise GraphLoadError(f"{model} is not a graph ONNX Runtime can load ({type(e).__name__}: {str(e).splitlines()[0][:160]}): "
-                             "rebuild it with `compress export DIR`") from None
+        raise GraphLoadError(
+            f"{model} is not a graph ONNX Runtime can load ({type(e).__name__}: {str(e).splitlines()[0][:160]}): "
+            "rebuild it with `compress export DIR`"
+        ) from None
     release_freed_memory()
     return sess
 

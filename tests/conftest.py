@@ -1,13 +1,38 @@
-"""Shared fixtures: a tiny randomly initialised BERT (with the real MiniLM tokenizer) and GLUE data."""
+"""Shared fixtures (a tiny randomly initialised BERT with the real MiniLM tokenizer, GLUE data, the apps' own environments)
+and the two tiers:
+
+    python -m pytest          the fast tier: unit tests on the tiny BERT (tests/unit), without the ones marked slow
+    python -m pytest --full   everything: also the slow unit tests and tests/integration (the real MiniLM, the accuracy
+                              gate, the apps in their own environments, fault injection, the reader-only install)
+"""
+
 from __future__ import annotations
 
 import os
+import sys
 from pathlib import Path
 
 import pytest
 import torch
+from environments import environment
 
-SHARED_GLUE = Path(__file__).resolve().parents[2] / "shared" / "data" / "glue"
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_GLUE = ROOT.parent / "shared" / "data" / "glue"
+
+
+def pytest_addoption(parser):
+    parser.addoption("--full", action="store_true", help="run every test: the slow unit tests and tests/integration too")
+
+
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        if "integration" in item.path.parts:
+            item.add_marker(pytest.mark.integration)
+    if config.getoption("--full"):
+        return
+    fast = [i for i in items if not (i.get_closest_marker("integration") or i.get_closest_marker("slow"))]
+    config.hook.pytest_deselected(items=[i for i in items if i not in fast])
+    items[:] = fast
 
 
 @pytest.fixture(scope="session")
@@ -27,8 +52,9 @@ def tiny_model_dir(tmp_path_factory) -> Path:
 
     d = tmp_path_factory.mktemp("tiny-bert")
     torch.manual_seed(0)
-    cfg = BertConfig(vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128,
-                     max_position_embeddings=128)
+    cfg = BertConfig(
+        vocab_size=30522, hidden_size=64, num_hidden_layers=2, num_attention_heads=4, intermediate_size=128, max_position_embeddings=128
+    )
     BertModel(cfg).save_pretrained(d)
     AutoTokenizer.from_pretrained(embedded_dir()).save_pretrained(d)
     return d
@@ -48,7 +74,24 @@ def mini_glue(tmp_path) -> Path:
     d = tmp_path / "glue" / "MRPC"
     d.mkdir(parents=True)
     header = "\ufeffQuality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
-    rows = [f"{i % 2}\t{i}\t{i + 100}\tHe said \" the witness \" was {i} .\tThe \"witness\" number {i} spoke ." for i in range(24)]
+    rows = [f'{i % 2}\t{i}\t{i + 100}\tHe said " the witness " was {i} .\tThe "witness" number {i} spoke .' for i in range(24)]
     (d / "train.tsv").write_text(header + "\n".join(rows) + "\n", encoding="utf-8")
     (d / "dev.tsv").write_text(header + "\n".join(rows[:12]), encoding="utf-8")
     return d.parent
+
+
+@pytest.fixture(scope="session")
+def apps_python() -> Path:
+    """An app's environment with Optimum (which holds transformers below 4.58): no compress, no test tools."""
+    return environment("apps", "optimum-onnx[onnxruntime]>=0.1")
+
+
+@pytest.fixture(scope="session")
+def reader_python() -> Path:
+    """The reader-only install of this package (`pip install compress-encoders`): onnxruntime, tokenizers, numpy, click."""
+    return environment("reader", "-e", str(ROOT))
+
+
+def pytest_report_header(config):
+    tier = "full (--full)" if config.getoption("--full") else "fast (unit tests; --full runs everything)"
+    return f"compress tests: {tier}; python {sys.version.split()[0]}, torch {torch.__version__}"

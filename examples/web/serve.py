@@ -4,6 +4,7 @@ Any static file server does (copy or link the artifact to examples/web/model/); 
 ARTIFACT_DIR and sends the cross-origin isolation headers that let ONNX Runtime's WASM backend use threads.
 `npm ci` in examples/web first (the page loads Transformers.js and ONNX Runtime's WASM files from node_modules).
 """
+
 from __future__ import annotations
 
 import argparse

@@ -1,6 +1,7 @@
 """The accuracy gate of this project's CI: the example workflow's own commands on the real MiniLM and
 the full MRPC training set, checked against the committed baseline. A change that costs accuracy
 fails the test suite (and so CI). Takes ~5 minutes on 2 cores."""
+
 import shlex
 from pathlib import Path
 

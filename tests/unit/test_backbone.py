@@ -1,13 +1,15 @@
 """A task-independent backbone (`compress quantize`) and tasks trained on its exact codes (`compress run --backbone`)."""
-import json
+
+import dataclasses
 import shutil
 
 import numpy as np
 import pytest
 import torch
-
-from compress import backbone, calibration, manifest as mf, masking, models, quantize
 from clirunner import error_line, invoke
+
+from compress import backbone, calibration, masking, models, quantize
+from compress import manifest as mf
 
 
 @pytest.fixture(scope="module")
@@ -34,8 +36,7 @@ def test_backbone_holds_the_same_weights_as_quantizing_in_place(rtn_backbone, ti
         if not n.startswith("classifier"):
             assert torch.equal(a, b), n
     # every encoder tensor is in the file: codes + scales for the quantized ones, float32 for the rest (biases, LayerNorms, ...)
-    sizes = m.sizes
-    assert sizes["codes"] == sum(np.prod(layer.shape) // 2 for layer in m.layers if not layer.embedding) and sizes["floats"] > 0
+    assert m.sizes.codes == sum(np.prod(layer.shape) // 2 for layer in m.layers if not layer.embedding) and m.sizes.floats > 0
 
 
 def test_gptq_backbone_calibrates_on_the_shipped_general_text(tiny_model_dir, tmp_path):
@@ -54,17 +55,29 @@ def test_gptq_backbone_calibrates_on_the_shipped_general_text(tiny_model_dir, tm
 
 def test_run_on_a_backbone_learns_the_mask_on_its_codes(rtn_backbone, mini_glue, tmp_path):
     out = tmp_path / "task"
-    r = invoke("run", "--backbone", rtn_backbone, "--task", "mrpc", "--data-dir", mini_glue, "--epochs", "1", "--batch-size", "8",
-               "--no-bench", "--out", out)
+    r = invoke(
+        "run",
+        "--backbone",
+        rtn_backbone,
+        "--task",
+        "mrpc",
+        "--data-dir",
+        mini_glue,
+        *"--epochs 1 --batch-size 8 --no-bench".split(),
+        "--out",
+        out,
+    )
     assert r.exit_code == 0, r.output
     m = mf.read(out, mf.ArtifactManifest)
     bbm = mf.read(rtn_backbone, mf.BackboneManifest)
     assert m.backbone.sha256 == bbm.weights_sha256 and m.backbone.path == str(rtn_backbone.resolve())
     assert m.config.quant == bbm.quant and "backbone" in r.output
     # the graph's weights are the backbone's codes under the learned mask, nothing re-quantized
-    from compress.pipeline import config_from_manifest, prepare, restore
+    from compress.build import prepare
+    from compress.restore import config_from_manifest, restore
 
-    model, _, qweights, _ = restore(out, m, config_from_manifest(m))
+    r = restore(out, m, config_from_manifest(m))
+    model, qweights = r.model, r.qweights
     stored = backbone.load(rtn_backbone).qweights()
     masks = {k: v.numpy() for k, v in masking.masks(model).items()}
     for name, qw in prepare(model, qweights)[0].items():
@@ -74,17 +87,29 @@ def test_run_on_a_backbone_learns_the_mask_on_its_codes(rtn_backbone, mini_glue,
     # the backbone moved: a clear error, then --backbone says where it is now
     moved = tmp_path / "moved"
     shutil.copytree(rtn_backbone, moved)
-    m_dict = json.loads((out / "manifest.json").read_text())
-    m_dict["backbone"]["path"] = str(tmp_path / "gone")
-    (out / "manifest.json").write_text(json.dumps(m_dict))
+    m = mf.read(out, mf.ArtifactManifest)
+    mf.write(out, dataclasses.replace(m, backbone=dataclasses.replace(m.backbone, path=str(tmp_path / "gone"))))
     gone = invoke("export", out)
     assert gone.exit_code != 0 and "pass --backbone DIR" in error_line(gone)
     assert invoke("export", out, "--backbone", moved).exit_code == 0
-    assert json.loads((out / "manifest.json").read_text())["backbone"]["path"] == str(moved.resolve())
+    assert mf.read(out, mf.ArtifactManifest).backbone.path == str(moved.resolve())
 
 
 def test_backbone_options_conflict_and_other_weights_are_refused(rtn_backbone, tiny_model_dir, mini_glue, tmp_path):
-    args = ["run", "--backbone", rtn_backbone, "--task", "mrpc", "--data-dir", mini_glue, "--epochs", "1", "--no-bench", "--out", tmp_path / "o"]
+    args = [
+        "run",
+        "--backbone",
+        rtn_backbone,
+        "--task",
+        "mrpc",
+        "--data-dir",
+        mini_glue,
+        "--epochs",
+        "1",
+        "--no-bench",
+        "--out",
+        tmp_path / "o",
+    ]
     for extra in (["--bits", "2"], ["--mode", "weights"], ["--model", "minilm"]):
         r = invoke(*args, *extra)
         assert r.exit_code != 0 and "cannot be combined with --backbone" in r.output and not (tmp_path / "o").exists()
@@ -94,5 +119,7 @@ def test_backbone_options_conflict_and_other_weights_are_refused(rtn_backbone, t
         backbone.load(other, expect_sha256=mf.read(rtn_backbone, mf.BackboneManifest).weights_sha256)
     weights = other / "weights.safetensors"
     weights.write_bytes(weights.read_bytes()[:-4] + b"\0\0\0\0")
-    r = invoke("run", "--backbone", other, "--task", "mrpc", "--data-dir", mini_glue, "--epochs", "1", "--no-bench", "--out", tmp_path / "t")
+    r = invoke(
+        "run", "--backbone", other, "--task", "mrpc", "--data-dir", mini_glue, "--epochs", "1", "--no-bench", "--out", tmp_path / "t"
+    )
     assert r.exit_code != 0 and "weights.safetensors does not match its SHA-256" in error_line(r)

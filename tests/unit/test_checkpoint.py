@@ -1,5 +1,7 @@
 """compress.checkpoint + train.fit: a stopped run continues to the same mask; other settings are refused."""
+
 import copy
+import dataclasses
 import os
 import signal
 
@@ -7,7 +9,9 @@ import pytest
 import torch
 
 from compress import checkpoint, masking, tasks, train
-from compress.checkpoint import CheckpointConfig, CheckpointError, Checkpointer, Interrupted
+from compress.checkpoint import Checkpointer, CheckpointError, CheckpointSettings, Interrupted, TrainData
+from compress.configs import CheckpointConfig, MaskConfig, QuantConfig, TrainConfig
+from compress.errors import ConfigError
 
 
 @pytest.fixture()
@@ -16,7 +20,7 @@ def mrpc(mini_glue):
     return task, tasks.load_task(task, mini_glue)
 
 
-SETTINGS = {"train": {"mask_lr": 0.002, "seed": 0}, "model": "tiny"}
+SETTINGS = CheckpointSettings("tiny", "mrpc", None, QuantConfig(), MaskConfig(), TrainConfig(), None, None, TrainData(24, "0" * 64), 1)
 
 
 class StopAt(Checkpointer):
@@ -43,16 +47,16 @@ def _model(tiny_classifier, mode, mask_cfg):
     return clf
 
 
-def _fit(tiny_classifier, mrpc, ckpt=None, mode="structure", mask_cfg=masking.MaskConfig(ffn_keep=0.5)):
+def _fit(tiny_classifier, mrpc, ckpt=None, mode="structure", mask_cfg=MaskConfig(ffn_keep=0.5)):
     clf = _model(tiny_classifier, mode, mask_cfg)
     task, splits = mrpc
-    cfg = train.TrainConfig(mode=mode, epochs=3, batch_size=8, max_length=32, head_warmup_steps=2)  # 3 steps per epoch
+    cfg = TrainConfig(mode=mode, epochs=3, batch_size=8, max_length=32, head_warmup_steps=2)  # 3 steps per epoch
     return clf, train.fit(clf, task, splits["train"], splits["dev"], tiny_classifier[1], cfg, checkpoint=ckpt)
 
 
 def _fingerprint(clf, mode):
     if mode == "structure":
-        return masking.mask_sha256({k: v.numpy() for k, v in masking.masks(clf).items()}), clf.head_parameters()
+        return masking.model_mask_sha256(clf), clf.head_parameters()
     return None, clf.state_dict()
 
 
@@ -69,8 +73,8 @@ def test_stopped_and_resumed_equals_uninterrupted(tiny_classifier, mrpc, tmp_pat
     got_hash, got = _fingerprint(clf, mode)
     assert got_hash == want_hash
     assert all(torch.equal(got[k], want[k]) for k in want)
-    assert [h["loss"] for h in res.history] == [h["loss"] for h in ref.history] and res.best_epoch == ref.best_epoch
-    assert (tmp_path / "w" / checkpoint.FILE).is_file()  # kept until the artifact is published (the pipeline removes it)
+    assert [h.loss for h in res.history] == [h.loss for h in ref.history] and res.best_epoch == ref.best_epoch
+    assert (tmp_path / "w" / checkpoint.FILE).is_file()  # kept until the artifact is published (compress.run removes it)
 
 
 def test_a_real_signal_saves_then_stops(tiny_classifier, mrpc, tmp_path):
@@ -85,14 +89,14 @@ def test_after_training_a_rerun_does_not_train_again(tiny_classifier, mrpc, tmp_
     _fit(tiny_classifier, mrpc, Checkpointer(tmp_path / "w", SETTINGS, CheckpointConfig(every=0)))
     state = torch.load(tmp_path / "w" / checkpoint.FILE, weights_only=True)
     assert state["epoch"] == 4 and state["step"] == 9  # saved after the last epoch (an export that fails keeps the training)
-    clf, res = _fit(tiny_classifier, mrpc, Checkpointer(tmp_path / "w", SETTINGS))
+    _, res = _fit(tiny_classifier, mrpc, Checkpointer(tmp_path / "w", SETTINGS))
     assert len(res.history) == 3
 
 
 def test_other_settings_or_a_damaged_file_are_refused(tmp_path):
     (tmp_path / "w").mkdir()
-    torch.save({"version": checkpoint.VERSION, "settings": SETTINGS, "step": 1}, tmp_path / "w" / checkpoint.FILE)
-    other = {"train": {"mask_lr": 0.004, "seed": 0}, "model": "tiny"}
+    torch.save({"version": checkpoint.VERSION, "settings": dataclasses.asdict(SETTINGS), "step": 1}, tmp_path / "w" / checkpoint.FILE)
+    other = dataclasses.replace(SETTINGS, train=TrainConfig(mask_lr=0.004))
     with pytest.raises(CheckpointError, match=r"train\.mask_lr: checkpoint 0\.002, this run 0\.004.*--restart"):
         Checkpointer(tmp_path / "w", other).restore()
     assert Checkpointer(tmp_path / "w", other, CheckpointConfig(resume="restart")).restore() is None
@@ -103,5 +107,40 @@ def test_other_settings_or_a_damaged_file_are_refused(tmp_path):
     (tmp_path / "w" / checkpoint.FILE).write_bytes(b"not a checkpoint")
     with pytest.raises(CheckpointError, match="cannot be read.*--restart"):
         Checkpointer(tmp_path / "w", SETTINGS).restore()
-    with pytest.raises(CheckpointError, match="every -1"):
+    with pytest.raises(ConfigError, match="every -1"):
         CheckpointConfig(every=-1)
+    (tmp_path / "w" / checkpoint.FILE).unlink()
+    torch.save(
+        {"version": checkpoint.VERSION, "settings": {"train": {"mask_lr": 0.002}, "model": "tiny"}, "step": 1},
+        tmp_path / "w" / checkpoint.FILE,
+    )  # settings of a shape this compress does not write
+    with pytest.raises(CheckpointError, match="records settings this compress does not know.*--restart"):
+        Checkpointer(tmp_path / "w", SETTINGS).restore()
+
+
+def test_a_checkpoint_holds_the_files_keys_and_reads_back_as_it_was(tiny_classifier, mrpc, tmp_path):
+    """The training state is one dataclass, written and read in one place; the file keeps the keys version 1 had."""
+    with pytest.raises(Interrupted):
+        _fit(tiny_classifier, mrpc, StopAt(tmp_path / "w", 4))
+    raw = torch.load(tmp_path / "w" / checkpoint.FILE, weights_only=True)
+    assert set(raw) == {
+        "version",
+        "settings",
+        "step",
+        "epoch",
+        "batch",
+        "order",
+        "losses",
+        "history",
+        "best_epoch",
+        "best_metric",
+        "best_state",
+        "seconds",
+        "trainable",
+        "optimizer",
+        "scheduler",
+        "rng",
+    }
+    state = Checkpointer(tmp_path / "w", SETTINGS).restore()
+    assert (state.progress.step, state.progress.epoch, state.progress.batch) == (4, 2, 1) and len(state.progress.history) == 1
+    assert state.to_file().keys() == raw.keys() - {"version", "settings"}

@@ -1,4 +1,5 @@
 """Export parity and graph validity at every bit width, on a tiny random BERT."""
+
 from collections import Counter
 
 import numpy as np
@@ -7,11 +8,13 @@ import pytest
 import torch
 
 from compress import backbone, masking, quantize
+from compress.build import prepare
 from compress.exporters import ort_format
 from compress.exporters.export import ExportConfig, export
 from compress.exporters.verify import GraphValidityError, ParityError, check_graph, compare
-from compress.pipeline import prepare
 from compress.runtimes.session import open_session, run_logits
+
+SLOW = pytest.mark.slow  # --full only
 
 
 def masked_quantized(clf, bits, group_size=None, symmetric=True):
@@ -32,8 +35,20 @@ def sample(batch=4, length=12):
     return {"input_ids": ids.numpy(), "attention_mask": mask.numpy(), "token_type_ids": np.zeros((batch, length), np.int64)}
 
 
-@pytest.mark.parametrize("bits,group,symmetric", [(8, None, True), (4, None, True), (4, 16, True), (4, None, False),
-                                                  (2, None, True), (2, 16, True), (2, None, False), (2, 32, False), (1, None, True)])
+@pytest.mark.parametrize(
+    "bits,group,symmetric",
+    [
+        (8, None, True),
+        (4, None, True),
+        pytest.param(4, 16, True, marks=SLOW),
+        pytest.param(4, None, False, marks=SLOW),
+        pytest.param(2, None, True, marks=SLOW),
+        (2, 16, True),
+        pytest.param(2, None, False, marks=SLOW),
+        pytest.param(2, 32, False, marks=SLOW),
+        (1, None, True),
+    ],
+)
 def test_export_parity_every_bit_width(tiny_classifier, tmp_path, bits, group, symmetric):
     clf, _ = tiny_classifier
     qts = masked_quantized(clf, bits, group, symmetric)
@@ -55,10 +70,10 @@ def test_export_parity_every_bit_width(tiny_classifier, tmp_path, bits, group, s
     zeros = sum(int((w.codes == 0).sum()) for w in linears.values())
     assert zeros >= sum(int((~m).sum()) for m in masking.masks(clf).values())
     storage = 2 if bits == 1 else bits
-    assert res.sizes["weights"] <= n * storage / 8 + embedding[1].codes.size * max(bits, 4) / 8 + 64 * len(linears)
+    assert res.sizes.weights <= n * storage / 8 + embedding[1].codes.size * max(bits, 4) / 8 + 64 * len(linears)
     # float16 scales, plus bit-packed zero points when asymmetric
     groups = sum(w.scale.size for w in linears.values())
-    assert res.sizes["scales"] <= groups * (2 + (0 if symmetric else bits / 8)) + embedding[1].scale.size * 2 + 64 * len(linears)
+    assert res.sizes.scales <= groups * (2 + (0 if symmetric else bits / 8)) + embedding[1].scale.size * 2 + 64 * len(linears)
 
 
 def test_ort_folds_unpacking_and_runs_integer_kernels(tiny_classifier, tmp_path):
@@ -116,8 +131,11 @@ def test_logits_do_not_depend_on_batch_or_padding(tiny_classifier, tmp_path, act
     rng = np.random.default_rng(0)
     batch, length = 6, 20
     lens = np.array([20, 7, 12, 20, 3, 15])
-    feeds = {"input_ids": rng.integers(1000, 3000, (batch, length)), "attention_mask": (np.arange(length) < lens[:, None]).astype(np.int64),
-             "token_type_ids": np.zeros((batch, length), np.int64)}
+    feeds = {
+        "input_ids": rng.integers(1000, 3000, (batch, length)),
+        "attention_mask": (np.arange(length) < lens[:, None]).astype(np.int64),
+        "token_type_ids": np.zeros((batch, length), np.int64),
+    }
     feeds["input_ids"] = feeds["input_ids"] * feeds["attention_mask"]
     export(clf, linears, embedding, tmp_path / "m.onnx", ExportConfig(activations=activations), sample())
     sess = open_session(tmp_path / "m.onnx")
@@ -133,14 +151,23 @@ def test_logits_do_not_depend_on_batch_or_padding(tiny_classifier, tmp_path, act
         assert worst > 1e-5  # the test can tell the difference (measured 6e-5: this tiny model's logits are ~0.1)
 
 
-@pytest.mark.parametrize("bits,group,symmetric", [(8, None, True), (4, None, True), (4, 16, False), (2, 16, False), (1, None, True)])
+@pytest.mark.parametrize(
+    "bits,group,symmetric",
+    [
+        pytest.param(8, None, True, marks=SLOW),
+        (4, None, True),
+        pytest.param(4, 16, False, marks=SLOW),
+        (2, 16, False),
+        pytest.param(1, None, True, marks=SLOW),
+    ],
+)
 def test_matmul_nbits_kernel(tiny_classifier, tmp_path, monkeypatch, bits, group, symmetric):
     """MatMulNBits and GatherBlockQuantized read the same packed codes; int8 activations (accuracy_level 4) bound the error;
     nothing unpacks a weight, so ONNX Runtime's .ort converter keeps them at their bit width. The position table (128 x 64
     here; MiniLM's is 512 x 384) goes 8-bit per row."""
-    from compress.exporters import weights
+    from compress.exporters import kernels
 
-    monkeypatch.setattr(weights, "TABLE_MIN_SIZE", 128 * 64)
+    monkeypatch.setattr(kernels, "TABLE_MIN_SIZE", 128 * 64)
     clf, _ = tiny_classifier
     linears, embedding = prepare(clf, masked_quantized(clf, bits, group, symmetric))
     res = export(clf, linears, embedding, tmp_path / "model.onnx", ExportConfig(kernel="nbits"), sample())
@@ -206,7 +233,9 @@ def test_smoothing_evens_out_activation_outliers(tiny_classifier, tmp_path):
     calib = calibration.batches({k: v.astype(np.int32) for k, v in feeds.items()})
     err = {}
     for alpha in (None, 0.75):
-        res = export(clf, linears, embedding, tmp_path / f"{alpha}.onnx", ExportConfig(smooth_alpha=alpha, activations="tensor"), feeds, calib)
+        res = export(
+            clf, linears, embedding, tmp_path / f"{alpha}.onnx", ExportConfig(smooth_alpha=alpha, activations="tensor"), feeds, calib
+        )
         assert res.parity_max_abs_diff < 1e-4  # the exact graph is not smoothed
         err[alpha] = res.deployed_max_abs_diff
     assert err[0.75] < 0.6 * err[None], err
@@ -235,9 +264,9 @@ def test_attention_output_smoothing_folds_into_v(tiny_classifier, tmp_path, monk
     linears, embedding = prepare(clf, masked_quantized(clf, 4))
     feeds = sample(batch=8, length=24)
     calib = calibration.batches({k: v.astype(np.int32) for k, v in feeds.items()})
-    folded = export(clf, linears, embedding, tmp_path / "f.onnx", ExportConfig(activations=activations), feeds, calib)
+    export(clf, linears, embedding, tmp_path / "f.onnx", ExportConfig(activations=activations), feeds, calib)
     monkeypatch.setattr(masking, "attention_of", lambda name: None)  # the exporter no longer knows which V feeds which output
-    plain = export(clf, linears, embedding, tmp_path / "p.onnx", ExportConfig(activations=activations), feeds, calib)
+    export(clf, linears, embedding, tmp_path / "p.onnx", ExportConfig(activations=activations), feeds, calib)
     layers = clf.encoder.config.num_hidden_layers
 
     def smoothing_muls(path):  # activations (what depends on the graph's inputs) times 1 / s

@@ -5,24 +5,30 @@
   replaced (wrong types, NaN); through `compress bench`/`compress check` too: exit 1 with one Error line.
 - `compress check`'s report reader: random JSON, sweep/bench/pack-shaped files with random insides, NaN metrics (which
   never pass a check).
+
+How many inputs each reader got, and of which kind: `python -m pytest tests/unit/test_fuzz.py --hypothesis-show-statistics`.
 """
+
 import copy
 import json
 import math
 import shutil
 
 import pytest
-from hypothesis import HealthCheck, example, given, settings, strategies as st
+from clirunner import invoke, small_mrpc
+from hypothesis import HealthCheck, event, example, given, settings
+from hypothesis import strategies as st
 
-from clirunner import invoke
-from compress import check, manifest as mf, tasks
-from compress.artifact import ArtifactError
+from compress import check, tasks
+from compress import manifest as mf
+from compress.errors import ArtifactError
 
 FUZZ = settings(max_examples=150, deadline=None, suppress_health_check=list(HealthCheck))
-json_values = st.recursive(st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
-                           lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
-                           max_leaves=12)
-TRIED = {"tsv": 0, "manifest": 0, "report": 0}
+json_values = st.recursive(
+    st.none() | st.booleans() | st.integers() | st.floats() | st.text(max_size=20),
+    lambda children: st.lists(children, max_size=4) | st.dictionaries(st.text(max_size=8), children, max_size=4),
+    max_leaves=12,
+)
 
 
 def _one_line(e: Exception) -> str:
@@ -37,14 +43,15 @@ rows = st.lists(st.lists(cells | st.sampled_from(["0", "1", "2.5", "nan", "inf",
 
 
 @FUZZ
-@given(task=st.sampled_from(["mrpc", "sst2", "cola", "stsb", "wnli"]), data=st.binary(max_size=400) | rows.map(
-    lambda rs: "\n".join("\t".join(r) for r in rs).encode()))
+@given(
+    task=st.sampled_from(["mrpc", "sst2", "cola", "stsb", "wnli"]),
+    data=st.binary(max_size=400) | rows.map(lambda rs: "\n".join("\t".join(r) for r in rs).encode()),
+)
 @example(task="sst2", data=b"sentence\tlabel\n" + b"x" * 1_000_000 + b"\t1\n")  # a huge field
 @example(task="stsb", data="h\n" + "\t".join(["a"] * 7) + "\tnan\n")  # a NaN score
 @example(task="mrpc", data=b"\xff\xfe\x00h\x00i")  # UTF-16
 @example(task="cola", data=b"")
 def test_glue_reader(tmp_path_factory, task, data):
-    TRIED["tsv"] += 1
     t = tasks.get_task(task)
     path = tmp_path_factory.mktemp("tsv") / "train.tsv"
     path.write_bytes(data if isinstance(data, bytes) else data.encode())
@@ -65,14 +72,9 @@ def test_glue_reader(tmp_path_factory, task, data):
 @pytest.fixture(scope="module")
 def artifact_dir(tiny_model_dir, tmp_path_factory):
     d = tmp_path_factory.mktemp("fuzz")
-    glue = d / "glue" / "MRPC"
-    glue.mkdir(parents=True)
-    rows = "".join(f"{i % 2}\t{i}\t{i}\tsentence {i} .\tanother {i} .\n" for i in range(16))
-    for split in ("train", "dev"):
-        (glue / f"{split}.tsv").write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + rows)
+    glue = small_mrpc(d)
     out = d / "art"
-    r = invoke("run", "--model", tiny_model_dir, "--data-dir", glue.parent, "--epochs", "1", "--batch-size", "8", "--no-bench",
-               "--out", out)
+    r = invoke("run", "--model", tiny_model_dir, "--data-dir", glue, "--epochs", "1", "--batch-size", "8", "--no-bench", "--out", out)
     assert r.exit_code == 0, r.output
     return out
 
@@ -104,10 +106,10 @@ def _mutate(doc: dict, path: tuple, value, delete: bool) -> dict:
 @FUZZ
 @given(data=st.data())
 def test_manifest_loader(artifact_dir, tmp_path_factory, data):
-    TRIED["manifest"] += 1
     original = json.loads((artifact_dir / mf.FILE).read_text())
     kind = data.draw(st.sampled_from(["artifact", "pack", "backbone"]))
     how = data.draw(st.sampled_from(["bytes", "json", "mutate", "mutate", "mutate"]))
+    event(f"{kind} manifest: {how}")
     if how == "bytes":
         text = data.draw(st.binary(max_size=300))
     elif how == "json":
@@ -135,10 +137,14 @@ def test_manifest_loader(artifact_dir, tmp_path_factory, data):
 def test_manifest_fuzz_through_the_cli(artifact_dir, tmp_path):
     """A few altered manifests through the commands that read them: exit 1, one Error line, nothing written."""
     original = json.loads((artifact_dir / mf.FILE).read_text())
-    docs = [b"\x00\xff garbage", b"[]", json.dumps({**original, "files": []}).encode(),
-            json.dumps({**original, "metrics": {"torch": {"f1": float("nan")}, "onnx": "x"}}).encode(),
-            json.dumps({**original, "config": {"quant": {"bits": "four"}}}).encode(),
-            json.dumps({**original, "schema_version": 99}).encode()]
+    docs = [
+        b"\x00\xff garbage",
+        b"[]",
+        json.dumps({**original, "files": []}).encode(),
+        json.dumps({**original, "metrics": {"torch": {"f1": float("nan")}, "onnx": "x"}}).encode(),
+        json.dumps({**original, "config": {"quant": {"bits": "four"}}}).encode(),
+        json.dumps({**original, "schema_version": 99}).encode(),
+    ]
     for i, text in enumerate(docs):
         d = shutil.copytree(artifact_dir, tmp_path / f"a{i}")
         (d / mf.FILE).write_bytes(text)
@@ -151,19 +157,28 @@ def test_manifest_fuzz_through_the_cli(artifact_dir, tmp_path):
 # ---------------------------------------------------------------- check's report reader
 shaped = st.one_of(
     st.fixed_dictionaries({"kind": st.just("sweep"), "summary": json_values}),
-    st.fixed_dictionaries({"kind": st.just("sweep"), "summary": st.lists(st.fixed_dictionaries(
-        {"mode": json_values, "bits": json_values, "metrics": st.dictionaries(st.text(max_size=5), json_values, max_size=3)}), max_size=3)}),
+    st.fixed_dictionaries(
+        {
+            "kind": st.just("sweep"),
+            "summary": st.lists(
+                st.fixed_dictionaries(
+                    {"mode": json_values, "bits": json_values, "metrics": st.dictionaries(st.text(max_size=5), json_values, max_size=3)}
+                ),
+                max_size=3,
+            ),
+        }
+    ),
     st.fixed_dictionaries({"kind": st.just("pack"), "tasks": json_values}),
     st.fixed_dictionaries({"kind": st.just("bench"), "tasks": st.dictionaries(st.text(max_size=5), json_values, max_size=3)}),
     st.fixed_dictionaries({"metrics": st.dictionaries(st.text(max_size=6), st.floats() | json_values, max_size=4)}),
     st.fixed_dictionaries({"metrics": st.fixed_dictionaries({"onnx": json_values, "torch": json_values})}),
-    json_values)
+    json_values,
+)
 
 
 @FUZZ
 @given(report=shaped, raw=st.none() | st.binary(max_size=200))
 def test_check_report_reader(tmp_path_factory, report, raw):
-    TRIED["report"] += 1
     path = tmp_path_factory.mktemp("r") / "report.json"
     path.write_bytes(raw if raw is not None else json.dumps(report).encode())
     try:
@@ -184,8 +199,3 @@ def test_nan_metric_fails_the_check_from_the_cli(tmp_path):
     (tmp_path / "nan.json").write_text('{"metrics": {"f1": NaN}}')
     r = invoke("check", tmp_path / "nan.json", "--baseline", tmp_path / "base.json")
     assert r.exit_code == 1 and "REGRESSED" in r.output
-
-
-def test_report_counts():
-    """Printed with -s: how many generated inputs each reader got in this run."""
-    print(f"fuzzed inputs: {TRIED}")

@@ -1,4 +1,5 @@
 """GPTQ: same integer format as round-to-nearest, smaller output error on the calibration inputs."""
+
 import numpy as np
 import pytest
 import torch
@@ -24,7 +25,7 @@ def test_gptq_beats_round_to_nearest_on_correlated_inputs(bits, group, symmetric
     assert (qt.zero is None) == (rtn.zero is None)
     if qt.zero is not None:  # codes + zero points stay in [0, 2^bits)
         stored = qt.codes.reshape(32, -1, group).astype(np.int16) + qt.zero[..., None]
-        assert int(stored.min()) >= 0 and int(stored.max()) <= 2 ** bits - 1
+        assert int(stored.min()) >= 0 and int(stored.max()) <= 2**bits - 1
     # GPTQ / RTN output error, measured on this data: 4 bits 0.3-0.6, 1 bit 0.82 (the sign grid leaves little to trade)
     assert output_error(w, qt.dequantize(), x) < (0.9 if bits == 1 else 0.7) * output_error(w, rtn.dequantize(), x)
 
@@ -52,7 +53,7 @@ def _column_by_column(w, hessian, bits, group_size, symmetric):
     q = torch.zeros(rows, cols, dtype=torch.float64)
     for i in range(cols):
         if i % g == 0:
-            _, scale, zero = quantize._quantize_groups(W[:, i:i + g].float()[:, None, :], bits, True, symmetric)
+            _, scale, zero = quantize._quantize_groups(W[:, i : i + g].float()[:, None, :], bits, True, symmetric)
             scale, zero = scale[:, 0], None if zero is None else zero[:, 0]
         q[:, i] = gptq._round_column(W[:, i], scale, zero, bits)
         err = (W[:, i] - q[:, i] * scale.double()) / U[i, i]
@@ -64,7 +65,7 @@ def _column_by_column(w, hessian, bits, group_size, symmetric):
 def test_lazy_batches_give_the_column_by_column_codes(bits, group, symmetric, cols):
     """Blocks of 128 columns (whole groups per block) change only the float64 summation order, not the codes."""
     torch.manual_seed(1)
-    x = torch.randn(1024, cols) @ torch.randn(cols, cols) / cols ** 0.5
+    x = torch.randn(1024, cols) @ torch.randn(cols, cols) / cols**0.5
     w = torch.randn(48, cols) * 0.05
     h = (x.T @ x).double()
     got = gptq.gptq_tensor(w, h, bits, group, symmetric=symmetric)

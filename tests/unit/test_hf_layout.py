@@ -1,12 +1,15 @@
-"""The Hugging Face layout of an artifact: config.json, tokenizer limits, onnx/model.onnx; Optimum and pipeline() load it as-is."""
+"""The Hugging Face layout of an artifact: config.json, tokenizer limits, onnx/model.onnx (Optimum and pipeline() load it as-is:
+tests/integration/test_apps.py, in an app's own environment)."""
+
 import json
 
 import numpy as np
 import pytest
+from clirunner import invoke
 from transformers import AutoConfig, BertConfig
 
-from clirunner import invoke
 from compress import hf_layout, tasks
+from compress import manifest as mf
 
 
 @pytest.fixture(scope="module")
@@ -14,12 +17,31 @@ def tiny_artifact(tiny_model_dir, tmp_path_factory):
     glue = tmp_path_factory.mktemp("glue") / "MRPC"
     glue.mkdir()
     header = "Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n"
-    rows = [f"{i % 2}\t{i}\t{i + 100}\tThe witness number {i} said it rained .\tWitness {i * 7} spoke about rain on day {i} ." for i in range(40)]
+    rows = [
+        f"{i % 2}\t{i}\t{i + 100}\tThe witness number {i} said it rained .\tWitness {i * 7} spoke about rain on day {i} ."
+        for i in range(40)
+    ]
     (glue / "train.tsv").write_text(header + "\n".join(rows[:24]) + "\n")
     (glue / "dev.tsv").write_text(header + "\n".join(rows[24:]) + "\n")
     out = tmp_path_factory.mktemp("art") / "mrpc"
-    r = invoke("run", "--model", tiny_model_dir, "--task", "mrpc", "--data-dir", glue.parent, "--epochs", "1", "--batch-size", "8",
-               "--bits", "4", "--no-bench", "--out", out)
+    r = invoke(
+        "run",
+        "--model",
+        tiny_model_dir,
+        "--task",
+        "mrpc",
+        "--data-dir",
+        glue.parent,
+        "--epochs",
+        "1",
+        "--batch-size",
+        "8",
+        "--bits",
+        "4",
+        "--no-bench",
+        "--out",
+        out,
+    )
     assert r.exit_code == 0, r.output
     return out, tasks.load_task(tasks.get_task("mrpc"), glue.parent)["dev"]
 
@@ -38,37 +60,18 @@ def test_config_names_the_labels_and_the_problem():
 
 def test_artifact_has_the_layout_loaders_expect(tiny_artifact):
     out, _ = tiny_artifact
-    m = json.loads((out / "manifest.json").read_text())
-    assert {"onnx/model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json"} <= set(m["files"])
+    m = mf.read(out, mf.ArtifactManifest)
+    assert {"onnx/model.onnx", "config.json", "tokenizer.json", "tokenizer_config.json"} <= set(m.files)
     assert not (out / "model.onnx").exists()  # one copy of the weights
     assert json.loads((out / "tokenizer_config.json").read_text())["model_max_length"] == 128  # where compress truncates
     assert json.loads((out / "config.json").read_text())["finetuning_task"] == "mrpc"
 
 
-def test_optimum_and_pipeline_predict_like_compress(tiny_artifact):
-    from optimum.onnxruntime import ORTModelForSequenceClassification
-    from transformers import AutoTokenizer, pipeline
-
-    from compress.artifact import graph_path
-    from compress.runtimes import evaluate
-    from compress.runtimes.session import open_session
-
-    out, dev = tiny_artifact
-    ref = evaluate.texts_logits(open_session(graph_path(out)), out / "tokenizer.json", 128, dev.text_a, dev.text_b)
-    model = ORTModelForSequenceClassification.from_pretrained(out)
-    tok = AutoTokenizer.from_pretrained(out)
-    got = model(**tok(dev.text_a, dev.text_b, padding=True, truncation=True, return_tensors="pt")).logits.numpy()
-    assert np.abs(got - ref).max() < 1e-5  # per-token activation scales: the batch and its padding do not matter
-    clf = pipeline("text-classification", model=model, tokenizer=tok)
-    preds = clf([{"text": a, "text_pair": b} for a, b in zip(dev.text_a, dev.text_b)])
-    assert [model.config.label2id[p["label"]] for p in preds] == ref.argmax(1).tolist()
-
-
 def test_tokenizer_inside_the_graph(tiny_artifact, tmp_path):
     import shutil
 
-    from compress.artifact import graph_path
     from compress.exporters import tokenizer_graph
+    from compress.files import graph_path
     from compress.runtimes import evaluate
     from compress.runtimes.session import open_session
 
@@ -76,8 +79,8 @@ def test_tokenizer_inside_the_graph(tiny_artifact, tmp_path):
     art = shutil.copytree(out, tmp_path / "art")
     r = invoke("export", art, "--with-tokenizer")
     assert r.exit_code == 0, r.output
-    m = json.loads((art / "manifest.json").read_text())
-    assert "onnx/model_with_tokenizer.onnx" in m["files"] and m["validation"]["with_tokenizer_max_abs_diff"] < 1e-4
+    m = mf.read(art, mf.ArtifactManifest)
+    assert "onnx/model_with_tokenizer.onnx" in m.files and m.validation.with_tokenizer_max_abs_diff < 1e-4
     sess = tokenizer_graph.ort_session(art / "onnx" / tokenizer_graph.FILE)
     assert [i.name for i in sess.get_inputs()] == ["text", "text_pair"]
     got = tokenizer_graph.logits(sess, dev.text_a, dev.text_b)

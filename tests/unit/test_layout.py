@@ -1,10 +1,12 @@
 """The package's shape: no import cycles between its modules, small modules, and the app-side readers stay light."""
+
 import ast
 import subprocess
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).parents[2]
+MAX_FUNCTION = 60
 PACKAGES = {"compress": ROOT / "compress", "compress.exporters": ROOT / "exporters", "compress.runtimes": ROOT / "runtimes"}
 
 
@@ -46,7 +48,19 @@ def test_modules_stay_small():
     assert not big, f"split these modules (one job each, <= ~500 lines): {big}"
 
 
+def test_functions_stay_short():
+    """Every function can be read at once (~60 lines, its docstring included)."""
+    long = {}
+    for m, p in modules().items():
+        for node in ast.walk(ast.parse(p.read_text())):
+            if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and (n := node.end_lineno - node.lineno + 1) > MAX_FUNCTION:
+                long[f"{m}.{node.name}"] = n
+    assert not long, f"split these functions (<= {MAX_FUNCTION} lines): {long}"
+
+
 def test_pack_reader_needs_neither_torch_nor_transformers():
-    code = "import sys, compress; compress.Pack; assert 'torch' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules)"
+    code = (
+        "import sys, compress; compress.Pack; assert 'torch' not in sys.modules and 'transformers' not in sys.modules, sorted(sys.modules)"
+    )
     r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert r.returncode == 0, r.stderr

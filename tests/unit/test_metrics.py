@@ -11,7 +11,7 @@ def test_metrics_per_task():
     assert m == pytest.approx({"accuracy": 0.75, "f1": 0.8})
     assert metrics.compute(tasks.get_task("cola"), logits, y)["mcc"] == pytest.approx(0.5773502)
     s = metrics.compute(tasks.get_task("stsb"), np.array([[1.0], [2.0], [3.0]]), [1.5, 2.5, 3.6])
-    assert s["pearson"] == pytest.approx(2.1 / (2 ** 0.5 * (2.2066667) ** 0.5), abs=1e-6) and s["spearman"] == pytest.approx(1.0)
+    assert s["pearson"] == pytest.approx(2.1 / (2**0.5 * (2.2066667) ** 0.5), abs=1e-6) and s["spearman"] == pytest.approx(1.0)
 
 
 def test_constant_regressor_scores_zero_not_nan():

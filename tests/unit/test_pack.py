@@ -1,4 +1,5 @@
 """Several tasks on one backbone: pack, refusal, parity with the standalone artifacts, materialize, the Pack API, tampering."""
+
 import json
 import subprocess
 import sys
@@ -7,13 +8,12 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-
-from compress import Pack, manifest as mf, masking
 from clirunner import error_line, invoke
-from compress.pack import PackConfig, PackError, logits_parity, pack
+
+from compress import Pack, maskcodec
+from compress import manifest as mf
+from compress.pack_writer import PackConfig, PackError, logits_parity, pack
 from compress.runtimes.bench import inputs
-
-
 
 
 @pytest.fixture(scope="module")
@@ -38,8 +38,11 @@ def trained(tiny_model_dir, glue2, tmp_path_factory):
     root = tmp_path_factory.mktemp("packing")
     assert invoke("quantize", "--model", tiny_model_dir, "--bits", "4", "--calibration-examples", "16", "--out", root / "bb").exit_code == 0
     common = ["--backbone", root / "bb", "--data-dir", glue2, "--batch-size", "8", "--no-bench", "--mask-lr", "0.05"]
-    for name, extra in {"mrpc": ["--task", "mrpc", "--epochs", "1"], "sst2": ["--task", "sst2", "--epochs", "1"],
-                        "mrpc-ffn": ["--task", "mrpc", "--epochs", "2", "--ffn-keep", "0.5"]}.items():
+    for name, extra in {
+        "mrpc": ["--task", "mrpc", "--epochs", "1"],
+        "sst2": ["--task", "sst2", "--epochs", "1"],
+        "mrpc-ffn": ["--task", "mrpc", "--epochs", "2", "--ffn-keep", "0.5"],
+    }.items():
         r = invoke("run", *common, *extra, "--out", root / name)
         assert r.exit_code == 0, r.output
     return root
@@ -57,7 +60,16 @@ def test_pack_holds_the_backbone_once_and_a_small_graph_per_task(trained, packed
     pm = mf.read(packed, mf.PackManifest)
     assert pm.command == f"compress pack {packed} {trained / 'mrpc'} {trained / 'sst2'}"  # the command as typed, every artifact named
     files = {p.name for p in packed.iterdir()}
-    assert {"backbone.safetensors", "tokenizer.json", "mrpc.onnx", "mrpc.json.gz", "sst2.onnx", "sst2.json.gz", "report.md", "manifest.json"} <= files
+    assert {
+        "backbone.safetensors",
+        "tokenizer.json",
+        "mrpc.onnx",
+        "mrpc.json.gz",
+        "sst2.onnx",
+        "sst2.json.gz",
+        "report.md",
+        "manifest.json",
+    } <= files
     assert (packed / "backbone.safetensors").read_bytes() == (trained / "bb" / "weights.safetensors").read_bytes()
     assert pm.backbone.sha256 == mf.read(trained / "bb", mf.BackboneManifest).weights_sha256
     for name, t in pm.tasks.items():
@@ -72,11 +84,13 @@ def test_pack_holds_the_backbone_once_and_a_small_graph_per_task(trained, packed
         bb = backbone.load(trained / "bb")  # every quantized tensor's codes and scales, and e.g. the position embeddings
         offsets = {int(e.value) for i in ext for e in i.external_data if e.key == "offset"}
         wanted = [f"{q.name}.weight.{part}" for q in bb.manifest.layers for part in ("codes", "scale")]
-        assert offsets >= {bb.data_start + bb.header[k]["data_offsets"][0] for k in wanted + ["encoder.embeddings.position_embeddings.weight"]}
-        assert t.bytes < 0.25 * art.sizes["onnx_total"] and t.bits_per_masked_weight == pytest.approx(8 * t.bytes / t.masked_weights)
+        assert offsets >= {
+            bb.data_start + bb.header[k]["data_offsets"][0] for k in wanted + ["encoder.embeddings.position_embeddings.weight"]
+        }
+        assert t.bytes < 0.25 * art.sizes.onnx_total and t.bits_per_masked_weight == pytest.approx(8 * t.bytes / t.masked_weights)
     s = pm.sizes
-    assert s["total"] == s["shared"] + sum(s["tasks"].values()) and s["vs_standalone"] < 1 and s["vs_ort_int8"] < 0.6
-    assert pm.memory["shared_in_memory"] is False and len(pm.memory["rss"]) == 3
+    assert s.total == s.shared + sum(s.tasks.values()) and s.vs_standalone < 1 and s.vs_ort_int8 < 0.6
+    assert pm.memory.shared_in_memory is False and len(pm.memory.rss) == 3
     assert "Nothing is shared in memory" in (packed / "report.md").read_text()
 
 
@@ -105,28 +119,42 @@ def test_pack_api_predicts_like_the_artifacts(trained, packed, glue2):
 
     texts = ["a great film , 3 times over", "a dull film"]
     assert p.predict("sst2", texts) == [str(i) for i in p.logits("sst2", texts).argmax(-1)] and list(p._sessions) == ["sst2"]
-    ref = evaluate.texts_logits(open_session(trained / "sst2" / "onnx" / "model.onnx"), trained / "sst2" / "tokenizer.json", 128, texts, None)
+    ref = evaluate.texts_logits(
+        open_session(trained / "sst2" / "onnx" / "model.onnx"), trained / "sst2" / "tokenizer.json", 128, texts, None
+    )
     assert np.abs(p.logits("sst2", texts) - ref).max() <= 1e-5
     assert len(p.predict("mrpc", ["one", "two"], ["uno", "dos"])) == 2
     with pytest.raises(KeyError, match="no task 'cola'"):
         p.predict("cola", texts)
     # the app-side reader needs neither torch nor transformers
-    code = f"import sys; from compress import Pack; Pack({str(packed)!r}).predict('mrpc', ['a'], ['b']); " \
-           "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    code = (
+        f"import sys; from compress import Pack; Pack({str(packed)!r}).predict('mrpc', ['a'], ['b']); "
+        "assert 'torch' not in sys.modules and 'transformers' not in sys.modules"
+    )
     assert subprocess.run([sys.executable, "-c", code], capture_output=True).returncode == 0
 
 
+@pytest.mark.slow  # --full only
 def test_refusals_name_the_file_and_the_reason(trained, tiny_model_dir, glue2, tmp_path):
     r = invoke("pack", tmp_path / "p", trained / "mrpc", trained / "mrpc")
     assert r.exit_code != 0 and "a pack holds one artifact per task" in error_line(r)
     plain = tmp_path / "plain"
-    assert invoke("run", "--model", tiny_model_dir, "--task", "sst2", "--data-dir", glue2, "--epochs", "1", "--no-bench", "--out", plain).exit_code == 0
+    assert (
+        invoke(
+            "run", "--model", tiny_model_dir, "--task", "sst2", "--data-dir", glue2, "--epochs", "1", "--no-bench", "--out", plain
+        ).exit_code
+        == 0
+    )
     r = invoke("pack", tmp_path / "p", trained / "mrpc", plain)
     assert r.exit_code != 0 and f"{plain / 'manifest.json'} records no backbone" in error_line(r)
     other = tmp_path / "bb8"
     assert invoke("quantize", "--model", tiny_model_dir, "--bits", "8", "--out", other).exit_code == 0
-    assert invoke("run", "--backbone", other, "--task", "sst2", "--data-dir", glue2, "--epochs", "1", "--no-bench",
-                  "--out", tmp_path / "sst2-8").exit_code == 0
+    assert (
+        invoke(
+            "run", "--backbone", other, "--task", "sst2", "--data-dir", glue2, "--epochs", "1", "--no-bench", "--out", tmp_path / "sst2-8"
+        ).exit_code
+        == 0
+    )
     r = invoke("pack", tmp_path / "p", trained / "mrpc", tmp_path / "sst2-8")
     line = error_line(r)
     assert r.exit_code != 0 and str(tmp_path / "sst2-8" / "manifest.json") in line and "differs from" in line
@@ -136,20 +164,24 @@ def test_refusals_name_the_file_and_the_reason(trained, tiny_model_dir, glue2, t
     assert not (tmp_path / "p").exists()
 
 
+@pytest.mark.slow  # --full only
 def test_ffn_keep_artifacts_pack_and_materialize(trained, tmp_path):
     """Removed FFN neurons are gathered out of the shared codes in the folded subgraph: the same logits."""
     out = tmp_path / "pack"
-    path, pm = pack(PackConfig((str(trained / "mrpc-ffn"), str(trained / "sst2")), str(out), memory=False))
+    _, pm = pack(PackConfig((str(trained / "mrpc-ffn"), str(trained / "sst2")), str(out), memory=False))
     t = pm.tasks["mrpc"]
     assert t.ffn_neurons == {f"encoder.encoder.layer.{i}.output.dense": [64, 128] for i in range(2)} and t.parity_max_abs_diff <= 1e-5
     r = invoke("materialize", out, "mrpc", "--out", tmp_path / "mat")
     assert r.exit_code == 0, r.output
-    assert logits_parity(tmp_path / "mat" / "onnx" / "model.onnx", trained / "mrpc-ffn" / "onnx" / "model.onnx", inputs(2, 11, seed=3)) <= 1e-5
+    assert (
+        logits_parity(tmp_path / "mat" / "onnx" / "model.onnx", trained / "mrpc-ffn" / "onnx" / "model.onnx", inputs(2, 11, seed=3)) <= 1e-5
+    )
     # the recovered mask removes the same neurons: a re-export gives the same graph's logits
-    a, b = masking.load_masks(trained / "mrpc-ffn" / "mask.npz"), masking.load_masks(tmp_path / "mat" / "mask.npz")
+    a, b = maskcodec.load_masks(trained / "mrpc-ffn" / "mask.npz"), maskcodec.load_masks(tmp_path / "mat" / "mask.npz")
     second = "encoder.encoder.layer.0.output.dense"
-    assert np.array_equal(a[second], b[second]) and np.array_equal(a["encoder.encoder.layer.0.attention.self.query"],
-                                                                    b["encoder.encoder.layer.0.attention.self.query"])
+    assert np.array_equal(a[second], b[second]) and np.array_equal(
+        a["encoder.encoder.layer.0.attention.self.query"], b["encoder.encoder.layer.0.attention.self.query"]
+    )
 
 
 def test_materialize_gives_a_standalone_artifact(trained, packed, tmp_path):
@@ -157,20 +189,23 @@ def test_materialize_gives_a_standalone_artifact(trained, packed, tmp_path):
     r = invoke("materialize", packed, "sst2", "--out", out)
     assert r.exit_code == 0, r.output
     m = mf.read(out, mf.ArtifactManifest)
-    assert m.materialized_from["task"] == "sst2" and m.validation["pack_max_abs_diff"] == 0.0
+    assert m.materialized_from.task == "sst2" and m.validation.pack_max_abs_diff == 0.0
     # the Hugging Face layout, as a trained artifact has it
     assert json.loads((out / "config.json").read_text())["id2label"] == {"0": "negative", "1": "positive"}
     assert logits_parity(out / "onnx" / "model.onnx", trained / "sst2" / "onnx" / "model.onnx", inputs(2, 9, seed=5)) <= 1e-5
     onnx.checker.check_model(str(out / "onnx" / "model.onnx"), full_check=True)
     assert not [i for i in onnx.load(str(out / "onnx" / "model.onnx")).graph.initializer if i.data_location == onnx.TensorProto.EXTERNAL]
-    orig = masking.load_masks(trained / "sst2" / "mask.npz")
-    assert all(np.array_equal(v, masking.load_masks(out / "mask.npz")[k]) for k, v in orig.items())
+    orig = maskcodec.load_masks(trained / "sst2" / "mask.npz")
+    assert all(np.array_equal(v, maskcodec.load_masks(out / "mask.npz")[k]) for k, v in orig.items())
     from safetensors.numpy import load_file
 
     head, ref = load_file(str(out / "trainable.safetensors")), load_file(str(trained / "sst2" / "trainable.safetensors"))
     assert head.keys() == ref.keys() and all(np.array_equal(head[k], ref[k]) for k in ref)
-    app = subprocess.run([sys.executable, str(Path(__file__).parents[2] / "examples" / "classify.py"), str(out), "a great film"],
-                         capture_output=True, text=True)
+    app = subprocess.run(
+        [sys.executable, str(Path(__file__).parents[2] / "examples" / "classify.py"), str(out), "a great film"],
+        capture_output=True,
+        text=True,
+    )
     assert app.returncode == 0 and app.stdout.startswith("sst2: label "), app.stderr
     bad = invoke("materialize", packed, "cola", "--out", tmp_path / "x")
     assert bad.exit_code != 0 and "has no task 'cola': it holds mrpc, sst2" in error_line(bad)
@@ -219,22 +254,38 @@ def test_pack_error_types(trained):
         pack(PackConfig((), str(trained / "none")))
 
 
+@pytest.mark.slow  # --full only
 @pytest.mark.parametrize("bits", ["8", "2"])
 def test_other_grids_pack_exactly(tiny_model_dir, glue2, tmp_path, bits):
     """8-bit codes (stored as int8 + 128) and 2-bit asymmetric groups of 16 (zero points per group) unpack alike."""
     assert invoke("quantize", "--model", tiny_model_dir, "--bits", bits, "--quantizer", "rtn", "--out", tmp_path / "bb").exit_code == 0
-    r = invoke("run", "--backbone", tmp_path / "bb", "--task", "sst2", "--data-dir", glue2, "--epochs", "1", "--no-bench",
-               "--mask-lr", "0.05", "--out", tmp_path / "a")
+    args = ["--epochs", "1", "--no-bench", "--mask-lr", "0.05"]
+    r = invoke("run", "--backbone", tmp_path / "bb", "--task", "sst2", "--data-dir", glue2, *args, "--out", tmp_path / "a")
     assert r.exit_code == 0, r.output
     _, pm = pack(PackConfig((str(tmp_path / "a"),), str(tmp_path / "p"), memory=False))
     assert pm.tasks["sst2"].parity_max_abs_diff <= 1e-5
     assert logits_parity(tmp_path / "p" / "sst2.onnx", tmp_path / "a" / "onnx" / "model.onnx", inputs(2, 13, seed=4)) <= 1e-5
 
 
+@pytest.mark.slow  # --full only
 def test_a_failed_accuracy_guard_is_packed_only_when_allowed(trained, glue2, tmp_path):
     failed = tmp_path / "failed"
-    r = invoke("run", "--backbone", trained / "bb", "--task", "sst2", "--data-dir", glue2, "--epochs", "1", "--no-bench",
-               "--max-logit-diff", "1e-9", "--out", failed)  # an impossible guard: the artifact is kept, flagged
+    impossible = ["--max-logit-diff", "1e-9"]  # an impossible guard: the artifact is kept, flagged
+    r = invoke(
+        "run",
+        "--backbone",
+        trained / "bb",
+        "--task",
+        "sst2",
+        "--data-dir",
+        glue2,
+        "--epochs",
+        "1",
+        "--no-bench",
+        *impossible,
+        "--out",
+        failed,
+    )
     assert r.exit_code == 1
     refused = invoke("pack", tmp_path / "p", trained / "mrpc", failed, "--no-memory")
     assert refused.exit_code != 0 and "--allow-failed-guard" in error_line(refused) and not (tmp_path / "p").exists()

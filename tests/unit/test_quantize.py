@@ -3,8 +3,8 @@ import pytest
 import torch
 
 from compress import backbone, quantize
-from compress.qweight import PackingError, QWeight, pack_bits, to_signed, to_unsigned, unpack_bits
 from compress.quantize import QuantConfig, QuantConfigError, quantize_tensor
+from compress.qweight import PackingError, QWeight, pack_bits, to_signed, to_unsigned, unpack_bits
 
 # relative RMS error bounds for Gaussian weights (per-channel, MSE-clipped); measured ~0.4x-0.8x of these
 REL_RMSE = {8: 0.01, 4: 0.13, 2: 0.6, 1: 0.65}
@@ -12,7 +12,7 @@ REL_RMSE = {8: 0.01, 4: 0.13, 2: 0.6, 1: 0.65}
 
 def rel_rmse(w, wq):
     w, wq = torch.as_tensor(w).detach(), torch.as_tensor(wq).detach()
-    return float(((w - wq) ** 2).mean().sqrt() / (w ** 2).mean().sqrt())
+    return float(((w - wq) ** 2).mean().sqrt() / (w**2).mean().sqrt())
 
 
 @pytest.mark.parametrize("bits", [8, 4, 2, 1])
@@ -34,7 +34,7 @@ def test_asymmetric_uses_every_level_and_keeps_zero_exact(bits, group):
     w = torch.randn(48, 64) + 0.3  # skewed rows: a zero point pays
     qt = quantize_tensor(w, bits, group, symmetric=False)
     stored = qt.codes.reshape(48, -1, group or 64).astype(np.int16) + qt.zero[..., None]
-    assert qt.zero.dtype == np.uint8 and int(stored.min()) == 0 and int(stored.max()) == 2 ** bits - 1
+    assert qt.zero.dtype == np.uint8 and int(stored.min()) == 0 and int(stored.max()) == 2**bits - 1
     assert np.array_equal(qt.stored(), stored.reshape(48, 64))
     assert rel_rmse(w, qt.dequantize()) < rel_rmse(w, quantize_tensor(w, bits, group).dequantize())
     # a pruned weight (q = 0) dequantizes to exactly 0: code == zero point
@@ -77,7 +77,7 @@ def test_8bit_error_is_half_a_step():
 @pytest.mark.parametrize("bits", [1, 2, 4, 8])
 def test_pack_unpack_round_trip(bits):
     rng = np.random.default_rng(0)
-    codes = rng.integers(0, 2 ** bits, size=1003).astype(np.uint8)  # not a multiple of 8: padding
+    codes = rng.integers(0, 2**bits, size=1003).astype(np.uint8)  # not a multiple of 8: padding
     packed = pack_bits(codes, bits)
     assert packed.size == -(-1003 * bits // 8)
     assert np.array_equal(unpack_bits(packed, bits, 1003), codes)

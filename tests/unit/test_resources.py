@@ -1,4 +1,5 @@
 """compress.resources: the memory estimate grows as it should, and a run that cannot fit stops before training."""
+
 import pytest
 import torch
 
@@ -52,5 +53,5 @@ def test_stage_meter_records_time_and_peak_memory():
     del block
     stages = meter.stop()
     assert names == ["small", "big"] and list(stages) == ["small", "big"]
-    assert stages["small"]["seconds"] >= 0.05 and stages["big"]["peak_rss_gb"] >= stages["small"]["peak_rss_gb"] + 0.25
+    assert stages["small"].seconds >= 0.05 and stages["big"].peak_rss_gb >= stages["small"].peak_rss_gb + 0.25
     assert resources.rss() > 0

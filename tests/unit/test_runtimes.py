@@ -10,8 +10,11 @@ def test_providers_report_skip_reasons():
 
 def test_provider_options():
     trt = providers.Provider("tensorrt", True)
-    assert trt.session_providers() == [("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_sparsity_enable": False}),
-                                       "CUDAExecutionProvider", "CPUExecutionProvider"]
+    assert trt.session_providers() == [
+        ("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_sparsity_enable": False}),
+        "CUDAExecutionProvider",
+        "CPUExecutionProvider",
+    ]
     assert trt.session_providers(sparse=True)[0][1]["trt_sparsity_enable"] is True
     assert providers.Provider("cuda", True).session_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 

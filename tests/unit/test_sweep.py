@@ -1,19 +1,23 @@
 """compress sweep: every cell, resume, the table and plot; on the tiny BERT."""
+
 import json
 
 import pytest
 
+from compress import manifest as mf
 from compress import sweep
-from compress.pipeline import RunConfig
+from compress.configs import RunConfig
 from compress.train import TrainConfig
 
 
 def config(tiny_model_dir, mini_glue, tmp_path, **kw):
-    run = RunConfig(model=str(tiny_model_dir), task="mrpc", data_dir=str(mini_glue),
-                    train=TrainConfig(epochs=1, batch_size=8, max_length=32))
+    run = RunConfig(
+        model=str(tiny_model_dir), task="mrpc", data_dir=str(mini_glue), train=TrainConfig(epochs=1, batch_size=8, max_length=32)
+    )
     return sweep.SweepConfig(run=run, **{"bits": (32, 4), "seeds": 2, "out": str(tmp_path / "sweep"), **kw})
 
 
+@pytest.mark.slow  # --full only
 def test_sweep_runs_every_cell_and_resumes(tiny_model_dir, mini_glue, tmp_path, monkeypatch):
     cfg = config(tiny_model_dir, mini_glue, tmp_path)
     data = sweep.sweep(cfg)
@@ -22,9 +26,9 @@ def test_sweep_runs_every_cell_and_resumes(tiny_model_dir, mini_glue, tmp_path, 
     assert (out / "plot.png").read_bytes()[:4] == b"\x89PNG"
     assert len(data["cells"]) == 2 * 2 * 2 and json.loads((out / "sweep.json").read_text())["kind"] == "sweep"
     cells = {(c["mode"], c["bits"], c["seed"]): c for c in data["cells"]}
-    ptq = json.loads((out / "cells" / "weights-4bit-seed1" / "manifest.json").read_text())
-    assert ptq["training"]["init_from"].endswith("weights-32bit-seed1") and ptq["training"]["seconds"] == 0
-    assert ptq["config"]["train"]["seed"] == 1 and cells[("structure", 4, 0)]["density"] < 1
+    ptq = mf.read(out / "cells" / "weights-4bit-seed1", mf.ArtifactManifest)
+    assert ptq.training.init_from.endswith("weights-32bit-seed1") and ptq.training.seconds == 0
+    assert ptq.config.train.seed == 1 and cells[("structure", 4, 0)]["density"] < 1
     assert data["config"]["run"]["quant_by_bits"]["4"]["method"] == "gptq" and data["config"]["run"]["quant_by_bits"]["32"]["bits"] == 32
     s = {(r["mode"], r["bits"]): r for r in data["summary"]}
     vals = [cells[("structure", 4, k)]["metrics"]["f1"] for k in (0, 1)]
@@ -33,12 +37,12 @@ def test_sweep_runs_every_cell_and_resumes(tiny_model_dir, mini_glue, tmp_path, 
     # resume: finished cells are not run again; a missing one is
     import shutil
 
-    from compress import pipeline
+    from compress import run
 
     shutil.rmtree(out / "cells" / "structure-4bit-seed1")
     ran = []
-    real = pipeline.run
-    monkeypatch.setattr(pipeline, "run", lambda c, **kw: ran.append(c.out) or real(c, **kw))
+    real = run.run
+    monkeypatch.setattr(run, "run", lambda c, **kw: ran.append(c.out) or real(c, **kw))
     again = sweep.sweep(cfg)
     assert [p.split("/")[-1] for p in ran] == ["structure-4bit-seed1"]
     assert len(again["cells"]) == 8
@@ -59,17 +63,29 @@ def test_sweep_runs_every_cell_and_resumes(tiny_model_dir, mini_glue, tmp_path, 
 
 
 def test_table_layout():
-    summary = [{"mode": m, "bits": b, "n": 3, "metrics": {"f1": {"mean": mean, "sd": 0.0123}},
-                "torch_metrics": {"f1": {"mean": mean + 0.001, "sd": 0.01}}, "density": 1, "onnx_mb": 1}
-               for m, b, mean in [("weights", 32, 0.8664), ("structure", 32, 0.87), ("structure", 2, 0.8412)]]
+    summary = [
+        {
+            "mode": m,
+            "bits": b,
+            "n": 3,
+            "metrics": {"f1": {"mean": mean, "sd": 0.0123}},
+            "torch_metrics": {"f1": {"mean": mean + 0.001, "sd": 0.01}},
+            "density": 1,
+            "onnx_mb": 1,
+        }
+        for m, b, mean in [("weights", 32, 0.8664), ("structure", 32, 0.87), ("structure", 2, 0.8412)]
+    ]
     data = {"metric": "f1", "summary": summary, "model": "minilm", "task": "mrpc", "seeds": 3, "majority": 0.8122}
     text = sweep.table(data)
     assert text.splitlines() == [
-        "minilm on mrpc: dev f1 through ONNX Runtime (the exported model.onnx), mean ± SD over 3 seeds", "",
-        "| | fp32 | 2-bit |", "|---|---|---|",
+        "minilm on mrpc: dev f1 through ONNX Runtime (the exported model.onnx), mean ± SD over 3 seeds",
+        "",
+        "| | fp32 | 2-bit |",
+        "|---|---|---|",
         "| fine-tune weights (dense; post-training quantized below 32 bits) | 0.866 ± 0.012 |  |",
         "| fine-tune structure (mask on frozen quantized weights) | 0.870 ± 0.012 | 0.841 ± 0.012 |",
-        "| majority class | 0.812 | |"]
+        "| majority class | 0.812 | |",
+    ]
     torch_rows = sweep.table(data, "torch_metrics").splitlines()
     assert torch_rows[0].endswith("in PyTorch (the paper's protocol), mean ± SD over 3 seeds")
     assert torch_rows[5] == "| fine-tune structure (mask on frozen quantized weights) | 0.871 ± 0.010 | 0.842 ± 0.010 |"
@@ -77,8 +93,16 @@ def test_table_layout():
 
 
 def test_failed_guard_cells_leave_mean_and_sd():
-    rec = lambda seed, f1, ok: {"mode": "structure", "bits": 4, "seed": seed, "metrics": {"f1": f1}, "torch_metrics": {"f1": f1},  # noqa: E731
-                                "density": 0.9, "onnx_bytes": 10**6, "validation_passed": ok}
+    rec = lambda seed, f1, ok: {
+        "mode": "structure",
+        "bits": 4,
+        "seed": seed,
+        "metrics": {"f1": f1},
+        "torch_metrics": {"f1": f1},
+        "density": 0.9,
+        "onnx_bytes": 10**6,
+        "validation_passed": ok,
+    }
     summary = sweep.summarize([rec(0, 0.80, True), rec(1, 0.40, False), rec(2, 0.82, True)])
     s = summary[0]
     assert s["n"] == 2 and s["failed"] == 1 and s["metrics"]["f1"]["mean"] == pytest.approx(0.81)
@@ -105,6 +129,7 @@ def test_bad_sweep_config(tiny_model_dir, mini_glue, tmp_path):
         config(tiny_model_dir, mini_glue, tmp_path, bits=(3,))
 
 
+@pytest.mark.slow  # --full only
 def test_sweep_on_ray_gives_the_serial_table(tiny_model_dir, mini_glue, tmp_path):
     """A local Ray instance with 2 CPUs, one CPU (and thread) per cell, against the same cells run serially with one thread."""
     import dataclasses
@@ -113,8 +138,9 @@ def test_sweep_on_ray_gives_the_serial_table(tiny_model_dir, mini_glue, tmp_path
     import torch
 
     ray_cfg = config(tiny_model_dir, mini_glue, tmp_path, bits=(32, 4), seeds=1, parallel="ray", cpus_per_cell=1, out=str(tmp_path / "ray"))
-    serial_cfg = dataclasses.replace(ray_cfg, parallel="serial", out=str(tmp_path / "serial"),
-                                     run=dataclasses.replace(ray_cfg.run, threads=1))
+    serial_cfg = dataclasses.replace(
+        ray_cfg, parallel="serial", out=str(tmp_path / "serial"), run=dataclasses.replace(ray_cfg.run, threads=1)
+    )
     threads = torch.get_num_threads()
     try:
         serial = sweep.sweep(serial_cfg)
@@ -123,26 +149,32 @@ def test_sweep_on_ray_gives_the_serial_table(tiny_model_dir, mini_glue, tmp_path
     finally:
         ray.shutdown()
         torch.set_num_threads(threads)
-    assert sorted((c["mode"], c["bits"]) for c in parallel["cells"]) == [("structure", 4), ("structure", 32), ("weights", 4), ("weights", 32)]
+    assert sorted((c["mode"], c["bits"]) for c in parallel["cells"]) == [
+        ("structure", 4),
+        ("structure", 32),
+        ("weights", 4),
+        ("weights", 32),
+    ]
     assert sweep.tables(parallel) == sweep.tables(serial)
     assert [c["metrics"] for c in parallel["cells"]] == [c["metrics"] for c in serial["cells"]]
-    m = json.loads((tmp_path / "ray" / "cells" / "weights-4bit-seed0" / "manifest.json").read_text())
-    assert m["training"]["init_from"].endswith("weights-32bit-seed0")  # the second wave quantized the first wave's fine-tuning
+    m = mf.read(tmp_path / "ray" / "cells" / "weights-4bit-seed0", mf.ArtifactManifest)
+    assert m.training.init_from.endswith("weights-32bit-seed0")  # the second wave quantized the first wave's fine-tuning
 
 
+@pytest.mark.slow  # --full only
 def test_sweeps_over_disjoint_seeds_share_out(tiny_model_dir, mini_glue, tmp_path, monkeypatch):
     """One process per seed (e.g. on one GPU), then a sweep over the union only collects."""
     import dataclasses
 
-    from compress import pipeline
+    from compress import run
 
     base = config(tiny_model_dir, mini_glue, tmp_path, modes=("structure",), bits=(4,), seeds=1)
     for seed in (3, 4):
         sweep.sweep(dataclasses.replace(base, run=dataclasses.replace(base.run, train=dataclasses.replace(base.run.train, seed=seed))))
     assert sorted(p.name for p in (tmp_path / "sweep" / "cells").iterdir()) == ["structure-4bit-seed3", "structure-4bit-seed4"]
-    monkeypatch.setattr(pipeline, "run", lambda c, **kw: pytest.fail(f"{c.out} was run again"))
+    monkeypatch.setattr(run, "run", lambda c, **kw: pytest.fail(f"{c.out} was run again"))
     union = dataclasses.replace(base, seeds=2, run=dataclasses.replace(base.run, train=dataclasses.replace(base.run.train, seed=3)))
     data = sweep.sweep(union)
     assert [c["seed"] for c in data["cells"]] == [3, 4] and data["summary"][0]["n"] == 2
-    m = json.loads((tmp_path / "sweep" / "cells" / "structure-4bit-seed4" / "manifest.json").read_text())
-    assert m["config"]["train"]["seed"] == 4
+    m = mf.read(tmp_path / "sweep" / "cells" / "structure-4bit-seed4", mf.ArtifactManifest)
+    assert m.config.train.seed == 4

@@ -1,4 +1,5 @@
 """compress.train: one loop for both modes, on CPU or a CUDA GPU; on the tiny BERT."""
+
 import copy
 
 import numpy as np
@@ -27,8 +28,8 @@ def _fit(tiny_classifier, mrpc, mode: str, device: str):
 def test_fit_records_history_and_returns_on_cpu(tiny_classifier, mrpc, mode):
     before = {n: p.detach().clone() for n, p in tiny_classifier[0].named_parameters()}
     clf, res = _fit(tiny_classifier, mrpc, mode, "cpu")
-    assert [h["epoch"] for h in res.history] == [1, 2] and 1 <= res.best_epoch <= 2
-    assert all(np.isfinite(h["loss"]) and 0 <= h["dev"]["f1"] <= 1 for h in res.history)
+    assert [h.epoch for h in res.history] == [1, 2] and 1 <= res.best_epoch <= 2
+    assert all(np.isfinite(h.loss) and 0 <= h.dev["f1"] <= 1 for h in res.history)
     assert all(p.device.type == "cpu" for p in clf.parameters())
     moved = {n for n, p in clf.named_parameters() if n in before and not torch.equal(p, before[n])}
     if mode == "structure":  # frozen pretrained weights: only the head moves (scores are new parameters)
@@ -43,7 +44,7 @@ def test_ffn_pruning_schedule_and_best_epoch(tiny_classifier, mrpc):
     masking.apply_masks_(clf, masking.MaskConfig(ffn_keep=0.5, ffn_ramp=0.7))
     task, splits = mrpc
     res = train.fit(clf, task, splits["train"], splits["dev"], tok, train.TrainConfig(epochs=3, batch_size=8, max_length=32))
-    keeps = [h["ffn_keep"] for h in res.history]
+    keeps = [h.ffn_keep for h in res.history]
     assert keeps[0] > keeps[1] > keeps[2] == 0.5  # cubic from 1 to 0.5 over the first 70% of the steps
     assert res.best_epoch == 3  # the only epoch at the final sparsity
     for name, m in masking.masks(clf).items():
@@ -66,7 +67,7 @@ def test_fit_on_cuda_matches_cpu_forward(tiny_classifier, mrpc):
     """Trained on the GPU, the model comes back to the CPU and predicts there as on the GPU."""
     clf, res = _fit(tiny_classifier, mrpc, "structure", "cuda")
     assert all(p.device.type == "cpu" for p in clf.parameters()) and len(res.history) == 2
-    task, splits = mrpc
+    _, splits = mrpc
     enc = train.encode(tiny_classifier[1], splits["dev"], 32)
     on_cpu = train.predict(clf, enc, 0)
     on_gpu = train.predict(clf.to("cuda"), enc, 0)

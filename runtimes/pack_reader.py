@@ -11,6 +11,7 @@ so an app that serves one task of ten pays for one.
     pack.predict("mrpc", ["He said so."], ["So he said."])
     pack.logits("stsb", ["A man plays."], ["A man is playing."])
 """
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -18,9 +19,16 @@ from pathlib import Path
 import numpy as np
 
 from compress import manifest as mf
-from compress.errors import ConfigError
+from compress.errors import CompressError, ConfigError
 from compress.runtimes import evaluate
 from compress.runtimes.session import open_session
+
+
+class UnknownTaskError(CompressError, KeyError):
+    """A task the pack does not hold."""
+
+    def __str__(self) -> str:  # KeyError would quote the message
+        return str(self.args[0])
 
 
 class Pack:
@@ -37,7 +45,7 @@ class Pack:
 
     def task(self, name: str) -> mf.PackTask:
         if name not in self.manifest.tasks:
-            raise KeyError(f"{self.path} has no task {name!r}: it holds {', '.join(self.tasks)}")
+            raise UnknownTaskError(f"{self.path} has no task {name!r}: it holds {', '.join(self.tasks)}")
         return self.manifest.tasks[name]
 
     def session(self, name: str):

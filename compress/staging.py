@@ -1,48 +1,24 @@
-"""The artifact directory: the contract between stages.
+"""Writing a directory or a file so that a reader never sees it half written.
 
-    onnx/model.onnx    the shipped graph (packed low-bit weights, int8 kernels), where Hugging Face-style loaders
-                       look for it (``model.onnx`` at the top in artifacts written before; ``graph_path``)
-    config.json        what Optimum and Transformers.js read: labels, problem type (compress.hf_layout)
-    mask.npz           the learned binary masks (bit-packed or gap-coded, whichever is smaller)
-    calibration.npz    the task's calibration tokens (activation smoothing; GPTQ on task text), so
-                       that a re-export quantizes alike without the data
-    trainable.safetensors  what the task trained (head; every weight in mode=weights)
-    tokenizer files    tokenizer.json, vocab, configs
-    manifest.json      compress.manifest.ArtifactManifest: schema version, model, task, resolved
-                       configs, backbone hash, per-layer bits and density, metrics, sizes, SHA-256 of
-                       every file, versions, command line
-    report.md          the human summary
-
-Writes go to a temporary sibling directory that is renamed into place only when complete
-(``staging``); single files are written beside their target and renamed (``atomic_write``).
+``staging(out)`` yields a temporary sibling directory that is renamed into place only when complete (an existing
+``out`` is set aside first, and removed once the new one is in place); ``recover(out)`` undoes what a writer killed
+mid-publish left behind; ``atomic_write(path, write)`` writes one file beside its target and renames it. What the
+directories hold is compress.files; what their manifest says, compress.manifest.
 """
+
 from __future__ import annotations
 
 import contextlib
 import errno
-import hashlib
 import logging
 import os
-import platform
 import shutil
 import tempfile
 from pathlib import Path
 
+from compress.errors import ArtifactError
+
 log = logging.getLogger(__name__)
-
-
-GRAPH = "onnx/model.onnx"  # an artifact's shipped graph, relative to its directory
-LEGACY_GRAPH = "model.onnx"  # where artifacts written before the Hugging Face layout keep it
-
-
-class ArtifactError(RuntimeError):
-    """The artifact directory is missing, incomplete or altered."""
-
-
-def graph_path(directory: Path) -> Path:
-    """The shipped graph of an artifact directory (onnx/model.onnx, or model.onnx in older artifacts)."""
-    d = Path(directory)
-    return d / GRAPH if (d / GRAPH).is_file() or not (d / LEGACY_GRAPH).is_file() else d / LEGACY_GRAPH
 
 
 def check_target(out: Path, overwrite: bool) -> None:
@@ -59,7 +35,7 @@ def recover(out: Path) -> None:
         log.warning("%s was being replaced when its writer stopped: restoring the previous version", out)
         old.rename(out)
     for stale in out.parent.glob(f".{out.name}.*.tmp") if out.parent.is_dir() else ():
-        pid = stale.name[len(out.name) + 2:].split(".", 1)[0]
+        pid = stale.name[len(out.name) + 2 :].split(".", 1)[0]
         if pid.isdigit() and not _alive(int(pid)):
             shutil.rmtree(stale, ignore_errors=True)
 
@@ -97,8 +73,10 @@ def staging(out: Path, overwrite: bool = False):
     except BaseException as e:
         shutil.rmtree(tmp, ignore_errors=True)
         if isinstance(e, OSError) and e.errno in (errno.ENOSPC, errno.EDQUOT):
-            raise ArtifactError(f"no space left on the device of {out.parent.resolve()} while writing {out}: free some space and rerun "
-                                "(nothing was written; a training checkpoint, if any, is kept)") from None
+            raise ArtifactError(
+                f"no space left on the device of {out.parent.resolve()} while writing {out}: free some space and rerun "
+                "(nothing was written; a training checkpoint, if any, is kept)"
+            ) from None
         raise
 
 
@@ -112,14 +90,6 @@ def _readable(root: Path) -> None:
             p.chmod((0o777 if p.is_dir() else 0o666) & ~umask)
 
 
-def sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def atomic_write(path: Path, write) -> None:
     """write(tmp) to a temporary file beside `path`, then rename it into place (never half written).
     The temporary name carries the process id: several processes (e.g. per-seed sweeps) may share a folder."""
@@ -128,16 +98,3 @@ def atomic_write(path: Path, write) -> None:
     tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
     write(tmp)
     os.replace(tmp, path)
-
-
-def versions() -> dict[str, str]:
-    import importlib.metadata as md
-
-    out = {"python": platform.python_version()}
-    for pkg in ("compress-encoders", "torch", "transformers", "onnx", "onnxruntime", "onnxruntime-extensions", "optimum-onnx", "numpy",
-                "tokenizers"):
-        try:
-            out[pkg] = md.version(pkg)
-        except md.PackageNotFoundError:
-            pass
-    return out

@@ -1,0 +1,40 @@
+"""Other Python environments for the tests that check what another install sees: an app with Optimum (which holds
+transformers below 4.58, so it cannot share the command line's environment), and the reader-only install."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import tempfile
+import venv
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CPU_TORCH = ROOT / ".ci" / "cpu-torch.txt"
+
+
+def environment(name: str, *requirements: str) -> Path:
+    """The python of `.venv-NAME` beside the tests, made on first use with exactly `requirements` installed (as an app that uses
+    them would install them; torch, where they bring it, the CPU build of .ci/cpu-torch.txt). $COMPRESS_NAME_PYTHON overrides."""
+    override = os.environ.get(f"COMPRESS_{name.upper()}_PYTHON")
+    if override:
+        return Path(override)
+    where = ROOT / f".venv-{name}"
+    python = where / "bin" / "python"
+    stamp = where / "requirements.txt"
+    if not (python.is_file() and stamp.is_file() and stamp.read_text() == "\n".join(requirements)):
+        venv.create(where, with_pip=True, clear=True)
+        r = subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(CPU_TORCH), *requirements], capture_output=True, text=True)
+        assert r.returncode == 0, f"pip install {' '.join(requirements)} into {where} failed:\n{r.stderr[-3000:]}"
+        stamp.write_text("\n".join(requirements))
+    return python
+
+
+def run_in(python: Path, code: str, *args: str, timeout: int = 900) -> str:
+    """Run `code` with another environment's python (nothing of this one on its path); its stdout."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTHONPATH", "VIRTUAL_ENV")}
+    r = subprocess.run(
+        [str(python), "-I", "-c", code, *args], capture_output=True, text=True, timeout=timeout, env=env, cwd=tempfile.gettempdir()
+    )
+    assert r.returncode == 0, f"{python}: {r.stderr[-3000:]}"
+    return r.stdout

@@ -1,0 +1,76 @@
+"""Each kernel piece alone (compress.exporters.kernels, .activations, .smoothing): a one-linear graph built by the piece,
+run by ONNX Runtime, against numpy's x @ W^T; what one activation mode shares between its consumers."""
+
+from collections import Counter
+
+import numpy as np
+import onnxruntime as ort
+import pytest
+import torch
+from onnx import TensorProto, helper
+
+from compress.exporters.builder import Builder
+from compress.exporters.kernels import KERNELS, Context
+from compress.exporters.smoothing import Smoothing
+from compress.quantize import quantize_tensor
+
+RNG = np.random.default_rng(0)
+X = (RNG.normal(size=(2, 5, 64)) * np.r_[np.full(60, 0.5), [8, 8, 8, 8]]).astype(np.float32)  # four outlier channels
+W = {name: quantize_tensor(torch.from_numpy(RNG.normal(size=(32, 64)).astype(np.float32) * 0.1), 4) for name in ("a", "b")}
+RANGES = Smoothing({name: np.abs(X).reshape(-1, 64).max(0) for name in W})
+
+
+def run(bld: Builder, outputs: list[str]) -> list[np.ndarray]:
+    graph = helper.make_graph(
+        bld.nodes,
+        "piece",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, 5, 64])],
+        [helper.make_tensor_value_info(y, TensorProto.FLOAT, None) for y in outputs],
+        initializer=bld.inits,
+    )
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17), helper.make_opsetid("com.microsoft", 1)])
+    sess = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"])
+    return sess.run(outputs, {"x": X})
+
+
+@pytest.mark.parametrize(
+    "kernel,activations,tol",
+    [("float", "static", 1e-5), ("nbits", "static", 0.02), ("int8", "static", 0.02), ("int8", "token", 0.02), ("int8", "tensor", 0.02)],
+)
+def test_a_kernel_piece_alone_computes_its_linear(kernel, activations, tol):
+    """Relative to the output's range: exact for the float kernel; int8 activations (per tensor, token or calibrated, smoothed)
+    round to 1/254 of their range."""
+    bld = Builder()
+    piece = KERNELS[kernel](Context(bld, W, RANGES, activations))
+    for name in W:
+        piece.linear(name, W[name], "x", f"y_{name}", fold_into=None)
+    for name, got in zip(W, run(bld, [f"y_{n}" for n in W])):
+        ref = X @ W[name].dequantize().T
+        assert got.shape == ref.shape and np.abs(got - ref).max() <= tol * np.abs(ref).max(), (kernel, activations)
+
+
+@pytest.mark.parametrize(
+    "activations,per_input",
+    [("static", {"QuantizeLinear": 1}), ("tensor", {"DynamicQuantizeLinear": 1}), ("token", {"QuantizeLinear": 1, "ReduceMin": 1})],
+)
+def test_two_linears_on_one_input_share_its_quantization(activations, per_input):
+    """An activation mode quantizes each (input, smoothing) once for all of its consumers; without smoothing factors in common
+    each linear divides its input by its own (a Mul by 1 / s, folded at load)."""
+    bld = Builder()
+    piece = KERNELS["int8"](Context(bld, W, Smoothing(RANGES.input_absmax, alpha=None), activations))
+    for name in W:
+        piece.linear(name, W[name], "x", f"y_{name}", fold_into=None)
+    ops = Counter(n.op_type for n in bld.nodes)
+    assert all(ops[op] == n for op, n in per_input.items()) and ops["Reciprocal"] == 0, ops
+    smoothed = Builder()
+    piece = KERNELS["int8"](Context(smoothed, W, RANGES, activations))
+    for name in W:
+        piece.linear(name, W[name], "x", f"y_{name}", fold_into=None)
+    ops = Counter(n.op_type for n in smoothed.nodes)
+    assert ops["Reciprocal"] == 2 and all(ops[op] == 2 * n for op, n in per_input.items()), ops
+
+
+def test_the_nbits_piece_refuses_a_fused_attention():
+    att = helper.make_node("Attention", ["x", "w", "b"], ["y"], name="att")
+    with pytest.raises(ValueError, match="unfused Q/K/V"):
+        KERNELS["nbits"](Context(Builder(), W)).attention(att, ["a", "b", "a"])
