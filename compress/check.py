@@ -1,7 +1,8 @@
 """Accuracy regression check: a report's metrics against a committed baseline.
 
 Reports and baselines are read alike, from any of:
-  an artifact directory or its manifest.json  -> "onnx.f1", "torch.f1", "onnx.accuracy", ...
+  an artifact directory or its manifest.json  -> "onnx.f1", "torch.f1", "onnx.accuracy", ... and, made with --speedup,
+                                                 "speedup" (the batch-1 speed reached over the unpruned graph's)
   a pack directory or its manifest.json       -> "mrpc.onnx.f1", "sst2.onnx.accuracy", ... (every task)
   bench.json (`compress bench DIR --json F`)   -> the same keys, when it was run with --data-dir
   sweep.json (`compress sweep`)                -> "structure.4bit.f1", ... (means over seeds)
@@ -95,6 +96,8 @@ def _extract(data, path: Path) -> dict[str, float]:
         out = {}
         for side in ("onnx", "torch"):
             out.update(_numbers(metrics.get(side) or {}, f"{side}."))
+        if isinstance(speed := data.get("speed"), dict) and speed.get("reached") is not None:
+            out["speedup"] = _number(speed["reached"])  # higher is better, like the metrics: gated alike
         return out
     if isinstance(metrics, dict):
         return _numbers(metrics)

@@ -29,7 +29,7 @@ import numpy as np
 import torch
 
 from compress import typed
-from compress.configs import CheckpointConfig, MaskConfig, QuantConfig, TrainConfig
+from compress.configs import CheckpointConfig, DistillConfig, MaskConfig, QuantConfig, TrainConfig
 from compress.errors import CompressError
 from compress.manifest import Epoch
 
@@ -71,6 +71,8 @@ class CheckpointSettings:
     backbone_sha256: str | None
     train_data: TrainData
     processes: int  # torchrun processes share each batch: another count, another data order
+    distill: DistillConfig | None = None  # and the teacher's trainable.safetensors SHA-256: another teacher, another loss
+    teacher_sha256: str | None = None
 
 
 @dataclass

@@ -388,7 +388,14 @@ def sweep(**o):
     opts.sigterm_as_interrupt()
     out = o["out"] or f"runs/sweep-{o['model'].rstrip('/').split('/')[-1]}-{o['task']}"
     run_cfg = RunConfig(
-        model=o["model"], task=o["task"], data_dir=o["data_dir"], mask=opts.mask_config(o), train=opts.train_config(o), threads=o["threads"]
+        model=o["model"],
+        task=o["task"],
+        data_dir=o["data_dir"],
+        mask=opts.mask_config(o),
+        train=opts.train_config(o),
+        threads=o["threads"],
+        distill=opts.distill_config(o),
+        speedup=o["speedup"],
     )
     cfg = SweepConfig(
         run=run_cfg,

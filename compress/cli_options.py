@@ -47,6 +47,29 @@ LEARNING = (  # how the mask (and the head, or the weights) are learned: shared 
         default=None,
         help="Structured pruning: keep this fraction of every layer's attention heads (e.g. 0.75); the rest leave the graph.",
     ),
+    click.option(
+        "--speedup",
+        type=float,
+        default=None,
+        help="Run this many times as fast as the unpruned graph at batch 1 (e.g. 2): the heads and FFN neurons to remove are chosen "
+        "from ONNX Runtime's latency on this machine (measured once, cached); the speed reached is measured and recorded.",
+    ),
+    click.option(
+        "--teacher",
+        type=click.Path(file_okay=False),
+        default=None,
+        help="Distil from this dense fine-tuned model of the task (a `compress run --mode weights` artifact).",
+    ),
+    click.option(
+        "--distill-alpha", type=float, default=None, help="Weight of the teacher's soft targets; the task loss gets 1 - it [0.9]."
+    ),
+    click.option("--distill-temperature", type=float, default=None, help="Softmax temperature of the soft targets [2]."),
+    click.option(
+        "--distill-hidden",
+        type=float,
+        default=None,
+        help="Weight of the layerwise hidden-state loss against the teacher [0: logits only, the teacher run once per example].",
+    ),
 )
 
 
@@ -68,6 +91,20 @@ def mask_config(o: dict):
         init_high=high,
         ffn_keep=o["ffn_keep"],
         heads_keep=o["heads_keep"],
+    )
+
+
+def distill_config(o: dict):
+    """DistillConfig from --teacher and its options (None without a teacher)."""
+    from compress.configs import DistillConfig
+
+    extra = [k for k in ("distill_alpha", "distill_temperature", "distill_hidden") if o[k] is not None]
+    if o["teacher"] is None:
+        if extra:
+            raise click.UsageError(f"--{extra[0].replace('_', '-')} needs --teacher DIR (the dense fine-tuned model to distil from)")
+        return None
+    return pick(
+        DistillConfig, teacher=o["teacher"], alpha=o["distill_alpha"], temperature=o["distill_temperature"], hidden=o["distill_hidden"]
     )
 
 
@@ -138,6 +175,8 @@ def run_config(o: dict):
         init_from=o["init_from"],
         backbone=o["backbone"],
         checkpoint=pick(CheckpointConfig, every=o["checkpoint_every"], resume=o["resume"]),
+        distill=distill_config(o),
+        speedup=o["speedup"],
     )
 
 

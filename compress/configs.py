@@ -4,6 +4,7 @@
     MaskConfig    -> the learned mask (compress.masking)
     TrainConfig   how it is learned (compress.train)
     ExportConfig  -> the exported graph and its accuracy guard (compress.exporters.export)
+    DistillConfig learning from a teacher, the dense fine-tuned model of the task (compress.teacher, compress.train)
     CheckpointConfig  when training state is saved, and whether a saved one is continued (compress.checkpoint)
     RunConfig     all of `compress run`: the model, the task, the stages' configs (compress.run)
 
@@ -180,6 +181,25 @@ class ExportConfig:
 
 
 @dataclass(frozen=True)
+class DistillConfig:
+    """Knowledge distillation from a teacher: the dense fine-tuned model of the same task and model (an artifact of
+    `compress run --mode weights`). The loss is (1 - alpha) * task loss + alpha * the teacher's soft targets (KL at
+    `temperature`, times its square; MSE for regression) + hidden * the mean over layers of the hidden states' MSE."""
+
+    teacher: str  # the teacher artifact's directory
+    alpha: float = 0.9  # weight of the soft targets (Sanh et al. 2020, nn_pruning: 0.9)
+    temperature: float = 2.0
+    hidden: float = 0.0  # weight of the layerwise hidden-state loss (0: logits only, whose teacher outputs are computed once)
+
+    def __post_init__(self):
+        if not (0 <= self.alpha <= 1 and self.temperature > 0 and self.hidden >= 0):
+            raise ConfigError(
+                f"distillation alpha={self.alpha}, temperature={self.temperature}, hidden={self.hidden}: alpha must be in [0, 1], "
+                "the temperature > 0 and the hidden-state weight >= 0"
+            )
+
+
+@dataclass(frozen=True)
 class CheckpointConfig:
     every: int = 200  # optimizer steps between checkpoints (0: only at epoch ends and on SIGINT/SIGTERM)
     resume: str = (
@@ -211,3 +231,15 @@ class RunConfig:
     init_from: str | None = None  # mode=weights: take the fine-tuned weights of this artifact, no training (PTQ at other bits)
     backbone: str | None = None  # a `compress quantize` directory: learn the mask on its codes (no quantization here)
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)  # training state beside --out
+    distill: DistillConfig | None = None  # learn from a teacher (compress.teacher)
+    # prune heads and FFN neurons to run this many times as fast as the unpruned graph at batch 1 (compress.speedup); it sets
+    # mask.ffn_keep and mask.heads_keep from the latency model of this machine (compress.latency)
+    speedup: float | None = None
+
+    def __post_init__(self):
+        if self.speedup is not None and not self.speedup >= 1:
+            raise ConfigError(f"speedup={self.speedup}: ask for a speed >= 1 (times the unpruned graph's batch-1 throughput), e.g. 2")
+        if self.speedup is not None and (self.mask.ffn_keep is not None or self.mask.heads_keep is not None):
+            raise ConfigError("--speedup chooses the kept heads and FFN neurons itself: drop --ffn-keep / --heads-keep, or --speedup")
+        if self.distill is not None and self.train.mode != "structure":
+            raise ConfigError("--teacher distils into a learned mask: use --mode structure (the teacher is the --mode weights model)")

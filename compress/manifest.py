@@ -52,8 +52,10 @@ from compress.manifest_parts import (  # the parts, re-exported: compress.manife
     QLayer,
     RunSettings,
     Sizes,
+    Speed,
     Stage,
     TaskInfo,
+    TeacherRef,
     Training,
     Validation,
 )
@@ -85,8 +87,10 @@ __all__ = [  # the kinds, their parts, and reading and writing them
     "QLayer",
     "RunSettings",
     "Sizes",
+    "Speed",
     "Stage",
     "TaskInfo",
+    "TeacherRef",
     "Training",
     "Validation",
     "kind_of",
@@ -97,8 +101,8 @@ __all__ = [  # the kinds, their parts, and reading and writing them
     "versions",
     "write",
 ]
-SCHEMA_VERSION = 3
-READABLE = (1, 2, 3)
+SCHEMA_VERSION = 4  # 4: teacher, speed, config.distill (optional: a schema-3 manifest reads as is)
+READABLE = (1, 2, 3, 4)
 FILE = files.MANIFEST
 
 
@@ -186,6 +190,8 @@ class ArtifactManifest(Manifest):
     stages: dict[str, Stage] = field(default_factory=dict)  # per pipeline stage
     exported_by: str | None = None
     materialized_from: MaterializedFrom | None = None
+    teacher: TeacherRef | None = None  # distilled from this teacher
+    speed: Speed | None = None  # asked for a speed (--speedup)
 
     @property
     def passed(self) -> bool | None:
@@ -232,7 +238,8 @@ class ArtifactManifest(Manifest):
         )
         if same_graph:
             return m
-        return replace(m, validation=m.validation.unmeasured(), metrics=replace(m.metrics, onnx={}), bench={})
+        speed = replace(self.speed, reached=None, dense_ms=None, pruned_ms=None) if self.speed else None
+        return replace(m, validation=m.validation.unmeasured(), metrics=replace(m.metrics, onnx={}), bench={}, speed=speed)
 
     def with_mobile(self, ort_bytes: int, max_abs_diff: float) -> ArtifactManifest:
         """onnx/model.ort was written beside the graph (`compress export DIR --format ort`)."""

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 from compress import files
-from compress.configs import ExportConfig, MaskConfig, QuantConfig, TrainConfig
+from compress.configs import DistillConfig, ExportConfig, MaskConfig, QuantConfig, TrainConfig
 
 
 @dataclass(frozen=True)
@@ -52,6 +52,7 @@ class RunSettings:
     train: TrainConfig
     export: ExportConfig
     embedding_bits: int | None = None
+    distill: DistillConfig | None = None  # learned from a teacher (the manifest's "teacher" is which)
 
 
 @dataclass(frozen=True)
@@ -97,6 +98,30 @@ class BackboneSizes:
     scales: int = 0
     embeddings: int = 0
     floats: int = 0  # biases, LayerNorms, position and token-type embeddings
+
+
+@dataclass(frozen=True)
+class TeacherRef:
+    """The teacher a run distilled from: the SHA-256 of its trainable.safetensors (its fine-tuned weights) is its identity."""
+
+    sha256: str
+    path: str
+    dev_metric: float | None = None  # its dev metric in PyTorch, as its manifest records it
+
+
+@dataclass(frozen=True)
+class Speed:
+    """A run asked for a speed (`--speedup`): what the latency model chose and predicted, what the exported graph reached."""
+
+    asked: float  # times the unpruned graph's batch-1 throughput
+    predicted: float  # by the latency model (compress.latency), for the chosen heads and neurons
+    heads_keep: float  # the kept fractions chosen (MaskConfig.heads_keep / ffn_keep)
+    ffn_keep: float
+    reached: float | None = None  # measured: the unpruned graph's batch-1 latency / the shipped graph's (None: not measured)
+    dense_ms: float | None = None  # their batch-1 medians (seq_len below), timed round-robin in one run
+    pruned_ms: float | None = None
+    seq_len: int = 128
+    cpu: str = ""  # where it was measured: speed is a property of the machine
 
 
 @dataclass(frozen=True)

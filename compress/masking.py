@@ -123,6 +123,19 @@ def attention_of(name: str) -> tuple[str, tuple[str, str, str]] | None:
     return att, (q, k, v)
 
 
+def transformer_layers(model):
+    """The encoder's list of transformer layers (BERT's encoder.layer, DistilBERT's transformer.layer)."""
+    for path in ("encoder.encoder.layer", "encoder.transformer.layer"):
+        try:
+            return model.get_submodule(path)
+        except AttributeError:
+            continue
+    raise ConfigError(
+        f"{model.encoder.config.model_type}: no list of transformer layers (encoder.layer or transformer.layer): "
+        "drop --speedup and --distill-hidden"
+    )
+
+
 def head_size(model: torch.nn.Module) -> int:
     cfg = model.encoder.config
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None)

@@ -35,11 +35,26 @@ def summary_rows(m: ArtifactManifest) -> list[tuple[str, str]]:
             else []
         ),
         *([("backbone", f"{m.backbone.path} (weights SHA-256 {m.backbone.sha256[:12]}...)")] if m.backbone else []),
+        *([("teacher", _teacher(m))] if m.teacher else []),
+        *([("speedup (batch 1, vs unpruned)", _speed(m))] if m.speed else []),
         ("onnx/model.onnx", _mb(m.sizes.onnx_total)),
     ]
     for b in m.bench.values():
         rows.append((f"latency {b.batch}x{b.seq_len} (median)", f"{b.median_ms:.2f} ms ({b.throughput_seq_s:.0f} seq/s)"))
     return rows
+
+
+def _teacher(m: ArtifactManifest) -> str:
+    d, t = m.config.distill, m.teacher
+    dev = f", dev {m.task.metric} {t.dev_metric:.4f}" if t.dev_metric is not None else ""
+    how = f"alpha {d.alpha}, temperature {d.temperature}" + (f", hidden states x{d.hidden}" if d and d.hidden else "") if d else ""
+    return f"{t.path} (SHA-256 {t.sha256[:12]}...{dev}; {how})"
+
+
+def _speed(m: ArtifactManifest) -> str:
+    s = m.speed
+    reached = f"reached {s.reached:.2f}x ({s.dense_ms:.2f} -> {s.pruned_ms:.2f} ms)" if s.reached is not None else "reached: not measured"
+    return f"asked {s.asked:g}x, predicted {s.predicted:.2f}x, {reached} on {s.cpu}"
 
 
 def size_lines(m: ArtifactManifest) -> list[str]:

@@ -32,11 +32,13 @@ from compress import (
     models,
     report,
     resources,
+    speedup,
     staging,
     tasks,
     train,
 )
 from compress import manifest as mf
+from compress import teacher as teacher_mod
 from compress.configs import RunConfig
 from compress.errors import ArtifactError
 from compress.exporters.export import ExportResult, export
@@ -67,16 +69,22 @@ class Job:
     progress: bool
     stages: resources.StageMeter
     t_start: float
+    teacher: teacher_mod.Teacher | None = None  # --teacher: distil from it
+    speed: mf.Speed | None = None  # --speedup: what was asked and planned (compress.speedup)
 
 
 def settings(cfg: RunConfig, embedding: bool) -> mf.RunSettings:
     """What the artifact's manifest records as its configs."""
     from compress import quantize
 
-    return mf.RunSettings(cfg.quant, cfg.mask, cfg.train, cfg.export, quantize.embedding_bits(cfg.quant) if embedding else None)
+    return mf.RunSettings(
+        cfg.quant, cfg.mask, cfg.train, cfg.export, quantize.embedding_bits(cfg.quant) if embedding else None, cfg.distill
+    )
 
 
-def checkpoint_settings(cfg: RunConfig, ref: mf.BackboneRef | None, train_split: tasks.Split) -> checkpoint.CheckpointSettings:
+def checkpoint_settings(
+    cfg: RunConfig, ref: mf.BackboneRef | None, train_split: tasks.Split, teacher_sha256: str | None = None
+) -> checkpoint.CheckpointSettings:
     """What a checkpoint must share with the run that continues it (compress.checkpoint.CheckpointSettings)."""
     h = hashlib.sha256()
     for row in zip(train_split.text_a, train_split.text_b or [""] * len(train_split), train_split.labels):
@@ -92,6 +100,8 @@ def checkpoint_settings(cfg: RunConfig, ref: mf.BackboneRef | None, train_split:
         ref.sha256 if ref else None,
         checkpoint.TrainData(len(train_split), h.hexdigest()),
         distributed.world(),
+        cfg.distill,
+        teacher_sha256,
     )
 
 
@@ -104,10 +114,12 @@ def run(cfg: RunConfig, command: str = "", progress: bool = False) -> tuple[Path
         torch.set_num_threads(cfg.threads)
     task = tasks.get_task(cfg.task)
     cfg, ref = build.resolve_backbone(cfg)
+    cfg, speed = speedup.resolve(cfg, task.num_labels)  # --speedup -> the heads and neurons to keep
+    teach = teacher_mod.load(cfg.distill, task.name, cfg.model) if cfg.distill else None
     with tqdm(total=5, desc="pipeline", disable=not progress, unit="stage", leave=False) as bar:
         stages = resources.StageMeter(lambda name: (name != "data" and bar.update(), bar.set_description(name)))
         try:
-            return _run(Job(cfg, ref, task, out, command, progress, stages, t_start))
+            return _run(Job(cfg, ref, task, out, command, progress, stages, t_start, teach, speed))
         finally:
             stages.stop()
 
@@ -128,7 +140,10 @@ def _run(job: Job) -> tuple[Path, mf.ArtifactManifest | None]:
     job.stages.start(f"train ({cfg.train.mode})")
     ckpt = None
     if cfg.checkpoint.enabled and not cfg.init_from:
-        ckpt = checkpoint.Checkpointer(checkpoint.work_dir(job.out), checkpoint_settings(cfg, job.ref, data.train), cfg.checkpoint)
+        teacher_sha = job.teacher.ref.sha256 if job.teacher else None
+        ckpt = checkpoint.Checkpointer(
+            checkpoint.work_dir(job.out), checkpoint_settings(cfg, job.ref, data.train, teacher_sha), cfg.checkpoint
+        )
     history = _train(job, data, built, ckpt)
     if not distributed.is_main():  # under torchrun, process 0 exports, validates and writes the artifact
         return job.out, None
@@ -148,7 +163,17 @@ def _run(job: Job) -> tuple[Path, mf.ArtifactManifest | None]:
 def _train(job: Job, data: Data, built: build.Built, ckpt: checkpoint.Checkpointer | None) -> train.TrainResult:
     if job.cfg.init_from:
         return _load_fine_tuned(Path(job.cfg.init_from), built.model, job.cfg)
-    return train.fit(built.model, job.task, data.train, data.dev, built.tokenizer, job.cfg.train, progress=job.progress, checkpoint=ckpt)
+    return train.fit(
+        built.model,
+        job.task,
+        data.train,
+        data.dev,
+        built.tokenizer,
+        job.cfg.train,
+        progress=job.progress,
+        checkpoint=ckpt,
+        teacher=job.teacher,
+    )
 
 
 def _publish(tmp: Path, job: Job, data: Data, built: build.Built, trained: dict, history: train.TrainResult) -> mf.ArtifactManifest:
@@ -160,11 +185,16 @@ def _publish(tmp: Path, job: Job, data: Data, built: build.Built, trained: dict,
     torch_logits = train.predict(model, dev_enc, pad, bf16=False)
     torch_metrics = metrics.compute(job.task, torch_logits, data.dev.labels)
     job.stages.start("export")
-    res, mask_bytes = _write_graph(tmp, job, built, trained, linears, embedding, next(iter(batches(dev_enc, 32, pad))))
+    sample = next(iter(batches(dev_enc, 32, pad)))
+    res, mask_bytes = _write_graph(tmp, job, built, trained, linears, embedding, sample)
+    speed = job.speed
+    if speed is not None:  # the speed reached: the shipped graph against the unpruned one, on this machine
+        speed = speedup.reached(speed, model, built.qweights, tmp / files.GRAPH, cfg, sample, calibration.batches(built.calibration))
     job.stages.start("validate")
     checked = validate(tmp, job.task, data.dev, torch_logits, torch_metrics, cfg, pad)
     sizes = res.sizes_in(mf.Sizes(masks=mask_bytes, head=(tmp / files.TRAINABLE).stat().st_size))
     m = _manifest(job, data, built, history, res, checked, build.layer_table(model, linears, embedding), embedding is not None, sizes)
+    m = dataclasses.replace(m, teacher=job.teacher.ref if job.teacher else None, speed=speed)
     (tmp / files.REPORT).write_text(report.render(m))
     return mf.write(tmp, m)
 

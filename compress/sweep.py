@@ -104,6 +104,9 @@ def cell_config(cfg: SweepConfig, cell: Cell):
         init_from=init_from,
         quant=quantize.default_config(cell.bits) if cell.bits <= 8 else quantize.QuantConfig(bits=cell.bits),
         train=dataclasses.replace(base.train, mode=cell.mode, seed=cell.seed),
+        # a mask learns from the teacher and for the speed asked; dense fine-tuning (the comparison column) neither
+        distill=base.distill if cell.mode == "structure" else None,
+        speedup=base.speedup if cell.mode == "structure" else None,
     )
 
 
@@ -119,6 +122,12 @@ def _differences(cfg: SweepConfig, cell: Cell, manifest: mf.ArtifactManifest) ->
     sections = ["train", "quant"] + (["mask"] if cell.mode == "structure" else [])
     skip = _NOT_COMPARED | _IGNORED_BY[cell.mode]
     out = []
+    if want.speedup is not None:  # the kept fractions are what the speed asked for resolved to on the machine that trained
+        skip = skip | {"ffn_keep", "heads_keep"}
+        if (asked := manifest.speed.asked if manifest.speed else None) != want.speedup:
+            out.append(f"speedup {asked!r} (sweep: {want.speedup!r})")
+    if manifest.config.distill != want.distill:
+        out.append(f"distill {manifest.config.distill!r} (sweep: {want.distill!r})")
     for section in sections:
         wanted, have = dataclasses.asdict(getattr(want, section)), dataclasses.asdict(getattr(manifest.config, section))
         out += [f"{section}.{k} {have[k]!r} (sweep: {v!r})" for k, v in wanted.items() if k not in skip and have[k] != v]
@@ -152,6 +161,7 @@ def record(cell: Cell, m: mf.ArtifactManifest) -> dict:
         "seconds": m.seconds,
         "majority": m.metrics.majority,
         "validation_passed": m.passed,
+        "speedup": m.speed.reached if m.speed else None,  # --speedup: measured against the unpruned graph
     }
 
 

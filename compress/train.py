@@ -19,6 +19,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from compress import distributed, masking, metrics, resources
@@ -144,12 +145,21 @@ def load_parameters_(model, tensors: dict[str, torch.Tensor]) -> None:
 
 
 def fit(
-    model, task: Task, train: Split, dev: Split, tokenizer, cfg: TrainConfig, progress: bool = False, checkpoint: Checkpointer | None = None
+    model,
+    task: Task,
+    train: Split,
+    dev: Split,
+    tokenizer,
+    cfg: TrainConfig,
+    progress: bool = False,
+    checkpoint: Checkpointer | None = None,
+    teacher: Any = None,  # compress.teacher.Teacher (which imports this module)
 ) -> TrainResult:
     """Train in place on cfg.device; on return the model holds the selected epoch's parameters, on the CPU.
 
     The caller passes the splits to use (``RunConfig`` applies max_train/eval_examples). With a checkpointer the
-    training state is saved as it says (compress.checkpoint) and a saved state is continued.
+    training state is saved as it says (compress.checkpoint) and a saved state is continued. With a teacher the loss
+    is distilled from it (compress.teacher).
     """
     device = distributed.device(resolve_device(cfg.device))
     distributed.init(device)
@@ -161,8 +171,15 @@ def fit(
     model.to(device)
     try:
         with checkpoint.signals() if checkpoint is not None else contextlib.nullcontext():
-            return _fit(_setup(model, task, train, dev, tokenizer, cfg, device, progress, checkpoint))
+            loop = _setup(model, task, train, dev, tokenizer, cfg, device, progress, checkpoint)
+            if teacher is not None:
+                t0 = time.perf_counter()
+                loop.teacher, loop.soft = teacher, teacher.soft_targets(loop.tr_enc, loop.pad_id, device)
+                log.info("teacher's soft targets for %d examples: %.1f s", len(loop.soft), time.perf_counter() - t0)
+            return _fit(loop)
     finally:
+        if teacher is not None:
+            teacher.model.to("cpu")
         model.to("cpu")  # quantized tensors, export and ONNX validation live on the CPU
         distributed.finish()  # training is the only collective work; process 0 goes on alone
 
@@ -192,6 +209,8 @@ class _Loop:
     state: Progress
     checkpoint: Checkpointer | None
     show: bool  # progress bars
+    teacher: Any = None  # compress.teacher.Teacher: distillation
+    soft: torch.Tensor | None = None  # the teacher's logits for every training example (computed once)
     t_start: float = field(default_factory=time.perf_counter)
     epoch_t0: float = 0.0  # when the current epoch started
     bar: Any = None  # the current epoch's progress bar
@@ -280,17 +299,12 @@ def _train_epoch(loop: _Loop, epoch: int) -> None:
     loop.bar = tqdm(
         total=loop.steps_per_epoch, initial=st.batch, desc=f"epoch {epoch}/{cfg.epochs}", disable=not loop.show, leave=True, unit="step"
     )
-    loss_fn = torch.nn.MSELoss() if loop.task.is_regression else torch.nn.CrossEntropyLoss()
     for b in range(st.batch, loop.steps_per_epoch):
         idx = distributed.shard(st.order[b * cfg.batch_size : (b + 1) * cfg.batch_size])  # all of it with one process
-        batch = collate(loop.tr_enc, idx, loop.pad_id, loop.device)
         for s in loop.scores:  # head warm-up: scores frozen for the first steps
             s.requires_grad_(st.step >= cfg.head_warmup_steps)
         masking.set_keep_(loop.model, st.step / loop.total)
-        with _autocast(loop.device, cfg.bf16):
-            out = loop.trained(**batch).float()
-        target = loop.y[torch.from_numpy(idx).to(loop.device)]
-        loss = loss_fn(out.squeeze(-1), target) if loop.task.is_regression else loss_fn(out, target)
+        loss = _loss(loop, idx)
         loop.opt.zero_grad(set_to_none=True)
         loss.backward()
         loop.opt.step()
@@ -303,6 +317,65 @@ def _train_epoch(loop: _Loop, epoch: int) -> None:
         if loop.checkpoint and b + 1 < loop.steps_per_epoch:  # the epoch's last step is saved after its dev pass
             st.epoch, st.batch = epoch, b + 1
             _save(loop, loop.checkpoint.due(st.step))
+
+
+def _loss(loop: _Loop, idx: np.ndarray) -> torch.Tensor:
+    """The batch's loss: the task's, or with a teacher (1 - alpha) * the task's + alpha * the soft targets' (+ hidden states')."""
+    batch = collate(loop.tr_enc, idx, loop.pad_id, loop.device)
+    rows = torch.from_numpy(idx).to(loop.device)
+    d = loop.teacher.config if loop.teacher else None
+    with _autocast(loop.device, loop.cfg.bf16), layer_outputs(loop.model, bool(d and d.hidden)) as hidden:
+        logits = loop.trained(**batch).float()
+    loss = task_loss(loop.task, logits, loop.y[rows])
+    if d is None:
+        return loss
+    loss = (1 - d.alpha) * loss + d.alpha * soft_loss(loop.task, logits, loop.soft[rows], d.temperature)
+    if d.hidden:
+        with _autocast(loop.device, loop.cfg.bf16):
+            want = loop.teacher.hidden_states(batch)
+        loss = loss + d.hidden * hidden_loss(hidden, want, batch["attention_mask"])
+    return loss
+
+
+@contextlib.contextmanager
+def layer_outputs(model, enabled: bool = True):
+    """Collect each transformer layer's output (its hidden states) while the model runs forward, by hooks: the model's forward
+    and its exported graph stay as they are. Yields the list the outputs are appended to, in layer order."""
+    out: list[torch.Tensor] = []
+    if not enabled:
+        yield out
+        return
+    hooks = [
+        m.register_forward_hook(lambda _m, _i, o: out.append(o[0] if isinstance(o, tuple) else o))
+        for m in masking.transformer_layers(model)
+    ]
+    try:
+        yield out
+    finally:
+        for h in hooks:
+            h.remove()
+
+
+def task_loss(task: Task, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    if task.is_regression:
+        return F.mse_loss(logits.squeeze(-1), target)
+    return F.cross_entropy(logits, target)
+
+
+def soft_loss(task: Task, logits: torch.Tensor, teacher_logits: torch.Tensor, temperature: float) -> torch.Tensor:
+    """Hinton et al.'s soft-target loss: KL(teacher || student) at the temperature, times its square (so that its gradients keep
+    their scale as the temperature changes); regression: the MSE to the teacher's prediction."""
+    if task.is_regression:
+        return F.mse_loss(logits.squeeze(-1), teacher_logits.squeeze(-1))
+    t = temperature
+    return F.kl_div(F.log_softmax(logits / t, -1), F.log_softmax(teacher_logits / t, -1), log_target=True, reduction="batchmean") * t * t
+
+
+def hidden_loss(student: list[torch.Tensor], teacher: list[torch.Tensor], attention_mask: torch.Tensor) -> torch.Tensor:
+    """The mean over layers of the MSE between the student's and the teacher's layer outputs, over the real (unpadded) tokens."""
+    m = attention_mask.unsqueeze(-1).float()
+    per = [(((s.float() - t.float()) ** 2) * m).sum() / (m.sum() * s.shape[-1]) for s, t in zip(student, teacher)]
+    return torch.stack(per).mean()
 
 
 def _end_epoch(loop: _Loop, epoch: int) -> None:

@@ -43,6 +43,19 @@ def glue_dir() -> Path:
     return path
 
 
+@pytest.fixture(scope="session", autouse=True)
+def latency_cache(tmp_path_factory) -> Path:
+    """compress.latency caches its measured models here, not in the user's ~/.cache: measured once per session."""
+    d = tmp_path_factory.mktemp("cache")
+    old = os.environ.get("COMPRESS_CACHE")
+    os.environ["COMPRESS_CACHE"] = str(d)
+    yield d
+    if old is None:
+        os.environ.pop("COMPRESS_CACHE", None)
+    else:
+        os.environ["COMPRESS_CACHE"] = old
+
+
 @pytest.fixture(scope="session")
 def tiny_model_dir(tmp_path_factory) -> Path:
     """A 2-layer BERT (hidden 64, 4 heads) saved in Hugging Face format."""

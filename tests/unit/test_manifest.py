@@ -29,7 +29,7 @@ def test_manifest_is_typed_versioned_and_verified(tmp_path):
     (tmp_path / "weights.safetensors").write_bytes(b"onnx")
     m = mf.write(tmp_path, backbone_manifest())
     raw = json.loads((tmp_path / "manifest.json").read_text())
-    assert raw["kind"] == "backbone" and raw["schema_version"] == mf.SCHEMA_VERSION == 3 and list(raw)[-1] == "files"
+    assert raw["kind"] == "backbone" and raw["schema_version"] == mf.SCHEMA_VERSION == 4 and list(raw)[-1] == "files"
     assert raw["files"]["weights.safetensors"]["bytes"] == 4 and raw["sizes"] == {"codes": 2, "scales": 0, "embeddings": 0, "floats": 0}
     back = mf.read(tmp_path, mf.BackboneManifest)
     assert back == m and back.quant.bits == 4 and back.layers[0].shape == [2, 2] and back.weights_sha256 == m.weights_sha256
@@ -76,11 +76,12 @@ def test_the_loader_names_the_field_that_does_not_fit():
 def test_every_earlier_schema_still_reads(path):
     d = json.loads(path.read_text())
     m = mf.parse(d, path=path, listed="pack-task" not in path.name)
-    assert d["schema_version"] in (1, 2) and m.schema_version == mf.SCHEMA_VERSION
+    assert d["schema_version"] in (1, 2, 3) and m.schema_version == mf.SCHEMA_VERSION
     assert type(m).kind == d.get("kind", "artifact")
-    again = mf.parse(m.to_dict(), listed="pack-task" not in path.name)  # written as schema 3, read back: the same values
+    again = mf.parse(m.to_dict(), listed="pack-task" not in path.name)  # written as this schema, read back: the same values
     assert again == m
     if isinstance(m, mf.ArtifactManifest):
+        assert m.teacher is None and m.speed is None and m.config.distill is None  # schema 4's: none before
         assert m.config.export.activations == d["config"]["export"].get("activations", "tensor")  # before: one scale per batch
         assert m.passed is d["validation"].get("passed", True) and m.metrics.torch == d["metrics"]["torch"]
         assert [h.epoch for h in m.training.history] == [h["epoch"] for h in d["training"]["history"]]

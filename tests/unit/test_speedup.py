@@ -1,0 +1,132 @@
+"""--speedup: the latency model (compress.latency), the plan it makes and the speed a run reaches (compress.speedup)."""
+
+import dataclasses
+
+import pytest
+from clirunner import error_line, invoke, small_mrpc
+
+from compress import latency, speedup
+from compress import manifest as mf
+from compress.check import read_metrics
+from compress.configs import ExportConfig, MaskConfig, QuantConfig, RunConfig
+from compress.errors import ConfigError
+
+SHAPE = latency.Shape("m", layers=4, hidden=64, heads=4, neurons=128, kernel="int8", activations="static", bits=4)
+
+
+def _model(**kw) -> latency.LatencyModel:
+    """Fixed 1 ms, a layer 4 ms: 2 of them in heads (0.5 each), 2 in the FFN (linear in neurons)."""
+    lm = latency.LatencyModel(
+        SHAPE,
+        "cpu",
+        "ort",
+        heads=(1, 2, 3, 4),
+        heads_ms=(3.5, 4.0, 4.5, 5.0),
+        neurons=(16, 64, 128),
+        neurons_ms=(3.25, 4.0, 5.0),
+        one_layer_ms=5.0,
+        two_layers_ms=9.0,
+    )
+    return dataclasses.replace(lm, **kw)
+
+
+def test_the_latency_model_adds_what_heads_and_neurons_save():
+    lm = _model()
+    assert (lm.fixed_ms, lm.layer_ms, lm.dense_ms) == (1.0, 4.0, 17.0)
+    assert lm.layer(2, 128) == pytest.approx(3.0) and lm.layer(4, 64) == pytest.approx(3.0)
+    assert lm.layer(2, 64) == pytest.approx(2.0) and lm.layer(3, 96) == pytest.approx(4.0 - 0.5 - 0.5)  # interpolated
+    assert lm.predict(2, 64) == pytest.approx(1 + 4 * 2.0)
+    assert latency.counts(12, 1) == [1, 3, 6, 9, 12] and latency.counts(1536, 16) == [16, 384, 768, 1152, 1536]
+
+
+def test_the_plan_keeps_the_largest_fraction_of_heads_and_neurons_that_reaches_the_speed():
+    lm = _model()
+    assert speedup.candidates(lm)[:3] == [(4, 128), (4, 112), (3, 96)] and speedup.candidates(lm)[-1] == (1, 16)
+    p = speedup.plan(lm, 1.5)
+    assert 1.5 <= lm.dense_ms / lm.predict(p.heads, p.neurons) == p.predicted
+    larger = speedup.candidates(lm)[: speedup.candidates(lm).index((p.heads, p.neurons))]
+    assert larger and all(lm.dense_ms / lm.predict(h, n) < 1.5 for h, n in larger)  # every larger fraction falls short
+    s = p.speed(lm, 1.5)
+    assert (s.heads_keep, s.ffn_keep) == (p.heads / 4, p.neurons / 128) and s.reached is None
+    with pytest.raises(speedup.SpeedupError, match=r"reaches at most 4\.25x on this machine \(cpu; 4 layers stay\); ask for 4\.25 or less"):
+        speedup.plan(lm, 10)
+
+
+def test_calibration_corrects_the_latency_models_error_on_the_whole_graph():
+    """The whole graph gains only half of what the model predicts: the plan is asked for more until the measured speed is there."""
+    lm = _model()
+    measured = []
+
+    def measure(h, n):
+        got = 1 + 0.5 * (lm.dense_ms / lm.predict(h, n) - 1)
+        measured.append((h, n, got))
+        return got
+
+    p = speedup.calibrate(lm, 1.5, measure)
+    assert len(measured) >= 2 and measured[0][2] < 1.5 * 0.95  # the first plan fell short
+    assert p.predicted == measured[-1][2] and 1.5 * 0.95 <= p.predicted and (p.heads, p.neurons) == measured[-1][:2]
+    with pytest.raises(speedup.SpeedupError, match=r"reaches at most 2\.62x on this machine, measured on whole graphs"):
+        speedup.calibrate(lm, 3.5, measure)  # the model says 4.25x is possible, the whole graph gives 1 + (4.25 - 1) / 2
+    exact = speedup.calibrate(lm, 1.5, lambda h, n: lm.dense_ms / lm.predict(h, n))
+    assert (exact.heads, exact.neurons) == (speedup.plan(lm, 1.5).heads, speedup.plan(lm, 1.5).neurons)
+
+
+def test_speedup_is_checked_with_the_options_it_replaces():
+    with pytest.raises(ConfigError, match="drop --ffn-keep / --heads-keep"):
+        RunConfig(speedup=2, mask=MaskConfig(ffn_keep=0.5))
+    with pytest.raises(ConfigError, match="speed >= 1"):
+        RunConfig(speedup=0.5)
+
+
+@pytest.mark.slow  # --full only: exports and times 9 graphs (about a minute on 2 cores)
+def test_the_latency_model_is_measured_once_per_machine_and_shape(tiny_model_dir, monkeypatch):
+    """The shape `compress run --speedup` on the tiny BERT measures (so that the run below finds it cached). Its times are
+    not compared with each other: tiny graphs take ~0.5 ms, within this machine's noise (a timed bound belongs in a benchmark)."""
+    shape = dataclasses.replace(SHAPE, model=str(tiny_model_dir), layers=2, neurons=128, heads=4)
+    calls = []
+    real = latency.measure
+    monkeypatch.setattr(latency, "measure", lambda *a, **k: calls.append(a[0]) or real(*a, **k))
+    lm = latency.model_for(shape, QuantConfig(), ExportConfig(), 2, None)
+    assert lm.heads == (1, 2, 3, 4) and lm.neurons == (16, 32, 64, 96, 128) and lm.shape == shape and lm.cpu == latency.cpu_name()
+    assert all(t > 0 for t in (*lm.heads_ms, *lm.neurons_ms, lm.one_layer_ms, lm.two_layers_ms))
+    assert latency.model_for(shape, QuantConfig(), ExportConfig(), 2, None) == lm and len(calls) == 1  # cached
+    monkeypatch.setattr(latency, "measure", lambda shape, *a, **k: calls.append(shape) or dataclasses.replace(lm, shape=shape))
+    other = dataclasses.replace(shape, kernel="float")
+    assert latency.model_for(other, QuantConfig(), ExportConfig(kernel="float"), 2, None).shape == other and calls[-1] == other
+
+
+@pytest.mark.slow  # --full only: measures the latency model unless the test above did, and calibrates on whole graphs
+def test_a_run_reaches_the_speed_it_asked_for_and_check_gates_it(tiny_model_dir, tmp_path):
+    glue = small_mrpc(tmp_path, 16)
+    out = tmp_path / "fast"
+    r = invoke(
+        "run", "--model", tiny_model_dir, "--task", "mrpc", "--data-dir", glue, "--epochs", 2, "--no-bench", "--speedup", 1.3, "--out", out
+    )
+    assert r.exit_code == 0, r.output
+    m = mf.read(out, mf.ArtifactManifest)
+    s = m.speed
+    # measured, not asserted faster: a timed bound belongs in a benchmark (tiny graphs take ~0.5 ms, within this machine's noise)
+    assert (
+        s.asked == 1.3
+        and s.predicted >= 1.3
+        and s.reached == pytest.approx(s.dense_ms / s.pruned_ms, rel=1e-3)
+        and s.cpu == latency.cpu_name()
+    )
+    assert (m.config.mask.heads_keep, m.config.mask.ffn_keep) == (s.heads_keep, s.ffn_keep)
+    heads = sum(k for k, _ in m.attention_heads.values()) if m.attention_heads else 2 * 4
+    neurons = sum(k for k, _ in m.ffn_neurons.values()) if m.ffn_neurons else 2 * 128
+    assert heads == round(2 * 4 * s.heads_keep) and neurons == round(2 * 128 * s.ffn_keep)  # what the plan asked is what left
+    assert read_metrics(out)["speedup"] == s.reached and "speedup (batch 1, vs unpruned)" in r.output
+    assert invoke("export", out, "--kernel", "float").exit_code == 0  # another graph: the speed measured is void
+    assert mf.read(out, mf.ArtifactManifest).speed.reached is None and "speedup" not in read_metrics(out)
+
+
+@pytest.mark.slow  # --full only: needs the measured latency model
+def test_a_speed_out_of_reach_is_one_line_and_nothing_written(tiny_model_dir, tmp_path):
+    glue = small_mrpc(tmp_path, 16)
+    r = invoke("run", "--model", tiny_model_dir, "--task", "mrpc", "--data-dir", glue, "--speedup", 50, "--out", tmp_path / "o")
+    assert r.exit_code != 0 and "ask for" in error_line(r) and not (tmp_path / "o").exists()
+    r = invoke(
+        "run", "--model", tiny_model_dir, "--task", "mrpc", "--data-dir", glue, "--speedup", 2, "--heads-keep", 0.5, "--out", tmp_path / "o"
+    )
+    assert r.exit_code != 0 and "drop --ffn-keep / --heads-keep" in error_line(r)
