@@ -241,5 +241,7 @@ class RunConfig:
             raise ConfigError(f"speedup={self.speedup}: ask for a speed >= 1 (times the unpruned graph's batch-1 throughput), e.g. 2")
         if self.speedup is not None and (self.mask.ffn_keep is not None or self.mask.heads_keep is not None):
             raise ConfigError("--speedup chooses the kept heads and FFN neurons itself: drop --ffn-keep / --heads-keep, or --speedup")
+        if self.speedup is not None and self.train.mode != "structure":
+            raise ConfigError("--speedup removes heads and neurons through the learned mask: use --mode structure")
         if self.distill is not None and self.train.mode != "structure":
             raise ConfigError("--teacher distils into a learned mask: use --mode structure (the teacher is the --mode weights model)")

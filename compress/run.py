@@ -193,8 +193,9 @@ def _publish(tmp: Path, job: Job, data: Data, built: build.Built, trained: dict,
     job.stages.start("validate")
     checked = validate(tmp, job.task, data.dev, torch_logits, torch_metrics, cfg, pad)
     sizes = res.sizes_in(mf.Sizes(masks=mask_bytes, head=(tmp / files.TRAINABLE).stat().st_size))
-    m = _manifest(job, data, built, history, res, checked, build.layer_table(model, linears, embedding), embedding is not None, sizes)
-    m = dataclasses.replace(m, teacher=job.teacher.ref if job.teacher else None, speed=speed)
+    m = _manifest(
+        job, data, built, history, res, checked, build.layer_table(model, linears, embedding), embedding is not None, sizes, speed
+    )
     (tmp / files.REPORT).write_text(report.render(m))
     return mf.write(tmp, m)
 
@@ -224,6 +225,7 @@ def _manifest(
     layers: list[mf.LayerInfo],
     embedding: bool,
     sizes: mf.Sizes,
+    speed: mf.Speed | None,
 ) -> mf.ArtifactManifest:
     cfg, task, model, structure = job.cfg, job.task, built.model, job.cfg.train.mode == "structure"
     timings = job.stages.stop()  # the last stage (validate) ends here
@@ -253,6 +255,8 @@ def _manifest(
         bench=checked.bench,
         seconds=time.perf_counter() - job.t_start,
         stages=timings,
+        teacher=job.teacher.ref if job.teacher else None,
+        speed=speed,
     )
 
 

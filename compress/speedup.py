@@ -108,8 +108,6 @@ def resolve(cfg: RunConfig, num_labels: int) -> tuple[RunConfig, mf.Speed | None
         return cfg, None
     from compress import models
 
-    if cfg.train.mode != "structure":
-        raise SpeedupError("--speedup removes heads and neurons through the learned mask: use --mode structure")
     source = models.resolve(cfg.model)
     config = models.load_encoder(source)[0].config
     shape = latency.Shape(

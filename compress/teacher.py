@@ -1,10 +1,10 @@
 """The teacher of a distilled run: the dense fine-tuned model of the same task (an artifact of `compress run --mode weights`).
 
-``load`` checks that the teacher fits the student (same task, same model and tokenizer, same number of layers and hidden
-size where hidden states are distilled) and rebuilds its fp32 weights from trainable.safetensors, the fine-tuned weights
-before post-training quantization. ``soft_targets`` runs it once over the training set (in eval mode its logits do not
-change between epochs, so the logit loss costs one forward pass in all); ``hidden_states`` runs it per batch, which the
-layerwise loss needs (an epoch's hidden states do not fit in memory at any useful size).
+``load`` checks that the teacher fits the student (a `--mode weights` artifact of the same task and the same model, so the
+same tokenizer, layers and hidden size) and rebuilds its fp32 weights from trainable.safetensors, the fine-tuned weights
+before post-training quantization. ``Teacher.soft_targets`` runs it once over the training set (in eval mode its logits do
+not change between epochs, so the logit loss costs one forward pass in all); ``Teacher.hidden_states`` runs it per batch,
+which the layerwise loss needs (an epoch's hidden states do not fit in memory at any useful size).
 """
 
 from __future__ import annotations
