@@ -268,7 +268,8 @@ class PackTask:
     bits_per_masked_weight: float
     parity_max_abs_diff: float  # the pack's graph vs the source artifact's model.onnx
     source: PackSource
-    ffn_neurons: dict[str, list[int]] = field(default_factory=dict)
+    ffn_neurons: dict[str, list[int]] = field(default_factory=dict)  # FFN second projection -> [neurons kept, total]
+    attention_heads: dict[str, list[int]] = field(default_factory=dict)  # attention output projection -> [heads kept, total]
     guard_passed: bool | None = True  # the artifact's accuracy guard (False: packed with --allow-failed-guard)
 
 

@@ -86,9 +86,9 @@ def _hf_config(out: Path, m: mf.ArtifactManifest) -> None:
 def _recover(model, m: mf.ArtifactManifest, out: Path) -> None:
     """mask.npz and trainable.safetensors from a pack's task graph (its coded masks and head, by name).
 
-    Dropped FFN neurons: their columns of the second projection are pruned, as in the original; their
-    rows of the first projection are left unpruned (the original's are not in the pack; either way the
-    neuron is dead and leaves the exported graph)."""
+    Dropped FFN neurons and attention heads: their columns of the second (output) projection are pruned, as in the
+    original; their rows of the first (Q/K/V) projections are left unpruned (the original's are not in the pack;
+    either way the unit is dead and leaves the exported graph)."""
     from onnx import numpy_helper
     from safetensors.numpy import save_file
 
@@ -103,29 +103,24 @@ def _recover(model, m: mf.ArtifactManifest, out: Path) -> None:
 
 
 def _masks(inits: dict, m: mf.ArtifactManifest) -> dict[str, np.ndarray]:
-    """Every masked linear's mask, decoded from the task graph's coded masks and kept-neuron indices."""
+    """Every masked linear's mask, decoded from the task graph's coded masks and kept-neuron / head-channel indices."""
     from onnx import numpy_helper
 
-    from compress.exporters.neurons import pairs
     from compress.exporters.shared import tensor_name
 
     arr = lambda n: numpy_helper.to_array(inits[n])
     shapes = {r.name: tuple(r.shape) for r in m.layers if r.masked}
-    role = {}  # FFN projection -> (axis of its neurons, the second projection, which names the kept neurons)
-    for second in m.ffn_neurons:
-        for first, sec in pairs(shapes, shapes[second][1]):
-            if sec == second:
-                role[first], role[second] = (0, second), (1, second)
+    role = _roles(m, shapes, inits)
     masks = {}
     for name, shape in shapes.items():
-        axis, second = role.get(name, (None, None))
-        kept = arr(tensor_name(second, "neurons_kept")).astype(np.int64) if axis is not None else None
+        axis, second, unit = role.get(name, (None, None, None))
+        kept = arr(tensor_name(second, f"{unit}_kept")).astype(np.int64) if axis is not None else None
         sub = shape if axis is None else (kept.size, shape[1]) if axis == 0 else (shape[0], kept.size)
         part = _mask(inits, name, int(np.prod(sub))).reshape(sub)
         if axis is None:
             masks[name] = part
-        elif axis == 1:  # the second projection: the columns of dropped and padding neurons are pruned
-            alive_name = tensor_name(second, "neurons_alive")
+        elif axis == 1:  # the second projection: the columns of dropped and padding units are pruned
+            alive_name = tensor_name(second, f"{unit}_alive")
             alive = arr(alive_name).astype(bool) if alive_name in inits else np.ones(kept.size, bool)
             masks[name] = np.zeros(shape, bool)
             masks[name][:, kept] = part & alive[None, :]
@@ -133,6 +128,25 @@ def _masks(inits: dict, m: mf.ArtifactManifest) -> dict[str, np.ndarray]:
             masks[name] = np.ones(shape, bool)
             masks[name][kept] = part
     return masks
+
+
+def _roles(m: mf.ArtifactManifest, shapes: dict, inits: dict) -> dict[str, tuple[int, str, str]]:
+    """Projection -> (axis of its kept units, the projection whose tensor names them, the unit): an FFN's neurons, an
+    attention's head channels (a pack written before heads left its task graphs has no such tensor: every row is there)."""
+    from compress.exporters.neurons import pairs
+    from compress.exporters.shared import tensor_name
+    from compress.masking import attention_of
+
+    role = {}
+    for second in m.ffn_neurons:
+        for first, sec in pairs(shapes, shapes[second][1]):
+            if sec == second:
+                role[first], role[second] = (0, second, "neurons"), (1, second, "neurons")
+    for output in m.attention_heads:
+        if (found := attention_of(output)) is not None and tensor_name(output, "channels_kept") in inits:
+            role.update(dict.fromkeys(found[1], (0, output, "channels")))
+            role[output] = (1, output, "channels")
+    return role
 
 
 def _mask(inits: dict, name: str, size: int) -> np.ndarray:

@@ -171,6 +171,7 @@ def _pack_task(d: Path, m: mf.ArtifactManifest, backbone, shared, out: Path):
         guard_passed=m.passed,
         source=mf.PackSource(str(d.resolve()), mf.manifest_sha256(d), source_graph.sha256, source_graph.bytes, res.sizes.masks),
         ffn_neurons=res.ffn_neurons,
+        attention_heads=res.attention_heads,
     ), r.model
 
 
@@ -254,16 +255,16 @@ def render(pm: mf.PackManifest, seconds: float = 0.0) -> str:
         f"- shared: {mb(s.shared)} ({pm.shared}: codes, scales, embeddings, biases and LayerNorms; plus the tokenizer)",
         "",
         "| task | dev metric (artifact, ONNX Runtime) | own bytes | of which the mask | bits per masked weight | FFN neurons | "
-        "parity vs artifact |",
-        "|---|---|---|---|---|---|---|",
+        "attention heads | parity vs artifact |",
+        "|---|---|---|---|---|---|---|---|",
     ]
+    kept = lambda d: "all" if not d else "{} of {}".format(*map(sum, zip(*d.values())))
     for t in pm.tasks.values():
-        ffn = "all" if not t.ffn_neurons else "{} of {}".format(*map(sum, zip(*t.ffn_neurons.values())))
         failed = " (failed its accuracy guard)" if t.guard_passed is False else ""
         metric = f"{t.metrics[t.metric]:.4f}" if t.metric in t.metrics else "not measured"
         lines.append(
             f"| {t.name} | {t.metric} {metric}{failed} | {t.bytes / 1e3:.0f} kB | {t.source.mask_bytes / 1e3:.0f} kB | "
-            f"{t.bits_per_masked_weight:.3f} | {ffn} | {t.parity_max_abs_diff:.1e} |"
+            f"{t.bits_per_masked_weight:.3f} | {kept(t.ffn_neurons)} | {kept(t.attention_heads)} | {t.parity_max_abs_diff:.1e} |"
         )
     n = len(pm.tasks)
     lines += [

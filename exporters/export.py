@@ -74,16 +74,14 @@ def export(
 
     masks = {k: v.numpy() for k, v in masking.masks(model).items()} if shared is not None else {}
     model, linears, removed = neurons.drop_dead(model, linears)  # folded; dead FFN neurons removed (exact)
-    heads = {}
-    if shared is None:  # a pack's task graph keeps its heads: they index the shared backbone's Q/K/V rows
-        linears, heads = neurons.drop_dead_heads(model, linears)  # dead attention heads removed (exact)
+    linears, heads = neurons.drop_dead_heads(model, linears)  # dead attention heads removed (exact)
     fp32, stats, attention = _fp32_graph(model, config, keep_embeddings=embedding is not None)
     ref = _torch_logits(model, sample)
     parity = _float_parity(fp32, linears, embedding, attention, ref, sample, config)
     smooth = _smoothing(model, linears, config, calibration)
     del model  # the folded copy (the caller's model is untouched)
     qkv_bias = {n.input[2]: attention[n.name] for n in fp32.graph.node if n.name in attention and len(n.input) > 2}
-    source = shared.source(masks, removed) if shared is not None else None
+    source = shared.source(masks, removed | heads) if shared is not None else None
     values = {n: found[1][2] for n in linears if (found := masking.attention_of(n))}  # output projection -> its V
     shipped, parts = (
         weights.quantize_graph(
@@ -101,12 +99,13 @@ def export(
         else (fp32, {"weights": 0, "scales": 0, "embeddings": 0})
     )
     del fp32
-    sizes = _save(shipped, path, parts, shared, source, qkv_bias, removed)
+    sizes = _save(shipped, path, parts, shared, source, qkv_bias, removed | heads)
     del shipped
     release_freed_memory()  # ONNX Runtime unpacks the low-bit weights at load: start it from the smallest footprint
     deployed = run_logits(open_session(path), sample)
     deployed_diff = float(np.max(np.abs(deployed.astype(np.float64) - ref)))  # bounded by the caller (run: on the dev set)
-    res = ExportResult(path, sizes, stats, parity, deployed_diff, {k: [int(r.keep.size), r.total] for k, r in removed.items()}, heads)
+    ffn, att = ({k: r.counts() for k, r in d.items()} for d in (removed, heads))
+    res = ExportResult(path, sizes, stats, parity, deployed_diff, ffn, att)
     log.info("exported %s (%.2f MB): %s", path, path.stat().st_size / 1e6, sizes)
     return res
 

@@ -56,13 +56,25 @@ def pairs(shapes: dict[str, tuple[int, int]], size: int) -> list[tuple[str, str]
 
 @dataclass(frozen=True, eq=False)
 class Removed:
-    """An FFN whose dead neurons left the graph: rows `keep` of its first projection and columns `keep` of its second remain."""
+    """Units that left the graph: rows `keep` of the `rows` projections and columns `keep` of `second` remain. An FFN's
+    neurons (rows: its first projection), or an attention's heads, as their channels (rows: its Q, K and V projections;
+    second: its output projection)."""
 
-    first: str
+    rows: tuple[str, ...]
     second: str
-    keep: np.ndarray  # sorted neuron indices: the live ones, padded with dead ones to a multiple of 16
-    alive: np.ndarray  # bool per kept neuron: False for the padding (zero weights and bias)
-    total: int  # neurons before
+    keep: np.ndarray  # sorted indices: the live ones (FFN: padded with dead ones to a multiple of 16)
+    alive: np.ndarray  # bool per kept index: False for the padding (zero weights and bias)
+    total: int  # indices before
+    unit: str = "neurons"  # "neurons" or "channels" (of the heads kept): names its tensors in a pack's task graph
+    group: int = 1  # indices per unit counted: a head's channels
+
+    @property
+    def first(self) -> str:
+        return self.rows[0]
+
+    def counts(self) -> list[int]:
+        """[units kept, units before] (what the manifest records: FFN neurons, padding included; attention heads)."""
+        return [int(self.keep.size) // self.group, self.total // self.group]
 
 
 def _linear(weight: torch.Tensor, bias: torch.Tensor | None) -> torch.nn.Linear:
@@ -116,15 +128,15 @@ def drop_dead(model: torch.nn.Module, linears: dict[str, QWeight]) -> tuple[torc
             linears[first] = linears[first].rows(keep).masked(np.broadcast_to(alive[keep][:, None], (keep.size, w1.weight.shape[1])))
         if q2 is not None:
             linears[second] = dataclasses.replace(q2, codes=np.ascontiguousarray(q2.codes[:, keep]))
-        kept[second] = Removed(first, second, keep, alive[keep], int(alive.size))
+        kept[second] = Removed((first,), second, keep, alive[keep], int(alive.size))
     if kept:
-        log.info("removed dead FFN neurons: %s", {k: f"{r.keep.size}/{r.total}" for k, r in kept.items()})
+        log.info("removed dead FFN neurons: %s", {k: "{}/{}".format(*r.counts()) for k, r in kept.items()})
     return folded, linears, kept
 
 
-def drop_dead_heads(folded: torch.nn.Module, linears: dict[str, QWeight]) -> tuple[dict[str, QWeight], dict[str, list[int]]]:
+def drop_dead_heads(folded: torch.nn.Module, linears: dict[str, QWeight]) -> tuple[dict[str, QWeight], dict[str, Removed]]:
     """Remove, in place from the folded model, every attention head whose output columns are all pruned; -> (integer
-    weights to match, {attention output projection: [heads kept, heads before]} for the layers that lost heads).
+    weights to match, {attention output projection: the channels of the heads kept} for the layers that lost heads).
 
     A layer keeps at least one head (a dead one contributes zeros: still exact). An output projection quantized in
     groups that do not fit inside a head keeps its dead heads (as zeros)."""
@@ -163,9 +175,9 @@ def drop_dead_heads(folded: torch.nn.Module, linears: dict[str, QWeight]) -> tup
             if proj in linears:
                 linears[proj] = linears[proj].rows(cols)
         _remove_heads(folded, att, projections, name, cols, int(alive.sum()))
-        out[name] = [int(alive.sum()), heads]
+        out[name] = Removed(projections, name, cols, np.ones(cols.size, bool), alive_cols.size, unit="channels", group=size)
     if out:
-        log.info("removed dead attention heads: %s", {k: f"{a}/{b}" for k, (a, b) in out.items()})
+        log.info("removed dead attention heads: %s", {k: "{}/{}".format(*r.counts()) for k, r in out.items()})
     return linears, out
 
 

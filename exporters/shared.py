@@ -6,8 +6,8 @@ embedding table, biases, LayerNorms, position embeddings) points into the backbo
 weights.safetensors, whose raw little-endian bytes after its JSON header are exactly what ONNX
 reads. The task's graph holds only what differs per task: the mask of each linear, coded as the gaps
 between its pruned weights (compress.maskcodec.RiceCode, within ~1% of the entropy; decoded in the graph by
-CumSum and ScatterElements, see compress.exporters.functions) or bit-packed, whichever is smaller; the FFN neurons kept; the head; the
-activation
+CumSum and ScatterElements, see compress.exporters.functions) or bit-packed, whichever is smaller; the FFN neurons and the
+attention heads' channels kept (gathered out of the backbone's codes, scales and biases); the head; the activation
 smoothing factors. All of it is constant, so ONNX Runtime folds it at session load into the very
 int8 weights of the standalone artifact: every task runs on the same kernels at the same speed.
 """
@@ -54,15 +54,16 @@ class SharedFile:
 
 
 class SharedSource(Inline):
-    """Codes and scales from the shared file, with the task's mask (and kept FFN neurons) applied in the graph."""
+    """Codes and scales from the shared file, with the task's mask (and kept FFN neurons and attention heads) applied in the graph."""
 
     compact = True  # the repeated unpack / mask / re-round subgraphs as function calls (exporters.functions)
 
     def __init__(self, shared: SharedFile, masks: dict[str, np.ndarray], removed: dict):
         self.shared, self.masks = shared, masks
-        self.neurons: dict[str, tuple[int, object]] = {}  # FFN projection -> (axis of its neurons, compress.exporters.neurons.Removed)
+        # projection -> (axis of its kept units, compress.exporters.neurons.Removed): an FFN's neurons, an attention's head channels
+        self.neurons: dict[str, tuple[int, object]] = {}
         for r in removed.values():
-            self.neurons[r.first] = (0, r)
+            self.neurons.update(dict.fromkeys(r.rows, (0, r)))
             self.neurons[r.second] = (1, r)
         self.mask_bytes = 0
 
@@ -124,9 +125,8 @@ class SharedSource(Inline):
         conds = [] if mask.all() else [self._mask_graph(bld, base, mask)]
         if not alive.all():
             axis, r = self.neurons[base]
-            vec = bld.node(
-                "Cast", [bld.const(base, r.alive.astype(np.uint8), name=tensor_name(r.second, "neurons_alive"))], base, to=TensorProto.BOOL
-            )[0]
+            alive_vec = bld.const(base, r.alive.astype(np.uint8), name=tensor_name(r.second, f"{r.unit}_alive"))
+            vec = bld.node("Cast", [alive_vec], base, to=TensorProto.BOOL)[0]
             conds.append(bld.node("Unsqueeze", [vec, bld.const(base, np.array([1 - axis], np.int64))], base)[0])
         if not conds:
             return x
@@ -134,7 +134,7 @@ class SharedSource(Inline):
         return bld.node("Where", [cond, x, bld.const(base, np.array(0, np.int8))], base)[0]
 
     def scale16(self, bld: Builder, base: str, w: QWeight) -> str:
-        """The backbone's float16 scales (of the kept neurons' rows, for a first FFN projection)."""
+        """The backbone's float16 scales (of the kept rows, for a first FFN projection or a Q/K/V projection that lost heads)."""
         full = self.shared.qweights[base]
         axis, r = self.neurons.get(base, (None, None))
         if not np.array_equal(w.scale, full.scale[r.keep] if axis == 0 else full.scale):
@@ -148,8 +148,8 @@ class SharedSource(Inline):
 
     @staticmethod
     def _indices(bld: Builder, r) -> str:
-        """An FFN's kept neuron indices (one int16 tensor, int32 beyond 32768 neurons, for its projections and bias), cast to
-        int64 in the graph."""
+        """The kept indices of an FFN's neurons or an attention's head channels (one int16 tensor, int32 beyond 32768, for all
+        its projections and biases), cast to int64 in the graph."""
         small = r.keep.astype(np.int16 if r.total <= 2**15 else np.int32)
         return bld.node("Cast", [bld.const(r.second, small, name=neurons_name(r))], r.second, to=TensorProto.INT64)[0]
 
@@ -172,43 +172,54 @@ def tensor_name(layer: str, what: str) -> str:
 
 
 def neurons_name(r) -> str:
-    return tensor_name(r.second, "neurons_kept")
+    """neurons_kept (an FFN's second projection) or channels_kept (an attention output projection)."""
+    return tensor_name(r.second, f"{r.unit}_kept")
 
 
 def share_floats(model: onnx.ModelProto, shared: SharedFile, qkv_bias: dict[str, tuple[str, str, str]], removed: dict) -> None:
     """Point the graph's float tensors that the backbone holds into it: those of the same name and value
-    (saved as references by `save`), fused Q/K/V biases (a Concat of the backbone's three), and the first
-    FFN projection's bias of kept neurons (a Gather of the backbone's, padding neurons zeroed). Raises if
-    a value differs."""
+    (saved as references by `save`), fused Q/K/V biases (a Concat of the backbone's three), and the biases of
+    projections that kept only some rows (an FFN's first, the Q/K/V of an attention that lost heads: a Gather of
+    the backbone's, padding neurons zeroed). Raises if a value differs."""
     from compress.exporters.builder import toposort
 
     graph = model.graph
     bld = Builder(tag="b")
     bld.named = {i.name for i in graph.initializer}  # e.g. the kept-neuron indices, already there
     drop = set()
-    first_bias = {f"{r.first}.bias": r for r in removed.values()}
+    kept_rows = {f"{p}.bias": r for r in removed.values() for p in r.rows}  # bias -> the Removed whose rows it keeps
     for init in graph.initializer:
         name = init.name
         if name in qkv_bias and all(f"{m}.bias" in shared.tensors for m in qkv_bias[name]):
-            parts = [f"{m}.bias" for m in qkv_bias[name]]
-            _same(name, numpy_helper.to_array(init), np.concatenate([shared.tensors[p] for p in parts]))
-            bld.node("Concat", [bld.const(p, shared.tensors[p], name=p) for p in parts], name, outputs=[name], axis=0)
-            drop.add(name)
-        elif name in first_bias and name in shared.tensors:
-            r = first_bias[name]
-            _same(name, numpy_helper.to_array(init), np.where(r.alive, shared.tensors[name][r.keep], 0).astype(np.float32))
-            full = bld.const(name, shared.tensors[name], name=f"{name}:backbone")  # the graph's tensor keeps its name
-            idx = SharedSource._indices(bld, r)
-            bld.node(
-                "Mul", [bld.node("Gather", [full, idx], name, axis=0)[0], bld.const(name, r.alive.astype(np.float32))], name, outputs=[name]
-            )
-            drop.add(name)
+            parts = [_bias(bld, shared, f"{m}.bias", kept_rows.get(f"{m}.bias")) for m in qkv_bias[name]]
+            _same(name, numpy_helper.to_array(init), np.concatenate([v for _, v in parts]))
+            bld.node("Concat", [x for x, _ in parts], name, outputs=[name], axis=0)
+        elif name in kept_rows and name in shared.tensors:
+            _same(name, numpy_helper.to_array(init), _bias(bld, shared, name, kept_rows[name], out=name)[1])
+        else:
+            continue
+        drop.add(name)
     kept = [i for i in graph.initializer if i.name not in drop]
     del graph.initializer[:]
     graph.initializer.extend(kept + bld.inits)
     nodes = toposort(list(graph.node) + bld.nodes, graph)
     del graph.node[:]
     graph.node.extend(nodes)
+
+
+def _bias(bld: Builder, shared: SharedFile, key: str, r, out: str | None = None) -> tuple[str, np.ndarray]:
+    """A bias from the backbone -> (graph tensor, its value): whole, or its rows r.keep (r: a neurons.Removed) with the
+    padding's zeroed, computed into `out`. The backbone's tensor keeps its name (`name:backbone` when only rows are kept),
+    for `save`."""
+    full = shared.tensors[key]
+    if r is None:
+        return bld.const(key, full, name=key), full
+    last, padded = ({"outputs": [out]} if out else {}), not r.alive.all()
+    src, idx = bld.const(key, full, name=f"{key}:backbone"), SharedSource._indices(bld, r)
+    x = bld.node("Gather", [src, idx], key, axis=0, **({} if padded else last))[0]
+    if padded:
+        x = bld.node("Mul", [x, bld.const(key, r.alive.astype(np.float32))], key, **last)[0]
+    return x, np.where(r.alive, full[r.keep], 0).astype(np.float32)
 
 
 def _same(name: str, got: np.ndarray, expected: np.ndarray) -> None:
@@ -279,8 +290,8 @@ def compute_constants(graph: onnx.GraphProto, min_bytes: int = 256) -> None:
 
 def readable(name: str) -> bool:
     """Initializers that keep their names in a task graph: what `compress materialize` reads back (mask, kept
-    neurons (tensor_name), head)."""
-    return ".mask_" in name or ".neurons_" in name or name.startswith(("classifier.", "encoder.pooler."))
+    neurons and head channels (tensor_name), head)."""
+    return ".mask_" in name or ".neurons_" in name or ".channels_" in name or name.startswith(("classifier.", "encoder.pooler."))
 
 
 def shorten_names(graph: onnx.GraphProto) -> None:

@@ -34,14 +34,15 @@ def glue2(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def trained(tiny_model_dir, glue2, tmp_path_factory):
-    """A 4-bit backbone (GPTQ on the general text) and three artifacts on it: MRPC, SST-2, and MRPC with FFN neurons removed."""
+    """A 4-bit backbone (GPTQ on the general text) and three artifacts on it: MRPC, SST-2, and MRPC with FFN neurons and
+    attention heads removed."""
     root = tmp_path_factory.mktemp("packing")
     assert invoke("quantize", "--model", tiny_model_dir, "--bits", "4", "--calibration-examples", "16", "--out", root / "bb").exit_code == 0
     common = ["--backbone", root / "bb", "--data-dir", glue2, "--batch-size", "8", "--no-bench", "--mask-lr", "0.05"]
     for name, extra in {
         "mrpc": ["--task", "mrpc", "--epochs", "1"],
         "sst2": ["--task", "sst2", "--epochs", "1"],
-        "mrpc-ffn": ["--task", "mrpc", "--epochs", "2", "--ffn-keep", "0.5"],
+        "mrpc-ffn": ["--task", "mrpc", "--epochs", "2", "--ffn-keep", "0.5", "--heads-keep", "0.5"],
     }.items():
         r = invoke("run", *common, *extra, "--out", root / name)
         assert r.exit_code == 0, r.output
@@ -165,12 +166,18 @@ def test_refusals_name_the_file_and_the_reason(trained, tiny_model_dir, glue2, t
 
 
 @pytest.mark.slow  # --full only
-def test_ffn_keep_artifacts_pack_and_materialize(trained, tmp_path):
-    """Removed FFN neurons are gathered out of the shared codes in the folded subgraph: the same logits."""
+def test_pruned_artifacts_pack_and_materialize(trained, tmp_path):
+    """Removed FFN neurons and attention heads are gathered out of the shared codes, scales and biases in the folded
+    subgraph: the same logits, and the task graph's matrices as small as the standalone artifact's."""
     out = tmp_path / "pack"
     _, pm = pack(PackConfig((str(trained / "mrpc-ffn"), str(trained / "sst2")), str(out), memory=False))
-    t = pm.tasks["mrpc"]
+    t, art = pm.tasks["mrpc"], mf.read(trained / "mrpc-ffn", mf.ArtifactManifest)
     assert t.ffn_neurons == {f"encoder.encoder.layer.{i}.output.dense": [64, 128] for i in range(2)} and t.parity_max_abs_diff <= 1e-5
+    assert t.attention_heads == art.attention_heads == {f"encoder.encoder.layer.{i}.attention.output.dense": [2, 4] for i in range(2)}
+    assert "| 128 of 256 | 4 of 8 |" in (out / "report.md").read_text()
+    # ONNX Runtime folds the pack's gathers into the same (smaller) attention weights the standalone graph has
+    standalone = _attention_weight_shapes(trained / "mrpc-ffn" / "onnx" / "model.onnx", tmp_path / "a.onnx")
+    assert _attention_weight_shapes(out / t.onnx, tmp_path / "b.onnx") == standalone == [(64, 96)] * 2
     r = invoke("materialize", out, "mrpc", "--out", tmp_path / "mat")
     assert r.exit_code == 0, r.output
     assert (
@@ -178,10 +185,27 @@ def test_ffn_keep_artifacts_pack_and_materialize(trained, tmp_path):
     )
     # the recovered mask removes the same neurons: a re-export gives the same graph's logits
     a, b = maskcodec.load_masks(trained / "mrpc-ffn" / "mask.npz"), maskcodec.load_masks(tmp_path / "mat" / "mask.npz")
-    second = "encoder.encoder.layer.0.output.dense"
-    assert np.array_equal(a[second], b[second]) and np.array_equal(
-        a["encoder.encoder.layer.0.attention.self.query"], b["encoder.encoder.layer.0.attention.self.query"]
-    )
+    for second in ("encoder.encoder.layer.0.output.dense", "encoder.encoder.layer.1.attention.output.dense"):
+        assert np.array_equal(a[second], b[second])
+    # the rows of removed heads are not in the pack: recovered unpruned (the heads are dead either way), the rest as trained
+    query, output = "encoder.encoder.layer.0.attention.self.query", "encoder.encoder.layer.0.attention.output.dense"
+    live = a[output].reshape(64, 4, 16).any((0, 2)).repeat(16)  # the Q rows of the heads kept
+    assert 0 < live.sum() < 64 and np.array_equal(a[query][live], b[query][live]) and b[query][~live].all()
+    re = invoke("export", tmp_path / "mat", "--kernel", "float")
+    assert re.exit_code == 0, re.output
+    assert mf.read(tmp_path / "mat", mf.ArtifactManifest).attention_heads == art.attention_heads
+
+
+def _attention_weight_shapes(path: Path, optimized: Path) -> list[tuple[int, ...]]:
+    """The shapes of the QAttention nodes' weights in the graph ONNX Runtime optimized at load (written to `optimized`)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.optimized_model_filepath = str(optimized)
+    ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+    g = onnx.load(so.optimized_model_filepath, load_external_data=False).graph
+    inits = {i.name: tuple(i.dims) for i in g.initializer}
+    return [inits[n.input[1]] for n in g.node if n.op_type == "QAttention"]
 
 
 def test_materialize_gives_a_standalone_artifact(trained, packed, tmp_path):
