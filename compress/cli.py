@@ -108,7 +108,12 @@ def main(verbose: bool):
     help="int8: integer matmuls (fastest on x86); float: weights dequantized at load (exact); nbits: MatMulNBits on the packed codes.",
 )
 @opts.ACTIVATIONS
-@click.option("--max-metric-drop", type=float, default=None, help="Fail if ONNX Runtime's dev metric trails PyTorch's by more [0.01].")
+@click.option(
+    "--max-metric-drop",
+    type=float,
+    default=None,
+    help="Fail if the dev set shows ONNX Runtime's metric trailing PyTorch's by more (the drop's 95% lower bound) [0.01].",
+)
 @click.option("--max-logit-diff", type=float, default=None, help="Fail if ONNX Runtime's logits differ from PyTorch's by more [2.0].")
 @click.option("--max-train-examples", type=int, default=None, help="Use only the first N training examples.")
 @click.option("--max-eval-examples", type=int, default=None, help="Use only the first N dev examples.")

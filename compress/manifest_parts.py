@@ -184,6 +184,8 @@ class Validation:
     agreement: float | None = None  # dev predictions equal to PyTorch's (regression: their correlation)
     metric_drop: float | None = None  # PyTorch's dev metric - ONNX Runtime's
     max_metric_drop: float | None = None
+    metric_drop_low: float | None = None  # the drop's 95% lower bound (compress.guard): what the guard compares
+    dev_examples: int | None = None  # the dev examples the guard judged
     dev_max_abs_diff: float | None = None  # max |ONNX Runtime's dev logits - PyTorch's|
     max_logit_diff: float | None = None
     parity_max_abs_diff: float | None = None  # the float-kernel graph vs PyTorch on the parity sample
@@ -195,7 +197,16 @@ class Validation:
 
     def unmeasured(self) -> Validation:
         """The same graph checks without what was measured on the dev set (another graph's)."""
-        return replace(self, passed=None, failure=None, agreement=None, metric_drop=None, dev_max_abs_diff=None)
+        return replace(
+            self,
+            passed=None,
+            failure=None,
+            agreement=None,
+            metric_drop=None,
+            metric_drop_low=None,
+            dev_examples=None,
+            dev_max_abs_diff=None,
+        )
 
 
 @dataclass(frozen=True)

@@ -22,6 +22,7 @@ def summary_rows(m: ArtifactManifest) -> list[tuple[str, str]]:
         (f"dev {metric} (PyTorch, masked)" if m.config.train.mode == "structure" else f"dev {metric} (PyTorch)", f"{t[metric]:.4f}"),
         (f"dev {metric} (ONNX Runtime)", f"{o[metric]:.4f}" if metric in o else unmeasured),
         ("prediction agreement", f"{v.agreement:.4f}" if v.agreement is not None else unmeasured),
+        *([("accuracy guard", _guard(v))] if v.metric_drop_low is not None else []),
         ("max abs logit diff, float kernel / shipped", f"{v.parity_max_abs_diff:.2e} / {shipped}"),
         ("mask density", f"{m.density:.4f}" + (f" (mask SHA-256 {m.mask_sha256[:12]}...)" if m.mask_sha256 else "")),
         *(
@@ -42,6 +43,14 @@ def summary_rows(m: ArtifactManifest) -> list[tuple[str, str]]:
     for b in m.bench.values():
         rows.append((f"latency {b.batch}x{b.seq_len} (median)", f"{b.median_ms:.2f} ms ({b.throughput_seq_s:.0f} seq/s)"))
     return rows
+
+
+def _guard(v) -> str:
+    verdict = "passed" if v.passed else "failed"
+    return (
+        f"{verdict}: dev metric drop {v.metric_drop:.4f}, 95% lower bound {v.metric_drop_low:.4f} over {v.dev_examples} examples "
+        f"(limit {v.max_metric_drop})"
+    )
 
 
 def _teacher(m: ArtifactManifest) -> str:

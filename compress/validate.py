@@ -1,7 +1,8 @@
 """-> runtime report: the shipped graph's dev metric through ONNX Runtime against PyTorch's, the accuracy guard, latency.
 
-``validate`` runs the dev set through the artifact's graph; the guard fails when ONNX Runtime's dev metric trails
-PyTorch's by more than ``ExportConfig.max_metric_drop`` or its logits differ by more than ``max_logit_diff``. A run
+``validate`` runs the dev set through the artifact's graph; the guard fails when the dev set shows ONNX Runtime's
+metric trailing PyTorch's by more than ``ExportConfig.max_metric_drop`` (compress.guard: the drop's 95% lower bound,
+which knows how many examples it judged) or its logits differ by more than ``max_logit_diff``. A run
 that fails it keeps its artifact (``validation.passed = false``) and exits 1 (``guard_error`` names the fixes).
 """
 
@@ -12,7 +13,7 @@ from pathlib import Path
 
 import numpy as np
 
-from compress import files, metrics
+from compress import files, guard, metrics
 from compress import manifest as mf
 from compress.configs import RunConfig
 from compress.exporters.verify import AccuracyDriftError
@@ -36,14 +37,14 @@ def validate(directory: Path, task, dev, torch_logits: np.ndarray, torch_metrics
     ort_metrics = metrics.compute(task, ort_logits, dev.labels)
     p_t, p_o = metrics.predictions(task, torch_logits), metrics.predictions(task, ort_logits)
     agreement = float(np.mean(p_t == p_o)) if not task.is_regression else float(np.corrcoef(p_t, p_o)[0, 1])
-    drop = torch_metrics[task.metric] - ort_metrics[task.metric]
+    drop = guard.drop(task, torch_logits, ort_logits, dev.labels)
     diff = float(np.max(np.abs(ort_logits.astype(np.float64) - torch_logits)))
     exp = cfg.export
     failure = None
-    if not drop <= exp.max_metric_drop:
+    if drop.exceeds(exp.max_metric_drop):
         failure = (
             f"ONNX Runtime dev {task.metric} {ort_metrics[task.metric]:.4f} trails PyTorch's "
-            f"{torch_metrics[task.metric]:.4f} by {drop:.4f} > {exp.max_metric_drop}"
+            f"{torch_metrics[task.metric]:.4f} {drop.describe()} > max_metric_drop {exp.max_metric_drop}"
         )
     elif not diff <= exp.max_logit_diff:
         failure = f"ONNX Runtime's dev logits differ from PyTorch's by up to {diff:.3g} > max_logit_diff {exp.max_logit_diff:g}"
@@ -51,7 +52,9 @@ def validate(directory: Path, task, dev, torch_logits: np.ndarray, torch_metrics
         passed=failure is None,
         failure=failure,
         agreement=agreement,
-        metric_drop=drop,
+        metric_drop=drop.observed,
+        metric_drop_low=drop.low,
+        dev_examples=drop.examples,
         max_metric_drop=exp.max_metric_drop,
         dev_max_abs_diff=diff,
         max_logit_diff=exp.max_logit_diff,

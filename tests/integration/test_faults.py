@@ -36,14 +36,14 @@ def _compress(*args, stderr=subprocess.PIPE) -> subprocess.Popen:
 
 def _run_args(glue_dir, out):
     common = "run --model minilm --task mrpc --bits 4 --epochs 2 --batch-size 8 --max-train-examples 96 --max-eval-examples 48"
-    # 48 dev pairs: one prediction that int8 flips moves F1 by ~0.01; kills are tested here, not accuracy
+    # 48 dev pairs: one prediction that int8 flips moves F1 by ~0.01, which the guard's bound knows to be chance
     return [
         *common.split(),
         "--data-dir",
         glue_dir,
         "--out",
         out,
-        *"--no-bench --checkpoint-every 2 --threads 2 --max-metric-drop 0.1".split(),
+        *"--no-bench --checkpoint-every 2 --threads 2".split(),
     ]
 
 

@@ -6,6 +6,7 @@ import re
 import pytest
 from clirunner import error_line, invoke
 
+from compress import guard
 from compress import manifest as mf
 from compress.configs import QuantConfig
 
@@ -460,6 +461,12 @@ def test_accuracy_drift_fails_but_keeps_the_trained_artifact(run_args, tmp_path,
     m = read(out)
     assert m.passed is False and "max_logit_diff" in m.validation.failure
     monkeypatch.setattr(evaluate, "texts_logits", real)
+    monkeypatch.setattr(guard, "drop", lambda *a, **kw: guard.Drop(0.2, 0.15, 12, 0.95))  # the rule: tests/unit/test_guard.py
+    r = invoke(*run_args[:-2], "--out", tmp_path / "drop")
+    assert r.exit_code == 1 and "by 0.2000 (95% lower bound 0.1500 over 12 dev examples) > max_metric_drop 0.01" in error_line(r)
+    v = read(tmp_path / "drop").validation
+    assert (v.passed, v.metric_drop, v.metric_drop_low, v.dev_examples) == (False, 0.2, 0.15, 12)
+    monkeypatch.undo()
     strict = tmp_path / "strict"
     r = invoke(*run_args[:-2], "--out", strict, "--max-logit-diff", "1e-9")  # int8 rounding alone exceeds this bound
     assert r.exit_code == 1 and "max_logit_diff 1e-09" in error_line(r)
