@@ -87,6 +87,8 @@ def _extract(data, path: Path) -> dict[str, float]:
         return {f"{c['mode']}.{c['bits']}bit.{k}": _number(v["mean"]) for c in data["summary"] for k, v in c["metrics"].items()}
     if kind == "pack":
         return {f"{name}.onnx.{k}": v for name, t in data["tasks"].items() for k, v in _numbers(t["metrics"]).items()}
+    if kind == "bench" and "runs" in data:  # `compress bench DIR --provider A --provider B ...`: PROVIDER.onnx.METRIC
+        return {f"{r['provider']}.{k}": v for r in data["runs"] for k, v in _extract(r, path).items()}
     if kind == "bench" and "tasks" in data:  # `compress bench PACK --data-dir D --json F`
         return {
             f"{name}.onnx.{k}": v for name, t in data["tasks"].items() for k, v in _numbers(t.get("metrics", {}).get("onnx", {})).items()

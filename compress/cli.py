@@ -102,10 +102,11 @@ def main(verbose: bool):
 @click.option("--pooling", type=click.Choice(["mean", "cls", "pooler"]), default=None, help="Override the checkpoint's pooling.")
 @click.option(
     "--kernel",
-    type=click.Choice(["int8", "float", "nbits"]),
+    type=click.Choice(["int8", "float", "nbits", "qdq"]),
     default="int8",
     show_default=True,
-    help="int8: integer matmuls (fastest on x86); float: weights dequantized at load (exact); nbits: MatMulNBits on the packed codes.",
+    help="int8: integer matmuls (fastest on x86); float: weights dequantized at load (exact); nbits: MatMulNBits on the packed "
+    "codes; qdq: standard ONNX QuantizeLinear/DequantizeLinear on 4/8-bit codes (OpenVINO, TensorRT, QNN; no ORT contrib ops).",
 )
 @opts.ACTIVATIONS
 @click.option(
@@ -197,7 +198,9 @@ def quantize(model, bits, group_size, symmetric, quantizer, calibration_examples
 
 @main.command("export")
 @click.argument("artifact_dir", type=click.Path(file_okay=False))
-@click.option("--kernel", type=click.Choice(["int8", "float", "nbits"]), default=None, help="Matmul kernel (default: the artifact's).")
+@click.option(
+    "--kernel", type=click.Choice(["int8", "float", "nbits", "qdq"]), default=None, help="Matmul kernel (default: the artifact's)."
+)
 @opts.ACTIVATIONS
 @click.option(
     "--format",
@@ -256,7 +259,16 @@ def export_cmd(artifact_dir, kernel, activations, fmt, backbone, with_tokenizer)
 
 @main.command()
 @click.argument("artifact_dir", type=click.Path(file_okay=False))
-@click.option("--provider", type=click.Choice(["cpu", "cuda", "tensorrt"]), default="cpu", show_default=True)
+@click.option(
+    "--provider",
+    "providers",
+    type=click.Choice(["cpu", "cuda", "tensorrt", "openvino-ep", "openvino"]),
+    multiple=True,
+    default=("cpu",),
+    show_default=True,
+    help="Where to run it (repeat for several): ONNX Runtime's providers, or openvino (OpenVINO's runtime; the qdq kernel's "
+    "graph). Another than cpu with --data-dir is also judged against the cpu graph by the accuracy guard's rule.",
+)
 @click.option(
     "--batch", "batches", type=click.IntRange(min=1), multiple=True, default=(1, 32), show_default=True, help="Batch sizes to time."
 )
@@ -271,15 +283,32 @@ def export_cmd(artifact_dir, kernel, activations, fmt, backbone, with_tokenizer)
     show_default=True,
     help="onnx: onnx/model.onnx; ort: onnx/model.ort, the mobile graph (compress export DIR --format ort).",
 )
-def bench(artifact_dir, provider, batches, seq_len, threads, data_dir, json_path, graph):
-    """Time an artifact's graph, or every task of a pack, in ONNX Runtime (reads only ARTIFACT_DIR)."""
+def bench(artifact_dir, providers, batches, seq_len, threads, data_dir, json_path, graph):
+    """Time an artifact's graph, or every task of a pack, in ONNX Runtime or OpenVINO (reads only ARTIFACT_DIR)."""
+    from compress import manifest as mf
+    from compress.errors import CompressError, ConfigError
+
+    if mf.kind_of(artifact_dir) == "pack" and graph != "onnx":
+        raise ConfigError(f"{artifact_dir} is a pack: its task graphs are ONNX only (--graph ort is for an artifact)")
+    results, skipped = [], {}
+    for provider in dict.fromkeys(providers):
+        try:
+            results.append(_bench_one(artifact_dir, provider, batches, seq_len, threads, data_dir, graph))
+        except CompressError as e:
+            if len(providers) == 1:
+                raise
+            skipped[provider] = str(e)
+            click.echo(f"{artifact_dir}: {provider} skipped: {e}")
+    if json_path:
+        several = {"kind": "bench", "runs": [r.to_dict() for r in results], "skipped": skipped}
+        opts.write_json(json_path, results[0].to_dict() if len(providers) == 1 else several)
+
+
+def _bench_one(artifact_dir, provider, batches, seq_len, threads, data_dir, graph):
     from compress import manifest as mf
     from compress import measure
-    from compress.errors import ConfigError
 
     if mf.kind_of(artifact_dir) == "pack":
-        if graph != "onnx":
-            raise ConfigError(f"{artifact_dir} is a pack: its task graphs are ONNX only (--graph ort is for an artifact)")
         r = measure.bench_pack(artifact_dir, provider, batches, seq_len, threads, data_dir)
         rows = [(f"{artifact_dir}: {r.model} {name} on {provider}", t) for name, t in r.tasks.items()]
     else:
@@ -293,8 +322,13 @@ def bench(artifact_dir, provider, batches, seq_len, threads, data_dir, json_path
             )
         for k, v in (t.metrics or {}).get("onnx", {}).items():
             click.echo(f"  dev {k}: {v:.4f}")
-    if json_path:
-        opts.write_json(json_path, r.to_dict())
+        if (v := getattr(t, "vs_cpu", None)) is not None:
+            verdict = "within" if v.passed else "beyond"
+            click.echo(
+                f"  vs ONNX Runtime cpu: dev metric drop {v.metric_drop:.4f} (95% lower bound {v.metric_drop_low:.4f} over "
+                f"{v.dev_examples} examples): {verdict} max_metric_drop {v.max_metric_drop}"
+            )
+    return r
 
 
 @main.command("pack")

@@ -9,12 +9,13 @@ import click
 BITS = ("1", "2", "4", "8", "16", "32")
 ACTIVATIONS = click.option(
     "--activations",
-    type=click.Choice(["token", "tensor", "static"]),
+    type=click.Choice(["token", "tensor", "static", "none"]),
     default=None,
-    help="int8 kernel's activation scales [static]: fixed at export from the calibration text's ranges (fewest operators; a "
-    "sequence's prediction does not depend on its batch-mates or padding; values beyond the calibrated range are clipped); "
-    "token: one per token at run time (batch-independent too, never clips, slower); tensor: one per padded batch (ONNX Runtime's "
-    "fused DynamicQuantizeMatMul/QAttention, batch-dependent).",
+    help="Activation scales of the int8 and qdq kernels [static]: fixed at export from the calibration text's ranges (fewest "
+    "operators; a sequence's prediction does not depend on its batch-mates or padding; values beyond the calibrated range are "
+    "clipped); token (int8): one per token at run time (batch-independent too, never clips, slower); tensor (int8): one per "
+    "padded batch (ONNX Runtime's fused DynamicQuantizeMatMul/QAttention, batch-dependent); none (qdq): float activations, "
+    "weight-only.",
 )
 DEVICE = click.option(
     "--device", type=str, default=None, help="Training device: auto (a CUDA GPU if torch sees one), cpu, cuda, cuda:N [auto]."

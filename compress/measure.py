@@ -30,9 +30,10 @@ class ArtifactBench(TaskBench):
     task: str = ""
     provider: str = "cpu"
     load_s: float = 0.0  # session creation
+    vs_cpu: mf.Validation | None = None  # another provider: its dev metric against ONNX Runtime CPU's, by the accuracy guard's rule
 
     def to_dict(self) -> dict:
-        order = ("artifact", "graph", "model", "task", "provider", "load_s", "latency", "metrics", "dev_examples")
+        order = ("artifact", "graph", "model", "task", "provider", "load_s", "latency", "metrics", "dev_examples", "vs_cpu")
         d = dataclasses.asdict(self)
         return {"kind": "bench", **{k: d[k] for k in order if d[k] is not None}}
 
@@ -50,10 +51,20 @@ class PackBench:
         return {"kind": "bench", **d}
 
 
-def _dev_metrics(task_name: str, data_dir: str, logits_of) -> tuple[dict[str, dict[str, float]], int]:
+def _dev_metrics(task_name: str, data_dir: str, logits_of, reference_of=None, max_drop: float = 0.01):
+    """-> ({"onnx": dev metrics}, dev examples, the guard's verdict against `reference_of`'s logits (None: no reference))."""
+    from compress import guard
+
     task = tasks.get_task(task_name)
     dev = tasks.load_task(task, data_dir)["dev"]
-    return {"onnx": metrics.compute(task, logits_of(dev), dev.labels)}, len(dev)
+    logits = logits_of(dev)
+    verdict = None
+    if reference_of is not None:
+        d = guard.drop(task, reference_of(dev), logits, dev.labels)
+        verdict = mf.Validation(
+            passed=not d.exceeds(max_drop), metric_drop=d.observed, metric_drop_low=d.low, dev_examples=d.examples, max_metric_drop=max_drop
+        )
+    return {"onnx": metrics.compute(task, logits, dev.labels)}, len(dev), verdict
 
 
 def bench_artifact(
@@ -82,15 +93,15 @@ def bench_artifact(
     sess = open_session(path, require(provider), threads=threads, sparse=tuple(m.config.mask.nm or ()) == (2, 4))
     load_s = time.perf_counter() - t0
     latency = [rbench.latency(sess, batch=b, seq_len=seq_len) for b in batch_sizes]
-    scored, n = None, None
+    scored, n, vs_cpu = None, None, None
     if data_dir is not None:
-        scored, n = _dev_metrics(
-            m.task.name,
-            data_dir,
-            lambda dev: evaluate.texts_logits(
-                sess, directory / files.TOKENIZER, m.config.train.max_length, dev.text_a, dev.text_b, m.model.pad_token_id
-            ),
-        )
+
+        def logits(session):
+            tok, length, pad = directory / files.TOKENIZER, m.config.train.max_length, m.model.pad_token_id
+            return lambda dev: evaluate.texts_logits(session, tok, length, dev.text_a, dev.text_b, pad)
+
+        cpu = logits(open_session(path, "cpu", threads=threads)) if provider != "cpu" else None
+        scored, n, vs_cpu = _dev_metrics(m.task.name, data_dir, logits(sess), cpu, m.config.export.max_metric_drop)
     return ArtifactBench(
         latency=latency,
         metrics=scored,
@@ -101,6 +112,7 @@ def bench_artifact(
         task=m.task.name,
         provider=provider,
         load_s=load_s,
+        vs_cpu=vs_cpu,
     )
 
 
@@ -124,6 +136,6 @@ def bench_pack(
         latency = [rbench.latency(p.session(name), batch=b, seq_len=seq_len) for b in batch_sizes]
         scored, n = None, None
         if data_dir is not None:
-            scored, n = _dev_metrics(name, data_dir, lambda dev: p.logits(name, dev.text_a, dev.text_b))  # noqa: B023 - called at once
+            scored, n, _ = _dev_metrics(name, data_dir, lambda dev: p.logits(name, dev.text_a, dev.text_b))  # noqa: B023 - called at once
         out[name] = TaskBench(latency, scored, n)
     return PackBench(str(pack_dir), p.manifest.backbone.model, provider, out)

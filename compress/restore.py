@@ -27,7 +27,10 @@ class Restored:
 def config_from_manifest(m: mf.ArtifactManifest, backbone_dir: str | None = None, **export_overrides) -> RunConfig:
     """The RunConfig that rebuilds an artifact; backbone_dir overrides where its backbone is now."""
     c = m.config
-    exp = dataclasses.replace(c.export, **{k: v for k, v in export_overrides.items() if v is not None})
+    overrides = {k: v for k, v in export_overrides.items() if v is not None}
+    if overrides.get("kernel", c.export.kernel) != c.export.kernel and "activations" not in overrides:
+        overrides["activations"] = None  # another kernel: its default activations (configs.default_activations)
+    exp = dataclasses.replace(c.export, **overrides)
     model = m.model.name if m.model.name == models.EMBEDDED else m.model.location
     bb = None
     if m.backbone is not None:

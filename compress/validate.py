@@ -68,11 +68,11 @@ def validate(directory: Path, task, dev, torch_logits: np.ndarray, torch_metrics
 
 def guard_error(m: mf.ArtifactManifest, out: Path, cfg: RunConfig) -> AccuracyDriftError:
     """The error of an artifact kept after failing its accuracy guard, naming the re-exports that fix it without retraining."""
-    token = (
-        f"`compress export {out} --activations token` re-exports with per-token activation scales, "
-        if cfg.export.kernel == "int8" and cfg.export.activations == "static"
-        else ""
-    )
+    exp, token = cfg.export, ""
+    if exp.kernel == "int8" and exp.activations == "static":
+        token = f"`compress export {out} --activations token` re-exports with per-token activation scales, "
+    if exp.kernel == "qdq" and exp.activations == "static":
+        token = f"`compress export {out} --kernel qdq --activations none` re-exports it weight-only (exact), "
     return AccuracyDriftError(
         f"{m.validation.failure}: the artifact is kept at {out} with validation.passed = false; {token}"
         f"`compress export {out} --kernel float` ships the exact graph without retraining"

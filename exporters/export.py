@@ -115,6 +115,8 @@ def _fp32_graph(model: torch.nn.Module, config: ExportConfig, keep_embeddings: b
     cfg = model.encoder.config
     with tempfile.TemporaryDirectory() as tmp:
         fp32 = onnx.load(str(onnx_graph.export_fp32(model, Path(tmp) / "fp32.onnx", config.opset)))
+    if config.kernel == "qdq":  # standard ONNX: none of ONNX Runtime's fused (contrib) operators; opset 21's 4-bit DequantizeLinear
+        return onnx_graph.to_opset(fp32, onnx_graph.QDQ_OPSET), {}, {}
     if not config.fusions:
         return fp32, {}, {}
     fused = fusions.optimize(
@@ -149,11 +151,14 @@ def _float_parity(fp32: onnx.ModelProto, linears, embedding, attention, ref: np.
 
 
 def _smoothing(model, linears, config: ExportConfig, calibration) -> Smoothing | None:
-    """The int8 kernel's calibration ranges and smoothing factors (None: another kernel, or nothing to calibrate on)."""
-    if config.kernel == "int8" and (config.smooth_alpha or config.activations == "static") and calibration and linears:
+    """The int8 kernel's calibration ranges and smoothing factors, the qdq kernel's ranges (None: another kernel, or nothing to
+    calibrate on)."""
+    int8 = config.kernel == "int8" and (config.smooth_alpha or config.activations == "static")
+    qdq = config.kernel == "qdq" and config.activations == "static"  # the ranges only: smoothing would change the codes
+    if (int8 or qdq) and calibration and linears:
         from compress.calibration import input_absmax
 
-        return Smoothing(input_absmax(model, list(linears), calibration), config.smooth_alpha, config.smooth_max_bits)
+        return Smoothing(input_absmax(model, list(linears), calibration), config.smooth_alpha if int8 else None, config.smooth_max_bits)
     return None
 
 

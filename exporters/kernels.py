@@ -16,6 +16,13 @@ the kernel's other tables (``tables``); compress.exporters.weights finds those n
             (position embeddings, rounded to 8 bits per row) become GatherBlockQuantized on packed codes, so that nothing
             in the graph unpacks a weight and ONNX Runtime's .ort converter keeps every weight low-bit
             (compress.exporters.ort_format).
+    "qdq"   (QDQKernel) standard ONNX only, the form TensorRT, OpenVINO and QNN take: each weight is DequantizeLinear
+            (opset 21) of its codes stored as an INT4 initializer (INT8 at 8 bits; UINT4/UINT8 with zero points for
+            asymmetric grids; blocked along the inputs for groups) -> MatMul, the word-embedding table DequantizeLinear
+            -> Gather. A pruned weight is the code 0 (its zero point): exact. Activations "static": QuantizeLinear ->
+            DequantizeLinear (int8, symmetric: zero point 0, one scale from the calibration's max |x| / 127) on each
+            linear's input; "none": float activations (weight-only). No SmoothQuant (it would change the codes) and no
+            ONNX Runtime fusions (they are contrib operators).
 The int8 and float kernels gather the word-embedding table as int codes: Gather -> Cast -> Mul(Gather(row scales)).
 """
 
@@ -28,8 +35,9 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from compress.errors import ConfigError
 from compress.exporters.activations import MODES, _Activations
-from compress.exporters.builder import Builder
+from compress.exporters.builder import Builder, Inline
 from compress.exporters.smoothing import SmoothedInputs, Smoothing
 from compress.qweight import QWeight
 
@@ -139,7 +147,71 @@ class Int8Kernel(_Kernel):
         return self.activations.attention(att, base, names, int8, bias, sm)
 
 
-KERNELS: dict[str, Callable[[Context], _Kernel]] = {"int8": Int8Kernel, "float": FloatKernel, "nbits": NBitsKernel}
+class QDQKernel(_Kernel):
+    def __init__(self, ctx: Context):
+        super().__init__(ctx)
+        self.smooth = ctx.smooth if ctx.activations == "static" else None
+        if ctx.activations == "static" and ctx.smooth is None:
+            raise ConfigError(
+                "kernel 'qdq' with static activations needs calibration ranges: export with calibration batches, or activations 'none'"
+            )
+        self.quantized: dict[str, str] = {}  # activation -> its QuantizeLinear -> DequantizeLinear output (Q, K and V share theirs)
+
+    def linear(self, name: str, w: QWeight, x: str, y: str, fold_into: str | None) -> None:
+        self.bld.node("MatMul", [self._activation(name, x), dequantize_linear(self.bld, name, w, transposed=True)], name, outputs=[y])
+
+    def attention(self, att: onnx.NodeProto, names: list[str]) -> onnx.NodeProto:
+        raise ValueError(f"{att.name}: kernel 'qdq' takes unfused Q/K/V MatMuls (standard ONNX): export without ONNX Runtime's fusions")
+
+    def embedding(self, name: str, w: QWeight, gathers: Gathers) -> None:
+        table = dequantize_linear(self.bld, name, w, transposed=False)
+        for ids, y in gathers:
+            self.bld.node("Gather", [table, ids], name, outputs=[y], axis=0)
+
+    def _activation(self, name: str, x: str) -> str:
+        if self.smooth is None:
+            return x
+        if x not in self.quantized:
+            ranges = self.smooth.ranges([name])
+            if ranges is None:
+                raise ConfigError(f"{name}: no calibration range for its input; export with calibration batches or activations 'none'")
+            bld = self.bld
+            scale = bld.const(name, np.array(max(float(ranges.max()), 2.0**-24) / 127, np.float32))
+            zero = bld.const(name, np.array(0, np.int8))
+            q = bld.node("QuantizeLinear", [x, scale, zero], name)[0]
+            self.quantized[x] = bld.node("DequantizeLinear", [q, scale, zero], name)[0]
+        return self.quantized[x]
+
+
+def dequantize_linear(bld: Builder, base: str, w: QWeight, transposed: bool) -> str:
+    """W (transposed: W^T, MatMul's right input) as DequantizeLinear (opset 21) of its codes, stored as 4-bit (<= 4 bits) or
+    8-bit integers: signed codes with no zero point (symmetric grids), or the unsigned stored codes and zero points."""
+    import ml_dtypes
+
+    if type(bld.source) is not Inline:
+        raise ConfigError(f"{base}: kernel 'qdq' stores its own codes; a pack's task graph takes the backbone's: use kernel int8")
+    signed = w.zero is None
+    types = {(True, 4): ml_dtypes.int4, (False, 4): ml_dtypes.uint4, (True, 8): np.int8, (False, 8): np.uint8}
+    dtype = types[(signed, 4 if w.bits <= 4 else 8)]
+    codes = (w.codes if signed else w.stored()).astype(dtype)
+    scale, zero = w.scale.astype(np.float32), None if signed else w.zero.astype(dtype)
+    cols = w.shape[1]
+    # the scales' axis: per row (1-D, `axis` = the rows' axis), or per group (blocks of cols / groups along the inputs' axis)
+    if transposed:
+        codes, scale, zero = codes.T, scale.T, None if zero is None else zero.T
+    rows_axis, cols_axis = (1, 0) if transposed else (0, 1)
+    if w.groups == 1:
+        scale, zero, attrs = scale.reshape(-1), None if zero is None else zero.reshape(-1), {"axis": rows_axis}
+    else:
+        attrs = {"axis": cols_axis, "block_size": cols // w.groups}
+    inputs = [bld.const(base, np.ascontiguousarray(codes), name=f"{base}.weight.codes")]
+    inputs.append(bld.const(base, scale, name=f"{base}.weight.scale"))
+    if zero is not None:
+        inputs.append(bld.const(base, np.ascontiguousarray(zero), name=f"{base}.weight.zero"))
+    return bld.node("DequantizeLinear", inputs, base, **attrs)[0]
+
+
+KERNELS: dict[str, Callable[[Context], _Kernel]] = {"int8": Int8Kernel, "float": FloatKernel, "nbits": NBitsKernel, "qdq": QDQKernel}
 
 
 def _rows_int8(table: np.ndarray) -> QWeight:

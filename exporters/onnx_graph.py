@@ -11,6 +11,7 @@ import torch
 from compress.configs import OPSET
 
 log = logging.getLogger(__name__)
+QDQ_OPSET = 21  # DequantizeLinear of INT4 codes and blocked (per-group) scales
 
 
 def input_names(model) -> list[str]:
@@ -39,3 +40,13 @@ def export_fp32(model: torch.nn.Module, path: Path, opset: int = OPSET) -> Path:
         )
     log.info("exported fp32 graph to %s", path)
     return path
+
+
+def to_opset(model, opset: int):
+    """The graph at a later ONNX opset (onnx.version_converter's adapters), checked."""
+    import onnx
+    from onnx import version_converter
+
+    out = version_converter.convert_version(model, opset)
+    onnx.checker.check_model(out)
+    return out

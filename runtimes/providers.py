@@ -1,4 +1,5 @@
-"""Execution providers: cpu / cuda / tensorrt, their availability and why one is skipped."""
+"""Where a graph runs: ONNX Runtime's execution providers (cpu, cuda, tensorrt, openvino-ep) or OpenVINO's own runtime
+(openvino), their availability and why one is skipped."""
 
 from __future__ import annotations
 
@@ -8,11 +9,22 @@ import onnxruntime as ort
 
 from compress.errors import CompressError, ConfigError
 
-ORT_NAMES = {"cpu": "CPUExecutionProvider", "cuda": "CUDAExecutionProvider", "tensorrt": "TensorrtExecutionProvider"}
+ORT_NAMES = {
+    "cpu": "CPUExecutionProvider",
+    "cuda": "CUDAExecutionProvider",
+    "tensorrt": "TensorrtExecutionProvider",
+    "openvino-ep": "OpenVINOExecutionProvider",  # the onnxruntime-openvino build (it replaces the onnxruntime module)
+}
+RUNTIMES = ("openvino",)  # not ONNX Runtime: OpenVINO's own runtime (compress.runtimes.openvino_runtime)
+NAMES = (*ORT_NAMES, *RUNTIMES)
 
 
 class ProviderUnavailableError(CompressError, RuntimeError):
     """The execution provider is not in this onnxruntime build or has no device."""
+
+
+class GraphLoadError(CompressError, RuntimeError):
+    """A graph file that the runtime cannot load (not ONNX, truncated, operators it does not have)."""
 
 
 @dataclass(frozen=True)
@@ -26,31 +38,35 @@ class Provider:
         if self.name == "tensorrt":
             opts = {"trt_fp16_enable": True, "trt_sparsity_enable": bool(sparse)}
             return [(ORT_NAMES["tensorrt"], opts), ORT_NAMES["cuda"], ORT_NAMES["cpu"]]
-        if self.name == "cuda":
-            return [ORT_NAMES["cuda"], ORT_NAMES["cpu"]]
+        if self.name in ("cuda", "openvino-ep"):
+            return [ORT_NAMES[self.name], ORT_NAMES["cpu"]]  # what the provider does not take falls back to the CPU
         return [ORT_NAMES["cpu"]]
 
 
 def get(name: str) -> Provider:
-    if name not in ORT_NAMES:
-        raise ConfigError(f"provider '{name}' is not one of {list(ORT_NAMES)}")
+    if name not in NAMES:
+        raise ConfigError(f"provider '{name}' is not one of {list(NAMES)}")
+    if name == "openvino":
+        import importlib.util
+
+        found = importlib.util.find_spec("openvino") is not None
+        return Provider(name, found, "" if found else "the openvino package is not installed: pip install openvino")
     have = ort.get_available_providers()
     if ORT_NAMES[name] in have:
         return Provider(name, True)
-    pkg = "onnxruntime-gpu" if name in ("cuda", "tensorrt") else "onnxruntime"
-    return Provider(
-        name,
-        False,
-        f"{ORT_NAMES[name]} is not in this onnxruntime build ({ort.__version__}, has {have}): "
-        f"install {pkg} on a machine with an NVIDIA GPU",
-    )
+    install = {
+        "cuda": "install onnxruntime-gpu on a machine with an NVIDIA GPU",
+        "tensorrt": "install onnxruntime-gpu on a machine with an NVIDIA GPU",
+        "openvino-ep": "install onnxruntime-openvino in an environment of its own (it replaces the onnxruntime module)",
+    }.get(name, "install onnxruntime")
+    return Provider(name, False, f"{ORT_NAMES[name]} is not in this onnxruntime build ({ort.__version__}, has {have}): {install}")
 
 
 def require(name: str) -> Provider:
     p = get(name)
     if not p.available:
         raise ProviderUnavailableError(f"provider {name} skipped: {p.reason}")
-    if name != "cpu":
+    if name in ("cuda", "tensorrt"):
         preload_nvidia_libraries(tensorrt=name == "tensorrt")
     return p
 
@@ -77,4 +93,4 @@ def preload_nvidia_libraries(tensorrt: bool) -> None:
 
 
 def all_providers() -> list[Provider]:
-    return [get(n) for n in ORT_NAMES]
+    return [get(n) for n in NAMES]

@@ -9,14 +9,9 @@ from pathlib import Path
 import numpy as np
 import onnxruntime as ort
 
-from compress.errors import CompressError
-from compress.runtimes.providers import Provider, require
+from compress.runtimes.providers import GraphLoadError, Provider, require
 
 log = logging.getLogger(__name__)
-
-
-class GraphLoadError(CompressError, RuntimeError):
-    """A graph file that ONNX Runtime cannot load (not ONNX, truncated, unknown operators)."""
 
 
 def open_session(
@@ -34,6 +29,10 @@ def open_session(
     p = require(provider) if isinstance(provider, str) else provider
     if not p.available:
         require(p.name)
+    if p.name == "openvino":  # OpenVINO's own runtime behind the same calls
+        from compress.runtimes.openvino_runtime import OpenVINOSession
+
+        return OpenVINOSession(model, threads=threads)
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3

@@ -237,6 +237,8 @@ def test_materialize_gives_a_standalone_artifact(trained, packed, tmp_path):
     again = invoke("export", out)
     assert again.exit_code != 0 and "materialized from the pack" in error_line(again)
     assert invoke("export", out, "--kernel", "float").exit_code == 0
+    qdq = invoke("export", out, "--kernel", "qdq")  # the standard-ONNX form of a pack's task (weight-only: no calibration needed)
+    assert qdq.exit_code == 0 and {n.domain for n in onnx.load(str(out / "onnx" / "model.onnx")).graph.node} == {""}, qdq.output
     mobile = invoke("export", out, "--format", "ort")  # the mobile graph needs no activation ranges: the way to a pack task's .ort
     assert mobile.exit_code == 0 and (out / "onnx" / "model.ort").is_file(), mobile.output
 

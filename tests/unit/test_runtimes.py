@@ -4,8 +4,11 @@ from compress.runtimes import bench, providers
 def test_providers_report_skip_reasons():
     cpu = providers.get("cpu")
     assert cpu.available and cpu.session_providers() == ["CPUExecutionProvider"]
+    fixes = {"cuda": "install onnxruntime-gpu", "tensorrt": "install onnxruntime-gpu", "openvino-ep": "install onnxruntime-openvino"}
     for p in providers.all_providers():
-        assert p.available or "install onnxruntime-gpu" in p.reason
+        assert p.available or fixes[p.name] in p.reason, p
+    assert providers.get("openvino").available  # OpenVINO's runtime: a test dependency (pyproject [test]), verified on every run
+    assert providers.Provider("openvino-ep", True).session_providers() == ["OpenVINOExecutionProvider", "CPUExecutionProvider"]
 
 
 def test_provider_options():
