@@ -109,6 +109,7 @@ def main(verbose: bool):
     "codes; qdq: standard ONNX QuantizeLinear/DequantizeLinear on 4/8-bit codes (OpenVINO, TensorRT, QNN; no ORT contrib ops).",
 )
 @opts.ACTIVATIONS
+@opts.PREFOLD
 @click.option(
     "--max-metric-drop",
     type=float,
@@ -202,6 +203,7 @@ def quantize(model, bits, group_size, symmetric, quantizer, calibration_examples
     "--kernel", type=click.Choice(["int8", "float", "nbits", "qdq"]), default=None, help="Matmul kernel (default: the artifact's)."
 )
 @opts.ACTIVATIONS
+@opts.PREFOLD
 @click.option(
     "--format",
     "fmt",
@@ -222,7 +224,7 @@ def quantize(model, bits, group_size, symmetric, quantizer, calibration_examples
     help="Also write onnx/model_with_tokenizer.onnx: raw strings in (text, text_pair), the tokenizer inside the graph "
     "(onnxruntime-extensions' BERT tokenizer ops; the app registers its custom-op library).",
 )
-def export_cmd(artifact_dir, kernel, activations, fmt, backbone, with_tokenizer):
+def export_cmd(artifact_dir, kernel, activations, prefold, fmt, backbone, with_tokenizer):
     """Re-export ARTIFACT_DIR from its mask and head, without retraining, and verify it."""
     from compress.reexport import reexport
 
@@ -234,6 +236,7 @@ def export_cmd(artifact_dir, kernel, activations, fmt, backbone, with_tokenizer)
         command=opts.command_line(),
         backbone_dir=backbone,
         activations=activations,
+        prefold=prefold,
         with_tokenizer=with_tokenizer,
     )
     click.echo(

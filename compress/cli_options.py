@@ -7,6 +7,12 @@ import shlex
 import click
 
 BITS = ("1", "2", "4", "8", "16", "32")
+PREFOLD = click.option(
+    "--prefold/--no-prefold",
+    default=None,
+    help="int8 kernel: store the int8 weights as ONNX Runtime runs them, so nothing is folded when a session loads (no "
+    "transient memory: ~1x ORT int8's peak instead of ~10x); 8 bits per linear weight on disk instead of the packed width [no].",
+)
 ACTIVATIONS = click.option(
     "--activations",
     type=click.Choice(["token", "tensor", "static", "none"]),
@@ -157,6 +163,7 @@ def run_config(o: dict):
         max_metric_drop=o["max_metric_drop"],
         max_logit_diff=o["max_logit_diff"],
         activations=o["activations"],
+        prefold=o["prefold"],
     )
     model_tag = (o["backbone"] or o["model"]).rstrip("/").split("/")[-1]
     out = o["out"] or (f"runs/{model_tag}-{o['task']}" if o["backbone"] else f"runs/{model_tag}-{o['task']}-{o['mode']}-{bits}bit")

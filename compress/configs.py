@@ -174,6 +174,9 @@ class ExportConfig:
     # run time; batch-independent, never clips), "tensor" (int8: one per padded batch: ORT's fused kernels, batch-dependent),
     # "none" (qdq: weight-only); None: the kernel's default (default_activations)
     activations: str | None = None
+    # int8 kernel: store the int8 weights as ONNX Runtime's kernels take them (exporters.builder.Prefolded): nothing folded at
+    # load (no transient memory), 8 bits per linear weight on disk instead of the packed width
+    prefold: bool = False
 
     def __post_init__(self):
         if self.kernel not in KERNELS:
@@ -184,6 +187,8 @@ class ExportConfig:
             raise ConfigError(f"activations '{self.activations}' is not one of {ACTIVATIONS}")
         if self.kernel == "qdq" and self.activations not in ("static", "none"):
             raise ConfigError(f"kernel qdq quantizes activations 'static' or 'none' (weight-only), not '{self.activations}'")
+        if self.prefold and self.kernel != "int8":
+            raise ConfigError(f"prefold stores the int8 kernel's weights; kernel {self.kernel} has none: drop --prefold")
         if self.activations == "none" and self.kernel == "int8":
             raise ConfigError("activations 'none' is kernel qdq's weight-only form: the int8 kernel quantizes them (static, token, tensor)")
         if not (self.max_metric_drop >= 0 and self.max_logit_diff > 0 and self.parity_atol > 0):

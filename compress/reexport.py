@@ -37,6 +37,7 @@ def reexport(
     backbone_dir: str | None = None,
     activations: str | None = None,
     with_tokenizer: bool = False,
+    prefold: bool | None = None,
 ) -> mf.ArtifactManifest:
     """Re-export an artifact without retraining (see the module docstring); returns the new manifest."""
     from compress.runtimes.bench import sample as padded_sample
@@ -49,9 +50,9 @@ def reexport(
     with staging.staging(directory, overwrite=True) as tmp:
         shutil.copytree(directory, tmp, dirs_exist_ok=True)
         graph = files.graph_path(tmp)
-        rebuild = fmt == "onnx" or kernel is not None or activations is not None
+        rebuild = fmt == "onnx" or kernel is not None or activations is not None or prefold is not None
         # the mobile graph alone needs no calibration ranges (nbits: float activations)
-        cfg = restore.config_from_manifest(m, backbone_dir, kernel=kernel if rebuild else "nbits", activations=activations)
+        cfg = restore.config_from_manifest(m, backbone_dir, kernel=kernel if rebuild else "nbits", activations=activations, prefold=prefold)
         r = restore.restore(directory, m, cfg)
         linears, embedding = build.prepare(r.model, r.qweights)
         if rebuild:

@@ -28,8 +28,9 @@ def config_from_manifest(m: mf.ArtifactManifest, backbone_dir: str | None = None
     """The RunConfig that rebuilds an artifact; backbone_dir overrides where its backbone is now."""
     c = m.config
     overrides = {k: v for k, v in export_overrides.items() if v is not None}
-    if overrides.get("kernel", c.export.kernel) != c.export.kernel and "activations" not in overrides:
-        overrides["activations"] = None  # another kernel: its default activations (configs.default_activations)
+    if overrides.get("kernel", c.export.kernel) != c.export.kernel:
+        overrides.setdefault("activations", None)  # another kernel: its default activations (configs.default_activations)
+        overrides.setdefault("prefold", False)  # and its own weights (prefold is the int8 kernel's)
     exp = dataclasses.replace(c.export, **overrides)
     model = m.model.name if m.model.name == models.EMBEDDED else m.model.location
     bb = None

@@ -39,6 +39,27 @@ class Inline:
         return bld.const(f"{base}.scale", w.scale.reshape(-1).astype(np.float16))
 
 
+class Prefolded(Inline):
+    """The int8 kernel's weights stored as ONNX Runtime's integer kernels take them (ExportConfig.prefold): int8 codes
+    (group-wise or smoothed weights re-rounded per row here, with the very float32 operations the graph would run at load)
+    and float32 row scales; the word embeddings as GatherBlockQuantized on their packed codes. Nothing is folded at session
+    load, so loading needs no transient memory; a linear's weight takes 8 bits on disk instead of its packed width."""
+
+    def codes(self, bld: Builder, base: str, w: QWeight) -> str:
+        return bld.const(f"{base}.codes_int8", w.codes)
+
+    def int8(self, w: QWeight, smooth: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """-> (int8 [rows, cols], float32 [rows]): what Builder.int8_weight's subgraph folds to at load, computed here."""
+        if w.groups == 1 and smooth is None:
+            return w.codes, w.scale.reshape(-1).astype(np.float32)
+        wf = w.dequantize()  # codes * scale in float32, per row or group: the graph's Cast and Mul
+        if smooth is not None:
+            wf = wf * smooth.astype(np.float32)
+        absmax = np.maximum(np.abs(wf).max(axis=1, keepdims=True), np.float32(2.0**-14))
+        row_scale = absmax / np.float32(127.0)
+        return np.round(wf / row_scale).astype(np.int8), row_scale.reshape(-1)
+
+
 class Builder:
     """Appends nodes and initializers to a graph, with unique names."""
 
@@ -153,7 +174,7 @@ class Builder:
         """y = rows `ids` of the table W for each (ids, y) of `gathers`, with com.microsoft GatherBlockQuantized reading the
         stored codes (one copy for all) directly (ONNX Runtime's mobile packages have it: the table stays low-bit in an
         .ort file, not folded to int8)."""
-        if type(self.source) is not Inline:
+        if type(self.source) not in (Inline, Prefolded):
             raise ConfigError(
                 f"{base}: GatherBlockQuantized reads packed codes as they are, so they cannot come from a shared backbone: use kernel int8"
             )
@@ -182,11 +203,14 @@ class Builder:
                 bits=bits,
             )
 
-    def int8_weight(self, base: str, w: QWeight, smooth: str | None = None) -> tuple[str, str]:
+    def int8_weight(self, base: str, w: QWeight, smooth: str | None = None, smooth_values: np.ndarray | None = None) -> tuple[str, str]:
         """-> (int8 [cols, rows], float [rows] per-row scale) graph tensors for an integer matmul x @ (W * diag(s))^T,
-        smooth = the graph tensor holding s. Per-channel codes are used as they are; group-wise or smoothed
-        weights are re-rounded to int8 per row, all folded at load."""
+        smooth = the graph tensor holding s (smooth_values: its values). Per-channel codes are used as they are; group-wise
+        or smoothed weights are re-rounded to int8 per row, all folded at load (Prefolded: computed at export)."""
         rows, _ = w.shape
+        if isinstance(self.source, Prefolded):
+            w8, flat = self.source.int8(w, smooth_values if smooth is not None else None)
+            return self.const(f"{base}.weight_int8", np.ascontiguousarray(w8.T)), self.const(f"{base}.row_scale", flat)
         if w.groups == 1 and smooth is None:
             w8, flat = self.source.codes(self, base, w), self.source.scale(self, base, w, (rows,))
         elif self.compact and w.groups == 1:

@@ -16,6 +16,7 @@ from compress import manifest as mf
 from compress import masking
 from compress.configs import ExportConfig
 from compress.exporters import fusions, neurons, onnx_graph, verify, weights
+from compress.exporters.builder import Prefolded
 from compress.exporters.smoothing import Smoothing
 from compress.qweight import QWeight
 
@@ -81,7 +82,7 @@ def export(
     smooth = _smoothing(model, linears, config, calibration)
     del model  # the folded copy (the caller's model is untouched)
     qkv_bias = {n.input[2]: attention[n.name] for n in fp32.graph.node if n.name in attention and len(n.input) > 2}
-    source = shared.source(masks, removed | heads) if shared is not None else None
+    source = shared.source(masks, removed | heads) if shared is not None else Prefolded() if config.prefold else None
     values = {n: found[1][2] for n in linears if (found := masking.attention_of(n))}  # output projection -> its V
     shipped, parts = (
         weights.quantize_graph(

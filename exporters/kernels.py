@@ -37,7 +37,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compress.errors import ConfigError
 from compress.exporters.activations import MODES, _Activations
-from compress.exporters.builder import Builder, Inline
+from compress.exporters.builder import Builder, Inline, Prefolded
 from compress.exporters.smoothing import SmoothedInputs, Smoothing
 from compress.qweight import QWeight
 
@@ -68,8 +68,12 @@ class _Kernel:
         raise NotImplementedError
 
     def embedding(self, name: str, w: QWeight, gathers: Gathers) -> None:
-        """Rows of the word-embedding table: int codes gathered, cast and scaled per row."""
+        """Rows of the word-embedding table: int codes gathered, cast and scaled per row (prefolded: GatherBlockQuantized on the
+        packed codes, nothing unpacked at load)."""
         bld = self.bld
+        if isinstance(bld.source, Prefolded):
+            bld.gather_nbits(name, gathers, w)
+            return
         table = bld.source.codes(bld, name, w)
         row_scale = bld.source.scale(bld, name, w, (w.shape[0], 1))
         for ids, y in gathers:
@@ -131,12 +135,12 @@ class Int8Kernel(_Kernel):
         sm = self.smoothing.factors([name])
         if sm is not None and fold_into is not None:  # its input is V's output: fold 1 / s into V
             self.smoothing.fold_into_v(fold_into, sm)
-        self.activations.matmul(x, y, name, self.bld.int8_weight(name, w, sm), sm, [name])
+        self.activations.matmul(x, y, name, self.bld.int8_weight(name, w, sm, self.smoothing.values.get(sm)), sm, [name])
 
     def attention(self, att: onnx.NodeProto, names: list[str]) -> onnx.NodeProto:
         bld, base = self.bld, att.name or names[0]
         sm = self.smoothing.factors(names)
-        int8 = [bld.int8_weight(n, self.linears[n], sm) for n in names]
+        int8 = [bld.int8_weight(n, self.linears[n], sm, self.smoothing.values.get(sm)) for n in names]
         bias = att.input[2]
         if (v_sm := self.smoothing.folded_into(names[2])) is not None:  # V's rows and bias divided by its output projection's factors
             inv = self.smoothing.inverse(v_sm, base)

@@ -557,3 +557,17 @@ def test_hostile_files_and_a_full_disk(run_args, tiny_model_dir, tmp_path, monke
     assert "no space left on the device" in error_line(invoke("export", out, "--kernel", "float"))
     assert (out / "manifest.json").read_bytes() == before and mf.read(out, mf.ArtifactManifest)
     assert not [p for p in tmp_path.iterdir() if p.name.endswith(".tmp")]
+
+
+def test_export_prefold_and_back(run_args, tmp_path):
+    """`compress export DIR --prefold` stores the int8 weights as ONNX Runtime runs them (8 bits on disk); another kernel drops it; a
+    kernel without int8 weights refuses it, naming the fix."""
+    out = tmp_path / "out"
+    assert invoke(*run_args).exit_code == 0
+    packed = (out / "onnx" / "model.onnx").stat().st_size
+    r = invoke("export", out, "--prefold")
+    assert r.exit_code == 0, r.output
+    assert read(out).config.export.prefold is True and (out / "onnx" / "model.onnx").stat().st_size > packed
+    assert invoke("export", out, "--kernel", "float").exit_code == 0 and read(out).config.export.prefold is False
+    bad = invoke("export", out, "--kernel", "qdq", "--prefold")
+    assert bad.exit_code != 0 and "drop --prefold" in error_line(bad)

@@ -307,3 +307,25 @@ def test_static_activation_scales(tiny_classifier, tmp_path):
         assert np.abs(run_logits(sess, _rows(feeds, [i], 40)) - together[i]).max() < 1e-6
     with pytest.raises(ValueError, match="calibration"):
         export(clf, linears, embedding, tmp_path / "n.onnx", ExportConfig(activations="static"), feeds)
+
+
+def test_prefolded_weights_give_the_same_graph_with_nothing_to_fold(tiny_classifier, tmp_path):
+    """prefold: the int8 weights (smoothed ones re-rounded at export by the very float32 operations the graph would run at
+    load) stored as they are, the word embeddings as GatherBlockQuantized on the packed codes: the same logits bit for bit,
+    and no unpacking or re-rounding left for ONNX Runtime to fold at session load; the linears take 8 bits on disk."""
+    from compress import calibration
+    from compress.configs import ConfigError
+
+    clf, _ = tiny_classifier
+    linears, embedding = prepare(clf, masked_quantized(clf, 4))
+    feeds = sample(batch=8, length=24)
+    calib = calibration.batches({k: v.astype(np.int32) for k, v in feeds.items()})
+    export(clf, linears, embedding, tmp_path / "a.onnx", ExportConfig(), feeds, calib)
+    res = export(clf, linears, embedding, tmp_path / "p.onnx", ExportConfig(prefold=True), feeds, calib)
+    got, ref = (run_logits(open_session(tmp_path / f), sample(batch=3, length=17)) for f in ("p.onnx", "a.onnx"))
+    assert np.array_equal(got, ref)
+    ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "p.onnx")).graph.node)
+    assert not {"BitShift", "Round", "ReduceMax", "Abs"} & set(ops) and ops["GatherBlockQuantized"] == 1
+    assert sum(w.codes.size for w in linears.values()) <= res.sizes.weights <= 1.1 * sum(w.codes.size for w in linears.values())
+    with pytest.raises(ConfigError, match="prefold"):
+        ExportConfig(kernel="float", prefold=True)

@@ -1,0 +1,126 @@
+"""What loading a graph costs: peak and resident memory and load time, per graph form, at MiniLM and bert-base shapes
+(issue 24), and the resident memory of an app with 1, 2 and 4 tasks of a pack open.
+
+    python benchmarks/load_memory.py --data-dir ../shared/data/glue [--work runs/load_memory] [--repeats 3] [--pack DIR]
+
+Per shape (MiniLM-L6: the embedded pretrained model; bert-base: built from its config with random weights, as
+benchmarks/scale.py does: memory and speed do not depend on the weights' values), one 4-bit artifact with the defaults
+(`compress run --task mrpc`, 64 training pairs, 1 epoch: what is measured is loading, not accuracy), re-exported as:
+  int8 (default)    the packed 4-bit codes, unpacked and re-rounded to int8 by ONNX Runtime's constant folding at load
+  int8 --prefold    the int8 weights stored as the kernels take them (`compress export DIR --prefold`)
+  qdq               `compress export DIR --kernel qdq` (standard ONNX, weight-only), on ONNX Runtime and on OpenVINO
+and ONNX Runtime's own int8 model of the same weights. Each (graph, runtime) loads in a fresh process --repeats times
+(benchmarks/runtimes_qdq.py's LOAD_SCRIPT: the session created, one batch-1 x 128 run; resident memory and its peak,
+less the process's before loading); medians. With --pack (a pack of several tasks, e.g. benchmarks/pack_speed.py's),
+compress.pack_writer.resident_memory opens its first 1, 2 and 4 task sessions in one process.
+Results: results/load_memory.{md,json}.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shutil
+import statistics
+import sys
+from pathlib import Path
+
+from _results import write  # benchmarks/ is on sys.path when a script here runs
+from pack_glue import compress, finished
+from runtimes_qdq import load
+from scale import anchor, model_dir
+
+SHAPES = ("minilm", "bert-base")
+FORMS = {"int8 (default)": (), "int8 --prefold": ("--prefold",), "qdq (weight-only)": ("--kernel", "qdq")}
+
+
+def graphs(args, shape: str) -> dict[tuple[str, str], Path]:
+    """(form, runtime) -> graph, for one shape."""
+    model = model_dir(shape, args.work)
+    art = args.work / f"{shape}-4bit"
+    if finished(art) is None:
+        compress("run", "--model", model, "--task", "mrpc", "--data-dir", str(args.data_dir), "--max-train-examples", "64",
+                 "--max-eval-examples", "64", "--epochs", "1", "--no-bench", "--out", str(art))  # fmt: skip
+    out = {}
+    for form, flags in FORMS.items():
+        d = args.work / shape / form.split()[0] / ("prefold" if "--prefold" in flags else "")
+        if flags and finished(d) is None:
+            shutil.rmtree(d, ignore_errors=True)
+            shutil.copytree(art, d)
+            compress("export", str(d), *flags)
+        graph = (d if flags else art) / "onnx" / "model.onnx"
+        out[(form, "cpu")] = graph
+        if "qdq" in flags:
+            out[(form, "openvino")] = graph
+    out[("ORT int8 (quantize_dynamic)", "cpu")] = anchor(model, args.work, shape)
+    return out
+
+
+def measure(graph: Path, runtime: str, repeats: int) -> dict:
+    runs = [load(graph, runtime) for _ in range(repeats)]
+    return {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"mb": graph.stat().st_size / 1e6}
+
+
+def main() -> int:
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--data-dir", required=True, type=Path)
+    ap.add_argument("--work", type=Path, default=Path("runs/load_memory"))
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
+    ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--pack", type=Path, default=None, help="a pack of >= 4 tasks: resident memory with 1, 2 and 4 task sessions")
+    ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "load_memory"))
+    args = ap.parse_args()
+    args.work.mkdir(parents=True, exist_ok=True)
+    rows = {}
+    for shape in args.shapes:
+        for (form, runtime), graph in graphs(args, shape).items():
+            rows[f"{shape} | {form} | {runtime}"] = measure(graph, runtime, args.repeats)
+    pack = _pack_memory(args.pack) if args.pack else None
+    return render(args, rows, pack)
+
+
+def _pack_memory(pack_dir: Path) -> dict:
+    from compress import manifest as mf
+    from compress.pack_writer import resident_memory
+
+    names = list(mf.read(pack_dir, mf.PackManifest).tasks)[:4]
+    m = resident_memory(pack_dir, names)
+    return {"tasks": names, "sessions": m.sessions, "rss_mb": [x / 1e6 for x in m.rss], "peak_mb": [x / 1e6 for x in m.peak]}
+
+
+def render(args, rows: dict, pack: dict | None) -> int:
+    from compress.latency import cpu_name
+
+    lines = [
+        "| shape | graph | runtime | MB (x ORT int8) | load ms (x) | peak MB at load (x) | resident MB (x) | batch-1 x 128 ms, first run |",
+        "|---|---|---|---|---|---|---|---|",
+    ]
+    for key, r in rows.items():
+        a = rows[f"{key.split(' | ')[0]} | ORT int8 (quantize_dynamic) | cpu"]
+        lines.append(
+            f"| {key} | {r['mb']:.1f} ({r['mb'] / a['mb']:.2f}) | {r['load_ms']:.0f} ({r['load_ms'] / a['load_ms']:.2f}) | "
+            f"{r['peak_mb']:.0f} ({r['peak_mb'] / a['peak_mb']:.2f}) | {r['rss_mb']:.0f} ({r['rss_mb'] / a['rss_mb']:.2f}) | "
+            f"{r['first_ms']:.1f} |"
+        )
+    lines += ["", f"{cpu_name()}, 2 threads; medians of {args.repeats} fresh processes per row; memory less the process before loading."]
+    if pack:
+        rss = pack["rss_mb"]
+        lines += [
+            "",
+            f"A pack's tasks open in one process (`{args.pack}`: {', '.join(pack['tasks'])}), resident MB after loading each (0 = "
+            "compress.Pack imported, no session):",
+            "",
+            "| task sessions | " + " | ".join(str(n) for n in pack["sessions"]) + " |",
+            "|---" * (len(rss) + 1) + "|",
+            "| resident MB | " + " | ".join(f"{x:.0f}" for x in rss) + " |",
+            "| peak MB | " + " | ".join(f"{x:.0f}" for x in pack["peak_mb"]) + " |",
+            "",
+            f"4 tasks resident: {rss[-1] - rss[0]:.0f} MB over the empty process, {(rss[-1] - rss[0]) / (rss[1] - rss[0]):.2f}x one task's "
+            f"{rss[1] - rss[0]:.0f} MB.",
+        ]
+    title = "Loading a graph: memory and time per form, MiniLM-L6 and bert-base shapes"
+    write(args.results, title, {"rows": rows, "pack": pack}, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
