@@ -68,10 +68,6 @@ class Removed:
     unit: str = "neurons"  # "neurons" or "channels" (of the heads kept): names its tensors in a pack's task graph
     group: int = 1  # indices per unit counted: a head's channels
 
-    @property
-    def first(self) -> str:
-        return self.rows[0]
-
     def counts(self) -> list[int]:
         """[units kept, units before] (what the manifest records: FFN neurons, padding included; attention heads)."""
         return [int(self.keep.size) // self.group, self.total // self.group]

@@ -65,7 +65,8 @@ def test_neurons_left_are_padded_to_a_multiple_of_16(tiny_classifier):
         masking.masked_layers(clf)[name].scores[:, live[:5]] = -1.0
     model, _, kept = neurons.drop_dead(clf, {})  # no integer weights: dead columns read from the folded weights
     assert [kept[name].keep.size, kept[name].total] == [32, 128] and kept[name].alive.sum() == 27
-    assert kept["encoder.encoder.layer.1.output.dense"].keep.size == 32 and kept[name].first == "encoder.encoder.layer.0.intermediate.dense"
+    assert kept["encoder.encoder.layer.1.output.dense"].keep.size == 32
+    assert kept[name].rows == ("encoder.encoder.layer.0.intermediate.dense",)
     assert model.get_submodule(name).weight.shape == (64, 32)
     feeds = {k: torch.from_numpy(v) for k, v in sample().items()}
     with torch.no_grad():
