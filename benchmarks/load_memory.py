@@ -1,7 +1,7 @@
 """What loading a graph costs: peak and resident memory and load time, per graph form, at MiniLM and bert-base shapes
-(issue 24), and the resident memory of an app with 1, 2 and 4 tasks of a pack open.
+(issue 24). Several tasks of a pack open in one app: benchmarks/pack_memory.py.
 
-    python benchmarks/load_memory.py --data-dir ../shared/data/glue [--work runs/load_memory] [--repeats 3] [--pack DIR]
+    python benchmarks/load_memory.py --data-dir ../shared/data/glue [--work runs/load_memory] [--repeats 3]
 
 Per shape (MiniLM-L6: the embedded pretrained model; bert-base: built from its config with random weights, as
 benchmarks/scale.py does: memory and speed do not depend on the weights' values), one 4-bit artifact with the defaults
@@ -11,8 +11,7 @@ benchmarks/scale.py does: memory and speed do not depend on the weights' values)
   qdq               `compress export DIR --kernel qdq` (standard ONNX, weight-only), on ONNX Runtime and on OpenVINO
 and ONNX Runtime's own int8 model of the same weights. Each (graph, runtime) loads in a fresh process --repeats times
 (benchmarks/runtimes_qdq.py's LOAD_SCRIPT: the session created, one batch-1 x 128 run; resident memory and its peak,
-less the process's before loading); medians. With --pack (a pack of several tasks, e.g. benchmarks/pack_speed.py's),
-compress.pack_writer.resident_memory opens its first 1, 2 and 4 task sessions in one process.
+less the process's before loading); medians.
 Results: results/load_memory.{md,json}.
 """
 
@@ -66,7 +65,6 @@ def main() -> int:
     ap.add_argument("--work", type=Path, default=Path("runs/load_memory"))
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=SHAPES)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--pack", type=Path, default=None, help="a pack of >= 4 tasks: resident memory with 1, 2 and 4 task sessions")
     ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "load_memory"))
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
@@ -74,20 +72,10 @@ def main() -> int:
     for shape in args.shapes:
         for (form, runtime), graph in graphs(args, shape).items():
             rows[f"{shape} | {form} | {runtime}"] = measure(graph, runtime, args.repeats)
-    pack = _pack_memory(args.pack) if args.pack else None
-    return render(args, rows, pack)
+    return render(args, rows)
 
 
-def _pack_memory(pack_dir: Path) -> dict:
-    from compress import manifest as mf
-    from compress.pack_writer import resident_memory
-
-    names = list(mf.read(pack_dir, mf.PackManifest).tasks)[:4]
-    m = resident_memory(pack_dir, names)
-    return {"tasks": names, "sessions": m.sessions, "rss_mb": [x / 1e6 for x in m.rss], "peak_mb": [x / 1e6 for x in m.peak]}
-
-
-def render(args, rows: dict, pack: dict | None) -> int:
+def render(args, rows: dict) -> int:
     from compress.latency import cpu_name
 
     lines = [
@@ -102,23 +90,8 @@ def render(args, rows: dict, pack: dict | None) -> int:
             f"{r['first_ms']:.1f} |"
         )
     lines += ["", f"{cpu_name()}, 2 threads; medians of {args.repeats} fresh processes per row; memory less the process before loading."]
-    if pack:
-        rss = pack["rss_mb"]
-        lines += [
-            "",
-            f"A pack's tasks open in one process (`{args.pack}`: {', '.join(pack['tasks'])}), resident MB after loading each (0 = "
-            "compress.Pack imported, no session):",
-            "",
-            "| task sessions | " + " | ".join(str(n) for n in pack["sessions"]) + " |",
-            "|---" * (len(rss) + 1) + "|",
-            "| resident MB | " + " | ".join(f"{x:.0f}" for x in rss) + " |",
-            "| peak MB | " + " | ".join(f"{x:.0f}" for x in pack["peak_mb"]) + " |",
-            "",
-            f"4 tasks resident: {rss[-1] - rss[0]:.0f} MB over the empty process, {(rss[-1] - rss[0]) / (rss[1] - rss[0]):.2f}x one task's "
-            f"{rss[1] - rss[0]:.0f} MB.",
-        ]
     title = "Loading a graph: memory and time per form, MiniLM-L6 and bert-base shapes"
-    write(args.results, title, {"rows": rows, "pack": pack}, "\n".join(lines))
+    write(args.results, title, {"rows": rows}, "\n".join(lines))
     return 0
 
 

@@ -84,11 +84,17 @@ def any_true(flag: bool, dev: torch.device) -> bool:
     return bool(t.item())
 
 
-def finish() -> None:
-    """Leave the process group init() made."""
+def finish(synchronize: bool = True) -> None:
+    """Leave the process group init() made: all processes together (a barrier first, as PyTorch advises) when all got here
+    normally; at once after an error (another process may never reach a barrier; torchrun stops them all)."""
     global _OWNED
+    import gc
+
     import torch.distributed as dist
 
     if _OWNED and dist.is_initialized():
+        gc.collect()  # DistributedDataParallel's reducer sits in reference cycles: free it while its group still exists
+        if synchronize:
+            dist.barrier()
         dist.destroy_process_group()
     _OWNED = False

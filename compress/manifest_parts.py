@@ -263,6 +263,16 @@ class PackSource:
 
 
 @dataclass(frozen=True)
+class SharedTensor:
+    """Where a task graph's initializer lies in the pack's shared file, as the graph sees it (compress.runtimes.shared_weights)."""
+
+    offset: int  # from the start of the file
+    length: int  # bytes
+    dtype: str  # numpy's name: "uint8", "float16", "float32"
+    shape: list[int]
+
+
+@dataclass(frozen=True)
 class PackTask:
     """One task of a pack: its graph and what an app needs to run it."""
 
@@ -282,6 +292,7 @@ class PackTask:
     ffn_neurons: dict[str, list[int]] = field(default_factory=dict)  # FFN second projection -> [neurons kept, total]
     attention_heads: dict[str, list[int]] = field(default_factory=dict)  # attention output projection -> [heads kept, total]
     guard_passed: bool | None = True  # the artifact's accuracy guard (False: packed with --allow-failed-guard)
+    shared_tensors: dict[str, SharedTensor] = field(default_factory=dict)  # initializer -> its bytes in the shared file ({}: older packs)
 
 
 @dataclass(frozen=True)
@@ -307,4 +318,4 @@ class PackMemory:
     rss: list[int]
     per_session: list[int]
     peak: list[int] = field(default_factory=list)
-    shared_in_memory: bool = False
+    shared_in_memory: bool = False  # the sessions took the shared file's tensors from one map and shared one arena

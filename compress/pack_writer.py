@@ -136,6 +136,7 @@ def _pack_task(d: Path, m: mf.ArtifactManifest, backbone, shared, out: Path):
     from compress import build, calibration, restore
     from compress.exporters.export import export
     from compress.runtimes.bench import sample
+    from compress.runtimes.shared_weights import placements
 
     run_cfg = restore.config_from_manifest(m, str(backbone.directory))
     r = restore.restore(d, m, run_cfg)
@@ -172,6 +173,7 @@ def _pack_task(d: Path, m: mf.ArtifactManifest, backbone, shared, out: Path):
         source=mf.PackSource(str(d.resolve()), mf.manifest_sha256(d), source_graph.sha256, source_graph.bytes, res.sizes.masks),
         ffn_neurons=res.ffn_neurons,
         attention_heads=res.attention_heads,
+        shared_tensors=placements(graph, files.PACK_SHARED),
     ), r.model
 
 
@@ -215,31 +217,34 @@ def storage(directory: Path, tasks: dict[str, mf.PackTask], ort_int8: int) -> mf
 MEMORY_SCRIPT = r"""
 import sys
 from compress.runtimes.pack_reader import Pack
-p = Pack(sys.argv[1])
-for t in sys.argv[2:]:
-    p.predict(t, ["a warm-up sentence ."])
+p = Pack(sys.argv[1], share_backbone=sys.argv[2] == "1")
+texts = ["a long sentence of many words , " * 40] * 32  # one batch of 32 at the task's max length: the arena an app needs
+for t in sys.argv[3:]:
+    p.predict(t, texts)
 with open("/proc/self/status") as f:
     status = dict(line.split(":", 1) for line in f)
 print(int(status["VmRSS"].split()[0]) * 1024, int(status["VmHWM"].split()[0]) * 1024)
 """
 
 
-def resident_memory(pack_dir: Path, task_names: list[str]) -> mf.PackMemory | None:
-    """Resident memory (VmRSS) and its peak (VmHWM) of a fresh process that opens the first n task sessions of
-    the pack through compress.Pack and runs each once, for n = 0 .. N: what each further session costs."""
+def resident_memory(pack_dir: Path, task_names: list[str], share: bool = True) -> mf.PackMemory | None:
+    """Resident memory (VmRSS) and its peak (VmHWM) of a fresh process that opens the first n task sessions of the pack
+    through compress.Pack (share: its default, one backbone map and one arena for all sessions) and runs each on one batch
+    of 32 texts at the task's max length, for n = 0 .. N: what each further task costs an app."""
     import subprocess
     import sys
 
     rss, peak = [], []
     for n in range(len(task_names) + 1):
-        r = subprocess.run([sys.executable, "-c", MEMORY_SCRIPT, str(pack_dir), *task_names[:n]], capture_output=True, text=True)
+        cmd = [sys.executable, "-c", MEMORY_SCRIPT, str(pack_dir), "1" if share else "0", *task_names[:n]]
+        r = subprocess.run(cmd, capture_output=True, text=True)
         if r.returncode != 0:
             log.warning("memory measurement failed: %s", (r.stderr.strip().splitlines() or [r.returncode])[-1])
             return None
         a, b = map(int, r.stdout.split()[-2:])
         rss.append(a)
         peak.append(b)
-    return mf.PackMemory(sessions=list(range(len(rss))), rss=rss, per_session=[int(x) for x in np.diff(rss)], peak=peak)
+    return mf.PackMemory(list(range(len(rss))), rss, [int(x) for x in np.diff(rss)], peak, shared_in_memory=share)
 
 
 def render(pm: mf.PackManifest, seconds: float = 0.0) -> str:
@@ -284,18 +289,19 @@ def render(pm: mf.PackManifest, seconds: float = 0.0) -> str:
         lines += [
             "## Memory",
             "",
-            f"Resident memory of a process with 0 .. {n} task sessions open (each run once): "
+            f"Resident memory of a process with 0 .. {n} task sessions open (each run once, on a batch of 32 texts of its max "
+            "length): "
             + ", ".join(mb(x) for x in mem.rss)
             + f"; each further session: +{per}. Peak while loading: "
             + ", ".join(mb(x) for x in mem.peak)
             + " (folding the codes into int8 weights passes through float "
             "intermediates; the heap they used is returned to the system after each session is created).",
             "",
-            "Nothing is shared in memory between the sessions: ONNX Runtime unpacks each task's 4-bit codes, applies its mask and "
-            "folds them into int8 weights at session load, and each session keeps its own folded weights (the masks differ, so "
-            "the folded linears do too). The embedding table (the same in every task) is folded per session as well. Sharing it "
-            "would need the int8 table as one user-owned buffer handed to every session (ONNX Runtime's "
-            "`SessionOptions.add_initializer`), and sharing the linears a kernel that applies the mask at run time.",
+            "Shared in memory between the sessions (compress.Pack's default): the backbone file, mapped once (each session's "
+            "word-embedding rows are gathered from its packed codes at run time), and one memory arena. Each session's own: "
+            "the int8 linears ONNX Runtime folds at load from the codes and the task's mask (the masks differ)."
+            if mem.shared_in_memory
+            else "Nothing is shared in memory between the sessions (measured with compress.Pack(share_backbone=False)).",
             "",
         ]
     if seconds:

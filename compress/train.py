@@ -169,6 +169,7 @@ def fit(
         f" (process {distributed.rank()} of {distributed.world()})" if distributed.world() > 1 else "",
     )
     model.to(device)
+    loop, done = None, False
     try:
         with checkpoint.signals() if checkpoint is not None else contextlib.nullcontext():
             loop = _setup(model, task, train, dev, tokenizer, cfg, device, progress, checkpoint)
@@ -176,12 +177,15 @@ def fit(
                 t0 = time.perf_counter()
                 loop.teacher, loop.soft = teacher, teacher.soft_targets(loop.tr_enc, loop.pad_id, device)
                 log.info("teacher's soft targets for %d examples: %.1f s", len(loop.soft), time.perf_counter() - t0)
-            return _fit(loop)
+            result = _fit(loop)
+            done = True
+            return result
     finally:
         if teacher is not None:
             teacher.model.to("cpu")
         model.to("cpu")  # quantized tensors, export and ONNX validation live on the CPU
-        distributed.finish()  # training is the only collective work; process 0 goes on alone
+        del loop  # the DDP wrapper goes before its process group: a reducer freed after the group can hang the process
+        distributed.finish(synchronize=done)  # training is the only collective work; process 0 goes on alone
 
 
 @dataclass

@@ -30,6 +30,11 @@ class Inline:
         zero = bld.node("Cast", [bld.unpack(base, w.zero[..., None], w.bits, "zero")], base, to=TensorProto.INT8)[0]
         return bld.grouped(base, w, lambda x: bld.node("Sub", [x, zero], base)[0], x)
 
+    def rows(self, bld: Builder, base: str, w: QWeight):
+        """-> a function: graph tensor of row indices -> float32 codes of those rows of the table W (its word embeddings)."""
+        table = self.codes(bld, base, w)
+        return lambda ids: bld.node("Cast", [bld.node("Gather", [table, ids], base, axis=0)[0]], base, to=TensorProto.FLOAT)[0]
+
     def scale(self, bld: Builder, base: str, w: QWeight, shape: tuple[int, ...]) -> str:
         """-> float32 scales [rows, groups] reshaped to `shape` (stored as float16)."""
         return bld.half(f"{base}.scale", w.scale.reshape(shape))

@@ -33,7 +33,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import onnx
-from onnx import TensorProto, helper, numpy_helper
+from onnx import helper, numpy_helper
 
 from compress.errors import ConfigError
 from compress.exporters.activations import MODES, _Activations
@@ -74,11 +74,10 @@ class _Kernel:
         if isinstance(bld.source, Prefolded):
             bld.gather_nbits(name, gathers, w)
             return
-        table = bld.source.codes(bld, name, w)
+        rows = bld.source.rows(bld, name, w)
         row_scale = bld.source.scale(bld, name, w, (w.shape[0], 1))
         for ids, y in gathers:
-            rows = bld.node("Cast", [bld.node("Gather", [table, ids], name, axis=0)[0]], name, to=TensorProto.FLOAT)[0]
-            bld.node("Mul", [rows, bld.node("Gather", [row_scale, ids], name, axis=0)[0]], name, outputs=[y])
+            bld.node("Mul", [rows(ids), bld.node("Gather", [row_scale, ids], name, axis=0)[0]], name, outputs=[y])
 
     def tables(self, float_tables: dict[str, tuple[onnx.TensorProto, Gathers]]) -> list[str]:
         """The kernel's other quantized tables (float Gather tables, by initializer); -> their names (replaced)."""

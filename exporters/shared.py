@@ -9,7 +9,11 @@ between its pruned weights (compress.maskcodec.RiceCode, within ~1% of the entro
 CumSum and ScatterElements, see compress.exporters.functions) or bit-packed, whichever is smaller; the FFN neurons and the
 attention heads' channels kept (gathered out of the backbone's codes, scales and biases); the head; the activation
 smoothing factors. All of it is constant, so ONNX Runtime folds it at session load into the very
-int8 weights of the standalone artifact: every task runs on the same kernels at the same speed.
+int8 weights of the standalone artifact: every task runs on the same kernels at the same speed. The one
+exception is the word-embedding table (the same in every task, and MiniLM's largest tensor): the graph
+gathers rows of its packed codes at run time and unpacks them through a 256-entry table, so that no session
+holds an int8 copy of it and an app's task sessions can share the backbone file's bytes
+(compress.runtimes.shared_weights).
 """
 
 from __future__ import annotations
@@ -90,14 +94,45 @@ class SharedSource(Inline):
         mask = self._kept(name, self.masks.get(name, np.ones(self.shared.qweights[name].shape, bool)))
         return np.where(mask & self._alive(name, codes.shape), codes, 0)
 
-    def codes(self, bld: Builder, base: str, w: QWeight) -> str:
+    def _check(self, base: str, w: QWeight) -> QWeight:
+        """-> the backbone's QWeight of `base`, whose codes under the task's mask must be the task's."""
         if base not in self.shared.qweights:
             raise WeightMatchError(f"{base}: the backbone has no quantized tensor of that name; pack artifacts trained on this backbone")
         if not np.array_equal(w.codes, self.expected(base)):
             raise WeightMatchError(
                 f"{base}: the task's codes are not the backbone's codes under its mask: the artifact was not trained on this backbone"
             )
-        full = self.shared.qweights[base]
+        return self.shared.qweights[base]
+
+    def rows(self, bld: Builder, base: str, w: QWeight):
+        """Rows of the word-embedding table gathered from the backbone's packed codes at run time, each byte turned into its
+        8 / bits signed codes by a 256-entry lookup table (exact: the float codes the table unpacked at load would give), so
+        that no session unpacks the table to int8 at load: the packed codes stay the backbone file's bytes, which
+        compress.Pack hands to all its sessions as one shared buffer. Asymmetric, masked or kept-row tables: as at load."""
+        full = self._check(base, w)
+        bits, (n, cols) = full.storage_bits, full.shape
+        if full.zero is not None or base in self.masks or base in self.neurons or cols * bits % 8:
+            return super().rows(bld, base, w)
+        name = f"{base}.weight.codes"
+        packed = bld.const(name, self.shared.tensors[name].reshape(n, cols * bits // 8), name=name)  # the same bytes, 2-D
+        per = 8 // bits
+        byte = np.arange(256, dtype=np.int32)[:, None]  # every byte -> its `per` signed codes, first in the low bits
+        codes = ((byte >> (bits * np.arange(per))) & (2**bits - 1)) - 2 ** (bits - 1)
+        table = bld.const(base, codes.astype(np.float32).reshape(256, per) if per > 1 else codes.astype(np.float32).reshape(256))
+
+        def gather(ids: str) -> str:
+            x = bld.node("Gather", [packed, ids], base, axis=0)[0]  # [..., cols * bits / 8] bytes
+            x = bld.node("Gather", [table, bld.node("Cast", [x], base, to=TensorProto.INT32)[0]], base, axis=0)[0]
+            if per == 1:
+                return x
+            lead = bld.node("Shape", [ids], base)[0]
+            shape = bld.node("Concat", [lead, bld.const(base, np.array([cols], np.int64))], base, axis=0)[0]
+            return bld.node("Reshape", [x, shape], base)[0]  # [..., cols]
+
+        return gather
+
+    def codes(self, bld: Builder, base: str, w: QWeight) -> str:
+        full = self._check(base, w)
         bits = full.storage_bits
         packed_name = f"{base}.weight.codes"
         packed, size = self._ref(bld, packed_name), self.shared.tensors[packed_name].size
@@ -235,9 +270,9 @@ def save(model: onnx.ModelProto, path: Path, shared: SharedFile) -> int:
         key = init.name.removesuffix(":backbone")
         if key not in shared.tensors:
             continue
-        arr = numpy_helper.to_array(init)
-        if arr.dtype != shared.tensors[key].dtype or not np.array_equal(arr, shared.tensors[key]):
-            continue  # a per-task tensor that happens to share a name
+        arr, full = numpy_helper.to_array(init), shared.tensors[key]
+        if arr.dtype != full.dtype or arr.size != full.size or not np.array_equal(arr.reshape(-1), full.reshape(-1)):
+            continue  # a per-task tensor that happens to share a name (the graph may see the same bytes in another shape)
         offset, length = shared.offsets[key]
         init.ClearField("raw_data")
         for f in ("float_data", "int32_data", "int64_data"):

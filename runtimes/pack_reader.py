@@ -22,6 +22,7 @@ from compress import manifest as mf
 from compress.errors import CompressError, ConfigError
 from compress.runtimes import evaluate
 from compress.runtimes.session import open_session
+from compress.runtimes.shared_weights import SharedWeights
 
 
 class UnknownTaskError(CompressError, KeyError):
@@ -32,11 +33,16 @@ class UnknownTaskError(CompressError, KeyError):
 
 
 class Pack:
-    def __init__(self, path: str | Path, threads: int | None = None, provider: str = "cpu"):
+    """share_backbone: the task sessions take the backbone's tensors from one read-only map of its file and allocate from one
+    arena (ONNX Runtime only; compress.runtimes.shared_weights), rather than each holding its own."""
+
+    def __init__(self, path: str | Path, threads: int | None = None, provider: str = "cpu", share_backbone: bool = True):
         self.path = Path(path)
         self.manifest: mf.PackManifest = mf.read(self.path, mf.PackManifest)
         self.threads, self.provider = threads, provider
+        self._shared = SharedWeights(self.path / self.manifest.shared) if share_backbone and provider != "openvino" else None
         self._sessions: dict = {}
+        self._initializers: dict = {}  # task -> the OrtValues its session reads in place of its own initializers
         self._tokenizers: dict = {}
 
     @property
@@ -51,7 +57,12 @@ class Pack:
     def session(self, name: str):
         """The task's ONNX Runtime session, created on first use (the shared codes are unpacked and masked at load)."""
         if name not in self._sessions:
-            self._sessions[name] = open_session(self.path / self.task(name).onnx, self.provider, threads=self.threads)
+            graph = self.path / self.task(name).onnx
+            shared = self._shared is not None
+            self._initializers[name] = self._shared.initializers(self.task(name).shared_tensors) if shared else {}
+            self._sessions[name] = open_session(
+                graph, self.provider, threads=self.threads, initializers=self._initializers[name], shared_arena=shared
+            )
         return self._sessions[name]
 
     def _tokenizer(self, name: str):

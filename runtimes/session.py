@@ -20,11 +20,17 @@ def open_session(
     threads: int | None = None,
     optimized_path: str | Path | None = None,
     sparse: bool = False,
+    initializers: dict | None = None,
+    shared_arena: bool = False,
 ) -> ort.InferenceSession:
     """All graph optimizations on (constant folding unpacks the low-bit weights at load).
 
     optimized_path: also write the graph ONNX Runtime actually runs (to check which kernels fire).
     sparse: the weights are 2:4 sparse (TensorRT: use the sparse tensor cores).
+    initializers: {name: OrtValue} used in place of the graph's own (not copied; the session keeps them alive;
+        compress.runtimes.shared_weights); ONNX Runtime only.
+    shared_arena: allocate from the one CPU arena of ONNX Runtime's environment, shared by every session that asks for it
+        (one app with several sessions), rather than from an arena of the session's own.
     """
     p = require(provider) if isinstance(provider, str) else provider
     if not p.available:
@@ -40,6 +46,10 @@ def open_session(
         so.intra_op_num_threads = threads
     if optimized_path:
         so.optimized_model_filepath = str(optimized_path)
+    for name, value in (initializers or {}).items():
+        so.add_initializer(name, value)
+    if shared_arena and _register_arena():
+        so.add_session_config_entry("session.use_env_allocators", "1")
     src = model if isinstance(model, bytes) else str(model)
     try:
         sess = ort.InferenceSession(src, so, providers=p.session_providers(sparse))
@@ -50,8 +60,26 @@ def open_session(
             f"{model} is not a graph ONNX Runtime can load ({type(e).__name__}: {str(e).splitlines()[0][:160]}): "
             "rebuild it with `compress export DIR`"
         ) from None
+    if initializers:
+        sess._compress_initializers = dict(initializers)  # ONNX Runtime reads their buffers but does not own them: keep them alive
     release_freed_memory()
     return sess
+
+
+_ARENA: list[bool] = []  # whether this process registered ONNX Runtime's shared CPU arena (once)
+
+
+def _register_arena() -> bool:
+    """Register one CPU arena with ONNX Runtime's environment (once per process); False where that fails."""
+    if not _ARENA:
+        try:
+            info = ort.OrtMemoryInfo("Cpu", ort.OrtAllocatorType.ORT_ARENA_ALLOCATOR, 0, ort.OrtMemType.DEFAULT)
+            ort.create_and_register_allocator(info, ort.OrtArenaCfg(0, -1, -1, -1))  # ORT's defaults: no limit, grow as needed
+            _ARENA.append(True)
+        except Exception as e:  # e.g. another library registered one first: sessions keep their own arenas
+            log.warning("sessions keep their own memory arenas: ONNX Runtime did not register a shared one (%s)", e)
+            _ARENA.append(False)
+    return _ARENA[0]
 
 
 def release_freed_memory() -> None:

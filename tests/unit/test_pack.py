@@ -91,8 +91,8 @@ def test_pack_holds_the_backbone_once_and_a_small_graph_per_task(trained, packed
         assert t.bytes < 0.25 * art.sizes.onnx_total and t.bits_per_masked_weight == pytest.approx(8 * t.bytes / t.masked_weights)
     s = pm.sizes
     assert s.total == s.shared + sum(s.tasks.values()) and s.vs_standalone < 1 and s.vs_ort_int8 < 0.6
-    assert pm.memory.shared_in_memory is False and len(pm.memory.rss) == 3
-    assert "Nothing is shared in memory" in (packed / "report.md").read_text()
+    assert pm.memory.shared_in_memory is True and len(pm.memory.rss) == 3
+    assert "the backbone file, mapped once" in (packed / "report.md").read_text()
 
 
 def test_pack_graph_folds_to_the_standalone_int8_weights(trained, packed):
@@ -107,9 +107,38 @@ def test_pack_graph_folds_to_the_standalone_int8_weights(trained, packed):
     for name in ("mrpc", "sst2"):
         assert logits_parity(packed / f"{name}.onnx", trained / name / "onnx" / "model.onnx", feeds) <= 1e-5
     open_session(packed / "mrpc.onnx", optimized_path=trained / "opt.onnx")
-    ops = Counter(n.op_type for n in onnx.load(str(trained / "opt.onnx"), load_external_data=False).graph.node)
+    opt = onnx.load(str(trained / "opt.onnx"), load_external_data=False).graph
+    ops = Counter(n.op_type for n in opt.node)
     assert ops["QAttention"] == 2 and ops["MatMulIntegerToFloat"] == 6  # per layer: Q/K/V fused; out, FFN x 2 (static scales)
     assert ops["BitShift"] == ops["ScatterElements"] == ops["NonZero"] == ops["CumSum"] == 0
+    # the word embeddings stay packed (30522 x 64 codes, 2 per byte): rows are gathered and looked up at run time
+    tables = {tuple(i.dims): i.data_type for i in opt.initializer if i.dims and i.dims[0] in (30522, 256)}
+    assert tables == {(30522, 32): onnx.TensorProto.UINT8, (30522, 1): onnx.TensorProto.FLOAT, (256, 2): onnx.TensorProto.FLOAT}
+
+
+def test_pack_sessions_share_the_backbone_map(trained, packed):
+    """compress.Pack hands every session the backbone tensors the manifest places in its file, as views of one read-only
+    map (no copy), and the logits are those of sessions that read the file themselves."""
+    pm = mf.read(packed, mf.PackManifest)
+    t = pm.tasks["mrpc"]
+    emb = [(n, s) for n, s in t.shared_tensors.items() if s.dtype == "uint8" and len(s.shape) == 2 and s.shape[0] == 30522]
+    assert len(emb) == 1 and emb[0][1].shape == [30522, 32]  # the word embeddings' 4-bit codes, 2 per byte, seen as rows
+    bb = (packed / "backbone.safetensors").read_bytes()
+    shared, alone = Pack(packed), Pack(packed, share_backbone=False)
+    texts, texts_b = ["the witness spoke"], ["a witness , number 3"]
+    assert np.array_equal(shared.logits("mrpc", texts, texts_b), alone.logits("mrpc", texts, texts_b))
+    values = shared._initializers["mrpc"]
+    assert set(values) == set(t.shared_tensors) and not alone._initializers["mrpc"]
+    name, s = emb[0]
+    view = values[name].numpy()
+    assert np.shares_memory(view, shared._shared.map) and view.tobytes() == bb[s.offset : s.offset + s.length]
+    # a session outlives the Pack it came from (it keeps the buffers ONNX Runtime reads): no crash, same logits
+    code = (
+        f"import gc; from compress import Pack; from compress.runtimes.bench import inputs; from compress.runtimes.session import "
+        f"run_logits; s = Pack({str(packed)!r}).session('mrpc'); gc.collect(); print(run_logits(s, inputs(2, 9)).shape)"
+    )
+    r = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "(2, 2)", r.stderr[-500:]
 
 
 def test_pack_api_predicts_like_the_artifacts(trained, packed, glue2):
