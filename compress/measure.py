@@ -90,7 +90,8 @@ def bench_artifact(
     if not path.is_file():
         raise ArtifactError(f"{directory} has no {files.MOBILE_GRAPH}: write it with compress export {directory} --format ort")
     t0 = time.perf_counter()
-    sess = open_session(path, require(provider), threads=threads, sparse=tuple(m.config.mask.nm or ()) == (2, 4))
+    sparse, qdq = tuple(m.config.mask.nm or ()) == (2, 4), m.config.export.kernel == "qdq"
+    sess = open_session(path, require(provider), threads=threads, sparse=sparse, qdq=qdq)
     load_s = time.perf_counter() - t0
     latency = [rbench.latency(sess, batch=b, seq_len=seq_len) for b in batch_sizes]
     scored, n, vs_cpu = None, None, None

@@ -33,10 +33,12 @@ class Provider:
     available: bool
     reason: str = ""  # why it is unavailable
 
-    def session_providers(self, sparse: bool = False) -> list:
-        """ONNX Runtime's providers list; sparse: 2:4-sparse weights (TensorRT builds its engine with sparse tensor cores)."""
+    def session_providers(self, sparse: bool = False, qdq: bool = False) -> list:
+        """ONNX Runtime's providers list; sparse: 2:4-sparse weights (TensorRT builds its engine with sparse tensor cores);
+        qdq: a standard-ONNX QDQ graph (`--kernel qdq`), which TensorRT builds as explicitly quantized int8 (its Q/DQ scales,
+        no calibration table: ONNX Runtime's TensorRT provider refuses Q/DQ layers without the int8 flag)."""
         if self.name == "tensorrt":
-            opts = {"trt_fp16_enable": True, "trt_sparsity_enable": bool(sparse)}
+            opts = {"trt_fp16_enable": True, "trt_sparsity_enable": bool(sparse), "trt_int8_enable": bool(qdq)}
             return [(ORT_NAMES["tensorrt"], opts), ORT_NAMES["cuda"], ORT_NAMES["cpu"]]
         if self.name in ("cuda", "openvino-ep"):
             return [ORT_NAMES[self.name], ORT_NAMES["cpu"]]  # what the provider does not take falls back to the CPU

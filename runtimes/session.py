@@ -20,6 +20,7 @@ def open_session(
     threads: int | None = None,
     optimized_path: str | Path | None = None,
     sparse: bool = False,
+    qdq: bool = False,
     initializers: dict | None = None,
     shared_arena: bool = False,
 ) -> ort.InferenceSession:
@@ -27,6 +28,7 @@ def open_session(
 
     optimized_path: also write the graph ONNX Runtime actually runs (to check which kernels fire).
     sparse: the weights are 2:4 sparse (TensorRT: use the sparse tensor cores).
+    qdq: the graph is `--kernel qdq`'s standard ONNX (TensorRT: explicit int8 from its Q/DQ nodes).
     initializers: {name: OrtValue} used in place of the graph's own (not copied; the session keeps them alive;
         compress.runtimes.shared_weights); ONNX Runtime only.
     shared_arena: allocate from the one CPU arena of ONNX Runtime's environment, shared by every session that asks for it
@@ -52,7 +54,7 @@ def open_session(
         so.add_session_config_entry("session.use_env_allocators", "1")
     src = model if isinstance(model, bytes) else str(model)
     try:
-        sess = ort.InferenceSession(src, so, providers=p.session_providers(sparse))
+        sess = ort.InferenceSession(src, so, providers=p.session_providers(sparse, qdq))
     except Exception as e:
         if isinstance(model, bytes):
             raise  # a graph built in memory that does not load is a bug

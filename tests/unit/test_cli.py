@@ -313,7 +313,7 @@ def test_two_four_sparsity(run_args, tmp_path, monkeypatch):
     monkeypatch.setattr(session.ort, "InferenceSession", Recorder)
     b = invoke("bench", str(tmp_path / "out"), "--provider", "tensorrt", "--batch", "1")
     assert b.exit_code == 0, b.output
-    assert seen[0][0] == ("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_sparsity_enable": True})
+    assert seen[0][0] == ("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_sparsity_enable": True, "trt_int8_enable": False})
 
 
 @pytest.mark.parametrize(

@@ -154,3 +154,35 @@ def test_run_with_the_qdq_kernel_and_bench_it_on_several_providers(tiny_model_di
     )
     c = invoke("check", tmp_path / "b.json", "--baseline", base)
     assert c.exit_code == 0 and "openvino.onnx.accuracy" in c.output, c.output
+
+
+def test_tensorrt_gets_the_qdq_graph_as_explicit_int8(tiny_model_dir, mini_glue, tmp_path, monkeypatch):
+    """No GPU here: the provider list ONNX Runtime would get is recorded. A qdq artifact's session asks TensorRT for int8 (the
+    graph's own Q/DQ scales: ONNX Runtime's TensorRT provider refuses Q/DQ layers without it), the int8 graph's does not
+    (its contrib operators fall back to CUDA and the CPU; int8 without Q/DQ would ask for a calibration table)."""
+    import onnxruntime
+    from clirunner import invoke
+
+    from compress.runtimes import providers, session
+
+    seen = []
+
+    class Recorder(onnxruntime.InferenceSession):
+        def __init__(self, src, so, providers):
+            seen.append(providers[0])
+            super().__init__(src, so, providers=["CPUExecutionProvider"])
+
+    monkeypatch.setattr(providers, "get", lambda name: providers.Provider(name, True))
+    monkeypatch.setattr(session.ort, "InferenceSession", Recorder)
+    for kernel in ("qdq", "int8"):
+        out = tmp_path / kernel
+        r = invoke("run", "--model", tiny_model_dir, "--task", "mrpc", "--data-dir", mini_glue, "--epochs", "1", "--batch-size", "8",
+                   "--no-bench", "--kernel", kernel, "--out", out)  # fmt: skip
+        assert r.exit_code == 0, r.output
+        seen.clear()
+        b = invoke("bench", out, "--provider", "tensorrt", "--batch", "1", "--seq-len", "16")
+        assert b.exit_code == 0, b.output
+        assert seen[0] == (
+            "TensorrtExecutionProvider",
+            {"trt_fp16_enable": True, "trt_sparsity_enable": False, "trt_int8_enable": kernel == "qdq"},
+        )

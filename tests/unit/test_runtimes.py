@@ -14,11 +14,12 @@ def test_providers_report_skip_reasons():
 def test_provider_options():
     trt = providers.Provider("tensorrt", True)
     assert trt.session_providers() == [
-        ("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_sparsity_enable": False}),
+        ("TensorrtExecutionProvider", {"trt_fp16_enable": True, "trt_sparsity_enable": False, "trt_int8_enable": False}),
         "CUDAExecutionProvider",
         "CPUExecutionProvider",
     ]
     assert trt.session_providers(sparse=True)[0][1]["trt_sparsity_enable"] is True
+    assert trt.session_providers(qdq=True)[0][1]["trt_int8_enable"] is True  # explicit quantization: the graph's Q/DQ scales
     assert providers.Provider("cuda", True).session_providers() == ["CUDAExecutionProvider", "CPUExecutionProvider"]
 
 
