@@ -34,7 +34,8 @@ def _run(*args):
 
 @pytest.fixture(scope="module")
 def artifacts(glue_dir, tmp_path_factory):
-    """MiniLM 4-bit artifacts for MRPC (pairs; also with the tokenizer in the graph) and STS-B (regression), briefly trained."""
+    """MiniLM 4-bit artifacts for MRPC (pairs; also with the tokenizer in the graph, and re-exported as the standard-ONNX qdq
+    graph) and STS-B (regression), briefly trained."""
     root = tmp_path_factory.mktemp("apps")
     for task, n in (("mrpc", 256), ("stsb", 128)):
         _run(
@@ -57,6 +58,8 @@ def artifacts(glue_dir, tmp_path_factory):
             64,
             "--no-bench",
         )
+    shutil.copytree(root / "mrpc", root / "mrpc-qdq")
+    _run("export", root / "mrpc-qdq", "--kernel", "qdq")  # standard ONNX: what the apps' runtimes take beside ORT's contrib ops
     _run("export", root / "mrpc", "--with-tokenizer")
     return root
 
@@ -86,10 +89,11 @@ print(json.dumps({"preds": clf(pairs, batch_size=8), "label2id": model.config.la
 """
 
 
-@pytest.mark.parametrize("task", ["mrpc", "stsb"])
-def test_optimum_pipeline_whole_dev_set(artifacts, glue_dir, task, apps_python, tmp_path):
+@pytest.mark.parametrize("name", ["mrpc", "stsb", "mrpc-qdq"])
+def test_optimum_pipeline_whole_dev_set(artifacts, glue_dir, name, apps_python, tmp_path):
     """The README's Optimum snippet, as an app that has Optimum (and not compress) runs it, on every dev pair."""
-    art, dev = artifacts / task, _dev(glue_dir, task)
+    task = name.split("-")[0]
+    art, dev = artifacts / name, _dev(glue_dir, task)
     ref = _compress_logits(art, dev)
     pairs = tmp_path / "pairs.jsonl"
     pairs.write_text("".join(json.dumps({"text": a, "text_pair": b}) + "\n" for a, b in zip(dev.text_a, dev.text_b)))
@@ -129,11 +133,12 @@ def _pairs_file(glue_dir, tmp_path) -> tuple[Path, object]:
     return f, dev
 
 
-def test_node_app_predicts_like_python(artifacts, glue_dir, tmp_path):
+@pytest.mark.parametrize("name", ["mrpc", "mrpc-qdq"])
+def test_node_app_predicts_like_python(artifacts, glue_dir, name, tmp_path):
     _npm_ci(EXAMPLES / "node")
     pairs, dev = _pairs_file(glue_dir, tmp_path)
     r = subprocess.run(
-        ["node", "classify.mjs", str(artifacts / "mrpc"), "--jsonl", str(pairs)],
+        ["node", "classify.mjs", str(artifacts / name), "--jsonl", str(pairs)],
         cwd=EXAMPLES / "node",
         capture_output=True,
         text=True,
@@ -142,7 +147,7 @@ def test_node_app_predicts_like_python(artifacts, glue_dir, tmp_path):
     assert r.returncode == 0, r.stderr
     rows = [json.loads(line) for line in r.stdout.splitlines()]
     got = np.array([row["logits"] for row in rows])
-    ref = _compress_logits(artifacts / "mrpc", dev, APP_PAIRS)
+    ref = _compress_logits(artifacts / name, dev, APP_PAIRS)
     assert got.shape == ref.shape and (got.argmax(1) == ref.argmax(1)).all() and np.abs(got - ref).max() < 1e-4
     assert {row["label"] for row in rows} <= {"not_equivalent", "equivalent"}
 
