@@ -12,8 +12,10 @@ each packed by this version of `compress pack`. Memory: compress.pack_writer.res
 of task sessions that runs each task on one batch of 32 texts at 128 tokens (the arena an app serving batch 32 needs),
 with compress.Pack's default (the backbone file mapped once for all sessions, one shared memory arena) and with
 `Pack(share_backbone=False)` (each session its own arena and its own mappings); medians of --repeats processes.
-Speed: benchmarks/pack_glue.latency, each task through the shared pack and through its standalone artifact,
-round-robin, batch 1 and batch 32 x 128 tokens. Results: results/pack_memory.{md,json}.
+Speed: each task through the shared pack and through its standalone artifact, round-robin between the two, batch 1
+and batch 32 x 128 tokens. A task taken out of the pack: `compress materialize` of the default
+pack's MRPC, as is and with --prefold, loaded in fresh processes (benchmarks/runtimes_qdq.load, --repeats each) beside
+ONNX Runtime's int8 model of MiniLM. Results: results/pack_memory.{md,json}.
 """
 
 from __future__ import annotations
@@ -24,7 +26,7 @@ import sys
 from pathlib import Path
 
 from _results import verdict, write  # benchmarks/ is on sys.path when a script here runs
-from pack_glue import compress, finished, latency
+from pack_glue import compress, finished
 
 TASKS = ("mrpc", "sst2", "cola", "stsb")
 BRIEF = ["--max-train-examples", "64", "--max-eval-examples", "64", "--epochs", "1", "--no-bench", "--seed", "0"]
@@ -51,6 +53,29 @@ def packs(args) -> dict[str, tuple[Path, dict[str, Path]]]:
     return out
 
 
+def latency(pack: Path, arts: dict[str, Path], rounds: int) -> dict[str, dict]:
+    """Each task through a fresh compress.Pack and through its standalone artifact, round-robin between the two only (other
+    sessions' idle thread pools, spinning after their runs, would take the 2 cores), batch 1 and 32 x 128 tokens, medians."""
+    import numpy as np
+
+    from compress import Pack
+    from compress.files import graph_path
+    from compress.runtimes import bench
+    from compress.runtimes.session import open_session
+
+    out = {}
+    for t in TASKS:
+        sessions = {"pack": Pack(pack).session(t), "standalone": open_session(graph_path(arts[t]))}
+        times = {k: {1: [], 32: []} for k in sessions}
+        for _ in range(rounds):
+            for k, s in sessions.items():
+                for b in (1, 32):
+                    times[k][b].append(bench.latency(s, batch=b, seq_len=128, runs=20 if b == 1 else 5).median_ms)
+        out |= {f"{t}/{k}": {f"b{b}_ms": float(np.median(v)) for b, v in d.items()} for k, d in times.items()}
+        del sessions
+    return out
+
+
 def memory(pack: Path, share: bool, repeats: int) -> list[float]:
     """Resident MB with 0 .. 4 task sessions open: medians over fresh processes."""
     from compress.pack_writer import resident_memory
@@ -71,13 +96,34 @@ def main() -> int:
     ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "pack_memory"))
     args = ap.parse_args()
     rows = {}
-    for kind, (pack, arts) in packs(args).items():
+    made = packs(args)
+    for kind, (pack, arts) in made.items():
         rows[kind] = {
             "shared": memory(pack, True, args.repeats),
             "not shared": memory(pack, False, args.repeats),
             "latency": latency(pack, {t: arts[t] for t in TASKS}, args.rounds),
         }
+    rows["materialized"] = materialized(args, made["default"][0])
     return render(args, rows)
+
+
+def materialized(args, pack: Path) -> dict[str, dict]:
+    """Loading MRPC taken out of the pack, as is and --prefold, and ORT's int8 MiniLM: medians of fresh processes."""
+    from runtimes_qdq import load
+    from scale import anchor
+
+    graphs = {}
+    for name, flags in (("materialized", ()), ("materialized --prefold", ("--prefold",))):
+        d = args.work / name.replace(" --", "-")
+        if finished(d) is None:
+            compress("materialize", str(pack), "mrpc", "--out", str(d), "--overwrite", *flags)
+        graphs[name] = d / "onnx" / "model.onnx"
+    graphs["ORT int8 (quantize_dynamic)"] = anchor("minilm", args.work, "minilm")
+    out = {}
+    for name, graph in graphs.items():
+        runs = [load(graph, "cpu") for _ in range(args.repeats)]
+        out[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"mb": graph.stat().st_size / 1e6}
+    return out
 
 
 def render(args, rows: dict) -> int:
@@ -90,7 +136,8 @@ def render(args, rows: dict) -> int:
         "| pack | sessions | 0 | 1 | 2 | 3 | 4 | each further task (MB) | 4 tasks / 1 task (target <= 1.5) |",
         "|---|---|---|---|---|---|---|---|---|",
     ]
-    for kind, r in rows.items():
+    tasks_rows = {k: v for k, v in rows.items() if k != "materialized"}
+    for kind, r in tasks_rows.items():
         for how in ("not shared", "shared"):
             rss = r[how]
             one, four = rss[1] - rss[0], rss[4] - rss[0]
@@ -104,13 +151,27 @@ def render(args, rows: dict) -> int:
         "| pack | task | standalone b1 ms | pack b1 ms | pack / standalone b1 | standalone b32 ms | pack b32 ms | pack / standalone b32 |",
         "|---|---|---|---|---|---|---|---|",
     ]
-    for kind, r in rows.items():
+    for kind, r in tasks_rows.items():
         for t in TASKS:
             a, p = r["latency"][f"{t}/standalone"], r["latency"][f"{t}/pack"]
             lines.append(
                 f"| {kind} | {t} | {a['b1_ms']:.2f} | {p['b1_ms']:.2f} | {p['b1_ms'] / a['b1_ms']:.2f} | {a['b32_ms']:.0f} | "
                 f"{p['b32_ms']:.0f} | {p['b32_ms'] / a['b32_ms']:.2f} |"
             )
+    mat, ort8 = rows["materialized"], rows["materialized"]["ORT int8 (quantize_dynamic)"]
+    lines += [
+        "",
+        "MRPC taken out of the default pack (`compress materialize`), loaded in a fresh process (session created, one batch-1 x 128 "
+        "run; memory less the process before loading) against ONNX Runtime's int8 MiniLM (targets: peak and load time <= 1.5x):",
+        "",
+        "| graph | MB (x ORT int8) | load ms (x) | peak MB at load (x) | resident MB (x) |",
+        "|---|---|---|---|---|",
+    ]
+    for name, r in mat.items():
+        lines.append(
+            f"| {name} | {r['mb']:.1f} ({r['mb'] / ort8['mb']:.2f}) | {r['load_ms']:.0f} ({r['load_ms'] / ort8['load_ms']:.2f}) | "
+            f"{r['peak_mb']:.0f} ({r['peak_mb'] / ort8['peak_mb']:.2f}) | {r['rss_mb']:.0f} ({r['rss_mb'] / ort8['rss_mb']:.2f}) |"
+        )
     lines += ["", f"{cpu_name()}; memory: medians of {args.repeats} fresh processes; latency: medians of {args.rounds} rounds."]
     title = "Several tasks of one pack in one app: resident memory, shared and not, and speed (MiniLM-L6)"
     write(args.results, title, rows, "\n".join(lines))

@@ -363,11 +363,16 @@ def pack_cmd(out, artifacts, backbone, overwrite, no_memory, allow_failed_guard)
 @click.argument("task")
 @click.option("--out", required=True, type=click.Path(file_okay=False), help="The standalone artifact directory to write.")
 @click.option("--overwrite", is_flag=True, help="Replace --out if it exists.")
-def materialize(pack_dir, task, out, overwrite):
+@click.option(
+    "--prefold",
+    is_flag=True,
+    help="Store the int8 weights folded (ONNX Runtime's constant folding, run here): loading folds nothing; a larger graph.",
+)
+def materialize(pack_dir, task, out, overwrite, prefold):
     """Write TASK of PACK_DIR as a standalone artifact (the same logits as in the pack)."""
     from compress.materialize import materialize as run
 
-    path, m = run(pack_dir, task, out, overwrite, command=opts.command_line())
+    path, m = run(pack_dir, task, out, overwrite, command=opts.command_line(), prefold=prefold)
     click.echo(
         f"{path}/{GRAPH}: {m.sizes.onnx_total / 1e6:.2f} MB, {task}, max abs logit diff to the pack {m.validation.pack_max_abs_diff:.1e}"
     )

@@ -258,12 +258,22 @@ class ArtifactManifest(Manifest):
         )
 
     def materialized(
-        self, *, source: MaterializedFrom, onnx_total: int, mask_bytes: int, mask_sha256: str, pack_max_abs_diff: float, command: str
+        self,
+        *,
+        source: MaterializedFrom,
+        onnx_total: int,
+        mask_bytes: int,
+        mask_sha256: str,
+        pack_max_abs_diff: float,
+        command: str,
+        prefold: bool = False,
     ) -> ArtifactManifest:
         """A task written back from a pack (`compress materialize`): the graph with the shared tensors inlined, the mask recovered
-        from the task graph (dropped FFN neurons' rows come back unpruned, hence its own hash)."""
+        from the task graph (dropped FFN neurons' rows come back unpruned, hence its own hash); prefold: its weights folded."""
+        config = replace(self.config, export=replace(self.config.export, prefold=True)) if prefold else self.config
         return replace(
             self,
+            config=config,
             materialized_from=source,
             sizes=replace(self.sizes, onnx_total=onnx_total, masks=mask_bytes),
             mask_sha256=mask_sha256,

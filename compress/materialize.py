@@ -24,9 +24,10 @@ log = logging.getLogger(__name__)
 
 
 def materialize(
-    pack_dir: str | Path, task: str, out: str | Path, overwrite: bool = False, command: str = ""
+    pack_dir: str | Path, task: str, out: str | Path, overwrite: bool = False, command: str = "", prefold: bool = False
 ) -> tuple[Path, mf.ArtifactManifest]:
-    """A standalone artifact of one task of a pack (see the module docstring)."""
+    """A standalone artifact of one task of a pack (see the module docstring); prefold: its constant subgraphs folded here
+    (``fold_constants``), so that loading it folds nothing."""
     import onnx
 
     from compress import report
@@ -48,6 +49,8 @@ def materialize(
         graph = tmp / files.GRAPH
         graph.parent.mkdir()
         onnx.save(model, str(graph))
+        if prefold:
+            fold_constants(graph)
         for name in files.TOKENIZER_FILES:
             if (pack_dir / name).is_file():
                 shutil.copy2(pack_dir / name, tmp / name)
@@ -61,10 +64,30 @@ def materialize(
             mask_sha256=maskcodec.mask_sha256(maskcodec.load_masks(tmp / files.MASKS)),
             pack_max_abs_diff=logits_parity(graph, pack_dir / t.onnx, sample()),
             command=command,
+            prefold=prefold,
         )
         (tmp / files.REPORT).write_text(report.render(m))
         m = mf.write(tmp, m)
     return out, m
+
+
+def fold_constants(graph: Path) -> None:
+    """Rewrite the graph with its constant subgraphs folded (the shared codes unpacked, masked and re-rounded into the int8
+    weights ONNX Runtime's kernels take), by ONNX Runtime's basic optimizations: constant folding and redundant-node removal,
+    which run before any provider is chosen, so the graph stays one every provider loads. Loading it then folds nothing: no
+    transient memory, at the int8 weights' size on disk (as `compress export --prefold`). The word embeddings stay packed."""
+    import onnxruntime as ort
+
+    from compress.exporters import verify
+
+    folded = graph.with_name(graph.stem + ".folded.onnx")
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_BASIC
+    so.optimized_model_filepath = str(folded)
+    so.log_severity_level = 3
+    ort.InferenceSession(str(graph), so, providers=["CPUExecutionProvider"])
+    verify.check_graph(folded)
+    folded.replace(graph)
 
 
 def _hf_config(out: Path, m: mf.ArtifactManifest) -> None:

@@ -272,6 +272,25 @@ def test_materialize_gives_a_standalone_artifact(trained, packed, tmp_path):
     assert mobile.exit_code == 0 and (out / "onnx" / "model.ort").is_file(), mobile.output
 
 
+def test_materialize_prefold_stores_the_folded_weights(trained, packed, tmp_path):
+    """--prefold: the unpack / mask / re-round subgraphs are folded at materialize (ONNX Runtime's basic optimizations), so
+    the graph holds the int8 weights and loading it folds nothing; the same logits."""
+    from collections import Counter
+
+    plain, folded = tmp_path / "plain", tmp_path / "folded"
+    assert invoke("materialize", packed, "mrpc", "--out", plain).exit_code == 0
+    r = invoke("materialize", packed, "mrpc", "--out", folded, "--prefold")
+    assert r.exit_code == 0, r.output
+    m = mf.read(folded, mf.ArtifactManifest)
+    assert m.config.export.prefold and m.validation.pack_max_abs_diff <= 1e-5
+    assert logits_parity(folded / "onnx" / "model.onnx", trained / "mrpc" / "onnx" / "model.onnx", inputs(2, 9, seed=5)) <= 1e-5
+    graph = onnx.load(str(folded / "onnx" / "model.onnx")).graph
+    ops = Counter(n.op_type for n in graph.node)
+    assert ops["BitShift"] == ops["CumSum"] == ops["ScatterElements"] == ops["Where"] == 0 and ops["MatMulIntegerToFloat"] == 6
+    int8 = [i for i in graph.initializer if i.data_type == onnx.TensorProto.INT8 and len(i.dims) == 2]
+    assert len(int8) == 8 and m.sizes.onnx_total > mf.read(plain, mf.ArtifactManifest).sizes.onnx_total  # 2 x (QKV, out, FFN x 2)
+
+
 def test_bench_and_check_accept_a_pack(packed, glue2, tmp_path):
     r = invoke("bench", packed, "--batch", "1", "--seq-len", "16", "--data-dir", glue2, "--json", tmp_path / "bench.json")
     assert r.exit_code == 0, r.output
