@@ -44,7 +44,7 @@ def status():
     return int(s["VmRSS"].split()[0]) * 1024, int(s["VmHWM"].split()[0]) * 1024
 before, _ = status()
 t0 = time.perf_counter()
-sess = open_session(sys.argv[1], sys.argv[2], threads=2)
+sess = open_session(sys.argv[1], sys.argv[2], threads=2, fold_first=sys.argv[3:] == ["fold"])
 load = time.perf_counter() - t0
 t0 = time.perf_counter()
 run_logits(sess, inputs(1, 128))
@@ -128,8 +128,10 @@ def timings(runnable: dict[tuple, Path], rounds: int) -> dict[tuple, dict]:
     return {k: {"b1_ms": statistics.median(b1[k]), "b32_seq_s": 32e3 / statistics.median(b32[k])} for k in sessions}
 
 
-def load(graph: Path, runtime: str) -> dict:
-    r = subprocess.run([sys.executable, "-c", LOAD_SCRIPT, str(graph), runtime], capture_output=True, text=True)
+def load(graph: Path, runtime: str, fold_first: bool = False) -> dict:
+    """Load `graph` in a fresh process (fold_first: compress.runtimes.staged_fold, as compress.Pack and compress bench do)."""
+    argv = [sys.executable, "-c", LOAD_SCRIPT, str(graph), runtime, *(["fold"] if fold_first else [])]
+    r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"loading {graph} on {runtime} failed: {r.stderr.strip().splitlines()[-1]}")
     return json.loads(r.stdout.strip().splitlines()[-1])

@@ -91,7 +91,8 @@ def bench_artifact(
         raise ArtifactError(f"{directory} has no {files.MOBILE_GRAPH}: write it with compress export {directory} --format ort")
     t0 = time.perf_counter()
     sparse, qdq = tuple(m.config.mask.nm or ()) == (2, 4), m.config.export.kernel == "qdq"
-    sess = open_session(path, require(provider), threads=threads, sparse=sparse, qdq=qdq)
+    fold_first = graph == "onnx" and not (qdq or m.config.export.prefold)  # packed weights folded before ONNX Runtime loads the rest
+    sess = open_session(path, require(provider), threads=threads, sparse=sparse, qdq=qdq, fold_first=fold_first)
     load_s = time.perf_counter() - t0
     latency = [rbench.latency(sess, batch=b, seq_len=seq_len) for b in batch_sizes]
     scored, n, vs_cpu = None, None, None
@@ -101,7 +102,7 @@ def bench_artifact(
             tok, length, pad = directory / files.TOKENIZER, m.config.train.max_length, m.model.pad_token_id
             return lambda dev: evaluate.texts_logits(session, tok, length, dev.text_a, dev.text_b, pad)
 
-        cpu = logits(open_session(path, "cpu", threads=threads)) if provider != "cpu" else None
+        cpu = logits(open_session(path, "cpu", threads=threads, fold_first=fold_first)) if provider != "cpu" else None
         scored, n, vs_cpu = _dev_metrics(m.task.name, data_dir, logits(sess), cpu, m.config.export.max_metric_drop)
     return ArtifactBench(
         latency=latency,

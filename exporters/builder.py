@@ -31,7 +31,17 @@ class Inline:
         return bld.grouped(base, w, lambda x: bld.node("Sub", [x, zero], base)[0], x)
 
     def rows(self, bld: Builder, base: str, w: QWeight):
-        """-> a function: graph tensor of row indices -> float32 codes of those rows of the table W (its word embeddings)."""
+        """-> a function: graph tensor of row indices -> float32 codes of those rows of the table W (its word embeddings):
+        gathered from the packed codes at run time (Builder.packed_rows), not unpacked at load; 8-bit or asymmetric codes,
+        and rows that do not fill their last byte: the int8 table, gathered and cast."""
+        bits, (n, cols) = w.storage_bits, w.shape
+        if bits < 8 and w.zero is None and cols * bits % 8 == 0:
+            packed = pack_bits(w.stored(), bits).reshape(n, cols * bits // 8)
+            return bld.packed_rows(base, bld.const(base, packed, name=f"{base}.codes_{bits}bit"), cols, bits)
+        return self.table_rows(bld, base, w)
+
+    def table_rows(self, bld: Builder, base: str, w: QWeight):
+        """rows(), from the int8 codes of the whole table (folded at load)."""
         table = self.codes(bld, base, w)
         return lambda ids: bld.node("Cast", [bld.node("Gather", [table, ids], base, axis=0)[0]], base, to=TensorProto.FLOAT)[0]
 
@@ -121,6 +131,23 @@ class Builder:
         if packed_size * per != count:
             x = self.node("Slice", [x, self.const(base, np.array([0], np.int64)), self.const(base, np.array([count], np.int64))], base)[0]
         return self.node("Reshape", [x, self.const(base, np.array(shape, np.int64))], base)[0]
+
+    def packed_rows(self, base: str, packed: str, cols: int, bits: int):
+        """-> a function: graph tensor of row indices -> float32 symmetric codes of those rows of a table whose rows are
+        `packed` ([rows, cols * bits / 8] uint8, first code in the low bits): the rows' bytes gathered, each turned into its
+        8 / bits codes by a 256-entry lookup table (exact), so that nothing unpacks the table at load."""
+        per = 8 // bits
+        byte = np.arange(256, dtype=np.int32)[:, None]
+        codes = ((byte >> (bits * np.arange(per))) & (2**bits - 1)) - 2 ** (bits - 1)
+        table = self.const(base, codes.astype(np.float32).reshape(256, per))
+
+        def gather(ids: str) -> str:
+            x = self.node("Gather", [packed, ids], base, axis=0)[0]  # [..., cols * bits / 8] bytes
+            x = self.node("Gather", [table, self.node("Cast", [x], base, to=TensorProto.INT32)[0]], base, axis=0)[0]
+            shape = self.node("Concat", [self.node("Shape", [ids], base)[0], self.const(base, np.array([cols], np.int64))], base, axis=0)[0]
+            return self.node("Reshape", [x, shape], base)[0]  # [..., cols]
+
+        return gather
 
     def node(self, op: str, inputs: list[str], base: str, outputs: list[str] | None = None, domain: str = "", **attrs) -> list[str]:
         outs = outputs or [self.name(f"{base}/{op}")]

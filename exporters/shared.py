@@ -112,24 +112,10 @@ class SharedSource(Inline):
         full = self._check(base, w)
         bits, (n, cols) = full.storage_bits, full.shape
         if full.zero is not None or base in self.masks or base in self.neurons or cols * bits % 8:
-            return super().rows(bld, base, w)
+            return self.table_rows(bld, base, w)
         name = f"{base}.weight.codes"
         packed = bld.const(name, self.shared.tensors[name].reshape(n, cols * bits // 8), name=name)  # the same bytes, 2-D
-        per = 8 // bits
-        byte = np.arange(256, dtype=np.int32)[:, None]  # every byte -> its `per` signed codes, first in the low bits
-        codes = ((byte >> (bits * np.arange(per))) & (2**bits - 1)) - 2 ** (bits - 1)
-        table = bld.const(base, codes.astype(np.float32).reshape(256, per) if per > 1 else codes.astype(np.float32).reshape(256))
-
-        def gather(ids: str) -> str:
-            x = bld.node("Gather", [packed, ids], base, axis=0)[0]  # [..., cols * bits / 8] bytes
-            x = bld.node("Gather", [table, bld.node("Cast", [x], base, to=TensorProto.INT32)[0]], base, axis=0)[0]
-            if per == 1:
-                return x
-            lead = bld.node("Shape", [ids], base)[0]
-            shape = bld.node("Concat", [lead, bld.const(base, np.array([cols], np.int64))], base, axis=0)[0]
-            return bld.node("Reshape", [x, shape], base)[0]  # [..., cols]
-
-        return gather
+        return bld.packed_rows(base, packed, cols, bits)
 
     def codes(self, bld: Builder, base: str, w: QWeight) -> str:
         full = self._check(base, w)

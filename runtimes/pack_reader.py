@@ -55,13 +55,14 @@ class Pack:
         return self.manifest.tasks[name]
 
     def session(self, name: str):
-        """The task's ONNX Runtime session, created on first use (the shared codes are unpacked and masked at load)."""
+        """The task's ONNX Runtime session, created on first use (the shared codes unpacked and masked in one run before the
+        session loads: compress.runtimes.staged_fold)."""
         if name not in self._sessions:
             graph = self.path / self.task(name).onnx
             shared = self._shared is not None
             self._initializers[name] = self._shared.initializers(self.task(name).shared_tensors) if shared else {}
             self._sessions[name] = open_session(
-                graph, self.provider, threads=self.threads, initializers=self._initializers[name], shared_arena=shared
+                graph, self.provider, threads=self.threads, initializers=self._initializers[name], shared_arena=shared, fold_first=True
             )
         return self._sessions[name]
 

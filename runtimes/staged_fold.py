@@ -1,0 +1,262 @@
+"""Fold a graph's constant subgraphs in one plain run before ONNX Runtime loads the rest: no memory spike at load.
+
+A default artifact stores its weights as packed 4-bit codes (a pack's task graph: the backbone's codes and the task's
+mask): the int8 weights its kernels take are subgraphs of constants, which ONNX Runtime's constant folding computes
+when the session loads. That pass keeps every intermediate of every folded subgraph until it ends (MiniLM: a peak of
+~0.45 GB, 10x what loading ONNX Runtime's own int8 model costs; bert-base: 16x). Run as an ordinary graph instead, the
+same nodes on the same CPU kernels free each intermediate once its last reader has run. ``fold`` takes the constant
+nodes out into a graph of their own (its inputs: the large initializers they read, fed as they are; its outputs: the
+tensors the rest reads), runs it once, and returns the rest with those tensors in its place, for the session to take
+with ``SessionOptions.add_external_initializers`` (copied into its graph). The values are the ones ONNX Runtime's
+folding computes (the same kernels): the logits are identical.
+
+Left to ONNX Runtime, as its own folding leaves them: DequantizeLinear (its QDQ fusions take it as it is), nodes outside
+the ONNX domain, nodes with subgraphs, random generators. A graph with nothing to fold (no constant node but Constant)
+loads as it is.
+
+The graph is read with onnx's protobuf classes only (google.protobuf, which onnxruntime needs too): importing the onnx
+package loads its C++ extension, which alone takes ~0.5 s, longer than loading the model. Without onnx installed,
+ONNX Runtime folds at load.
+"""
+
+from __future__ import annotations
+
+import importlib
+import importlib.util
+import logging
+import sys
+import types
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+LARGE = 65536  # bytes: an initializer this large is fed to the fold run as it is, and a folded tensor handed over as a value
+_NOT_FOLDED = {"DequantizeLinear", "RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike", "Multinomial"}
+# TensorProto.DataType -> numpy (the types a graph's initializers here have)
+_DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_}
+_DTYPES |= {10: np.float16, 11: np.float64, 12: np.uint32, 13: np.uint64}
+_FIELDS = {1: "float_data", 7: "int64_data", 11: "double_data", 12: "uint64_data", 13: "uint64_data"}  # others: int32_data
+
+
+@dataclass
+class Folded:
+    """The graph without its constant subgraphs (serialized) and the values of its large folded tensors."""
+
+    model: bytes
+    values: dict[str, np.ndarray] = field(default_factory=dict)
+
+
+def fold(model: str | Path, initializers: dict | None = None, threads: int | None = None) -> Folded | None:
+    """-> the .onnx graph at `model` with its constant subgraphs computed, or None where there is nothing to fold (load it as it is).
+
+    initializers: {name: OrtValue} the caller hands the session in place of the graph's own (a pack's backbone)."""
+    pb = _proto()
+    if pb is None:
+        log.info("onnx is not installed: ONNX Runtime folds %s's weights at load (pip install onnx: no spike)", model)
+        return None
+    path, given = Path(model), initializers or {}
+    if path.suffix != ".onnx":  # an .ort file (ONNX Runtime's own format) is not an ONNX graph
+        return None
+    m = pb.ModelProto()
+    m.ParseFromString(path.read_bytes())
+    _inline_functions(m, pb)
+    split = _split(m.graph)
+    types = {i.data_type for i in m.graph.initializer if i.name in set(split.inputs)}
+    if not any(n.op_type != "Constant" for n in split.nodes) or not types <= set(_DTYPES):
+        return None
+    for init in m.graph.initializer:  # small tensors stored elsewhere: into the graph (both graphs are loaded from bytes)
+        if init.data_location == pb.TensorProto.EXTERNAL and _nbytes(init) < LARGE:
+            init.CopyFrom(_tensor(pb, init.name, given[init.name].numpy() if init.name in given else _array(init, path.parent)))
+    values = _run(_fold_graph(pb, m, split), split, m.graph, path.parent, given, threads)
+    return Folded(_rest(pb, m, split, values, path.parent, given), {k: v for k, v in values.items() if v.nbytes >= LARGE})
+
+
+def _proto():
+    """onnx's protobuf module (ModelProto, ...) without running the onnx package's __init__ (its C++ extension);
+    a later `import onnx` finds the same module and uses it. None: onnx is not installed."""
+    try:
+        if "onnx" in sys.modules:
+            return importlib.import_module("onnx.onnx_ml_pb2")
+        spec = importlib.util.find_spec("onnx")
+    except ImportError:
+        return None
+    if spec is None or not spec.submodule_search_locations:
+        return None
+    stub = types.ModuleType("onnx")
+    stub.__path__ = list(spec.submodule_search_locations)
+    sys.modules["onnx"] = stub
+    try:
+        return importlib.import_module("onnx.onnx_ml_pb2")
+    finally:
+        del sys.modules["onnx"]
+
+
+@dataclass
+class _Split:
+    nodes: list  # the constant nodes, in graph order
+    outputs: list[str]  # what the rest of the graph reads of theirs
+    inputs: list[str]  # the initializers they read
+
+    def large_inputs(self, graph) -> list[str]:
+        wanted = set(self.inputs)
+        return [i.name for i in graph.initializer if i.name in wanted and _nbytes(i) >= LARGE]
+
+
+def _split(graph) -> _Split:
+    const = ({i.name for i in graph.initializer} - {i.name for i in graph.input}) | {""}  # an initializer that is an input can change
+    nodes, rest_inputs = [], {o.name for o in graph.output}
+    for n in graph.node:
+        if n.domain in ("", "ai.onnx") and n.op_type not in _NOT_FOLDED and not _has_subgraph(n) and all(i in const for i in n.input):
+            nodes.append(n)
+            const.update(n.output)
+        else:
+            rest_inputs.update(n.input)
+    produced = {o for n in nodes for o in n.output}
+    outputs = [o for n in nodes for o in n.output if o in rest_inputs]
+    inputs = sorted({i for n in nodes for i in n.input if i and i not in produced})
+    return _Split(nodes, outputs, inputs)
+
+
+def _has_subgraph(node) -> bool:
+    return any(a.g.ByteSize() or len(a.graphs) for a in node.attribute)
+
+
+def _inline_functions(m, pb) -> None:
+    """Model-local functions (a pack's task graph calls them for each weight) replaced by their nodes, as ONNX Runtime does
+    before it folds: each call's nodes get the call's inputs and outputs and names of their own."""
+    functions = {(f.domain, f.name): f for f in m.functions}
+    if not functions:
+        return
+    out = []
+    for k, node in enumerate(m.graph.node):
+        f = functions.get((node.domain, node.op_type))
+        if f is None:
+            out.append(node)
+            continue
+        names = dict(zip(f.input, node.input)) | dict(zip(f.output, node.output))
+        prefix = f"{node.name or node.op_type}~{k}"  # (a pack's task graph leaves its nodes unnamed)
+        for j, inner in enumerate(f.node):
+            n = pb.NodeProto()
+            n.CopyFrom(inner)
+            n.name = f"{prefix}/{inner.op_type}~{j}"
+            n.input[:] = [names.get(i, f"{prefix}/{i}") if i else "" for i in inner.input]
+            n.output[:] = [names.get(o, f"{prefix}/{o}") for o in inner.output]
+            out.append(n)
+    del m.graph.node[:]
+    m.graph.node.extend(out)
+    del m.functions[:]
+    known = {(o.domain, o.version) for o in m.opset_import}
+    m.opset_import.extend(o for f in functions.values() for o in f.opset_import if (o.domain, o.version) not in known)
+
+
+def _fold_graph(pb, m, split: _Split) -> bytes:
+    """The constant nodes as a graph: large initializers its inputs (fed as they are, not copied), small ones inside it."""
+    by_name = {i.name: i for i in m.graph.initializer}
+    large = split.large_inputs(m.graph)
+    g = pb.GraphProto(name="fold", node=split.nodes, output=[pb.ValueInfoProto(name=o) for o in split.outputs])
+    g.initializer.extend(by_name[n] for n in split.inputs if n not in set(large))
+    for name in large:
+        vi = g.input.add(name=name)
+        vi.type.tensor_type.elem_type = by_name[name].data_type
+        for d in by_name[name].dims:
+            vi.type.tensor_type.shape.dim.add(dim_value=d)
+    return pb.ModelProto(ir_version=m.ir_version, opset_import=m.opset_import, graph=g).SerializeToString()
+
+
+def _run(fold_model: bytes, split: _Split, graph, base: Path, given: dict, threads: int | None) -> dict[str, np.ndarray]:
+    """One run of the constant nodes (ONNX Runtime's CPU kernels, no graph optimization, no arena)."""
+    import onnxruntime as ort
+
+    so = ort.SessionOptions()
+    so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_DISABLE_ALL
+    so.enable_cpu_mem_arena = False  # intermediates freed as they die, not kept in an arena grown to their peak
+    so.enable_mem_pattern = False
+    so.log_severity_level = 3
+    if threads:
+        so.intra_op_num_threads = threads
+    sess = ort.InferenceSession(fold_model, so, providers=["CPUExecutionProvider"])
+    io = sess.io_binding()
+    by_name = {i.name: i for i in graph.initializer}
+    folded = {n.output[0] for n in split.nodes}
+    rest_reads = {i for n in graph.node if not (n.output and n.output[0] in folded) for i in n.input}
+    for name in split.large_inputs(graph):
+        value = given.get(name)
+        if value is None:
+            value = ort.OrtValue.ortvalue_from_numpy(_array(by_name[name], base))
+            if name not in rest_reads:  # the value holds its own copy of the bytes: drop the graph's
+                by_name[name].ClearField("raw_data")
+        io.bind_ortvalue_input(name, value)
+    buffers = {}  # outputs written into arrays owned here where ONNX Runtime inferred their shapes, else copied
+    for out in sess.get_outputs():
+        if out.shape is not None and all(isinstance(d, int) for d in out.shape):
+            buffers[out.name] = np.empty(out.shape, _ort_dtype(out.type))
+            io.bind_ortvalue_output(out.name, ort.OrtValue.ortvalue_from_numpy(buffers[out.name]))
+        else:
+            io.bind_output(out.name, "cpu")
+    sess.run_with_iobinding(io)
+    return {name: buffers[name] if name in buffers else value.numpy() for name, value in zip(split.outputs, io.get_outputs())}
+
+
+def _ort_dtype(ort_type: str) -> np.dtype:
+    names = {"float": "float32", "double": "float64", "float16": "float16", "bool": "bool"}
+    inner = ort_type.removeprefix("tensor(").removesuffix(")")
+    return np.dtype(names.get(inner, inner))
+
+
+def _rest(pb, m, split: _Split, values: dict, base: Path, given: dict) -> bytes:
+    """The graph without the constant nodes: small folded tensors as initializers, large ones as placeholders."""
+    g = m.graph
+    folded = {n.output[0] for n in split.nodes}  # (a node's outputs are its own: no other node writes them)
+    for k in reversed(range(len(g.node))):  # in place: copying the graph's messages would copy its tensors
+        if g.node[k].output and g.node[k].output[0] in folded:
+            del g.node[k]
+    read = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    for k in reversed(range(len(g.initializer))):
+        if g.initializer[k].name not in read:
+            del g.initializer[k]
+    for i in g.initializer:  # other external data (not handed to the session by the caller) read into the graph
+        if i.data_location == pb.TensorProto.EXTERNAL and i.name not in given:
+            i.CopyFrom(_tensor(pb, i.name, _array(i, base)))
+    for name, value in values.items():
+        g.initializer.append(_tensor(pb, name, value) if value.nbytes < LARGE else _placeholder(pb, name, value))
+    return m.SerializeToString()
+
+
+def _placeholder(pb, name: str, value: np.ndarray):
+    """An initializer whose values the session is handed (external data it never reads: the value replaces it)."""
+    t = pb.TensorProto(name=name, data_type=_onnx_type(value.dtype), dims=value.shape)
+    t.data_location = pb.TensorProto.EXTERNAL
+    t.external_data.add(key="location", value="handed-over-at-load")
+    return t
+
+
+def _tensor(pb, name: str, array: np.ndarray):
+    array = np.asarray(array, order="C")  # (np.ascontiguousarray makes a scalar 1-D)
+    return pb.TensorProto(name=name, data_type=_onnx_type(array.dtype), dims=array.shape, raw_data=array.tobytes())
+
+
+def _array(init, base: Path) -> np.ndarray:
+    """An initializer's values: a view of its raw bytes (no copy), or read from its external data file."""
+    dtype = np.dtype(_DTYPES[init.data_type])
+    if init.data_location != init.EXTERNAL:
+        if not init.raw_data:  # typed fields (small tensors written by hand; float16 as its bits in int32_data)
+            values = np.array(getattr(init, _FIELDS.get(init.data_type, "int32_data")))
+            values = values.astype(np.uint16).view(np.float16) if dtype == np.float16 else values.astype(dtype)
+            return values.reshape(tuple(init.dims))
+        return np.frombuffer(init.raw_data, dtype).reshape(tuple(init.dims))
+    ext = {e.key: e.value for e in init.external_data}
+    offset, length = int(ext.get("offset", 0)), int(ext.get("length", _nbytes(init)))
+    with open(base / ext["location"], "rb") as f:
+        f.seek(offset)
+        return np.frombuffer(f.read(length), dtype).reshape(tuple(init.dims))
+
+
+def _nbytes(init) -> int:
+    return int(np.prod(init.dims)) * np.dtype(_DTYPES.get(init.data_type, np.uint8)).itemsize
+
+
+def _onnx_type(dtype) -> int:
+    return {np.dtype(v): k for k, v in _DTYPES.items()}[np.dtype(dtype)]

@@ -1,0 +1,129 @@
+"""Folding a graph's packed weights in one plain run before ONNX Runtime loads the rest (compress.runtimes.staged_fold)."""
+
+import subprocess
+import sys
+from collections import Counter
+from pathlib import Path
+
+import numpy as np
+import onnx
+import pytest
+from clirunner import invoke
+from onnx import TensorProto, helper, numpy_helper
+
+from compress.runtimes import staged_fold
+from compress.runtimes.bench import inputs
+from compress.runtimes.session import open_session, run_logits
+
+
+@pytest.fixture(scope="module")
+def artifact(tiny_model_dir, tmp_path_factory) -> Path:
+    """A default 4-bit artifact of the tiny BERT (int8 kernel: the int8 weights are folded from packed codes at load)."""
+    root = tmp_path_factory.mktemp("staged")
+    d = root / "glue" / "MRPC"
+    d.mkdir(parents=True)
+    rows = [f"{i % 2}\t{i}\t{i + 100}\tThe witness number {i} spoke .\tA witness spoke , number {i} ." for i in range(24)]
+    (d / "train.tsv").write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "\n".join(rows) + "\n")
+    (d / "dev.tsv").write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "\n".join(rows[:12]) + "\n")
+    args = ["--model", tiny_model_dir, "--task", "mrpc", "--data-dir", root / "glue", "--epochs", "1", "--batch-size", "8"]
+    r = invoke("run", *args, "--no-bench", "--out", root / "art")
+    assert r.exit_code == 0, r.output
+    return root / "art"
+
+
+def test_folded_first_gives_the_logits_of_onnx_runtimes_own_folding(artifact, monkeypatch):
+    """The same nodes on the same kernels: identical logits, and no node of the rest unpacks a weight."""
+    monkeypatch.setattr(staged_fold, "LARGE", 1024)  # the tiny BERT's weights are small: hand them over all the same
+    graph = artifact / "onnx" / "model.onnx"
+    feeds = inputs(3, 17, seed=5)
+    feeds["attention_mask"][1, 6:] = 0
+    assert np.array_equal(run_logits(open_session(graph, fold_first=True), feeds), run_logits(open_session(graph), feeds))
+    folded = staged_fold.fold(graph)
+    rest = onnx.load_from_string(folded.model)
+    ops = Counter(n.op_type for n in rest.graph.node)
+    assert ops["BitShift"] == ops["Round"] == ops["ReduceMax"] == 0 and ops["QAttention"] == 2  # 2 layers
+    # the int8 linears are handed over, not stored in the graph: placeholders of their shape and type
+    assert sum(v.dtype == np.int8 and v.ndim == 2 for v in folded.values.values()) == 8  # per layer: Q/K/V, out, FFN x 2
+    held = {i.name: i for i in rest.graph.initializer if i.data_location == TensorProto.EXTERNAL}
+    assert set(held) == set(folded.values)
+    assert all(list(held[n].dims) == list(v.shape) for n, v in folded.values.items())
+    assert all(v.nbytes >= staged_fold.LARGE for v in folded.values.values())
+
+
+def _model(nodes, inits, out="y", shape=(4, 64)):
+    g = helper.make_graph(
+        nodes,
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [2, shape[0]])],
+        [helper.make_tensor_value_info(out, TensorProto.FLOAT, [2, shape[1]])],
+        [numpy_helper.from_array(v, k) for k, v in inits.items()],
+    )
+    return helper.make_model(g, opset_imports=[helper.make_opsetid("", 21)])
+
+
+def test_graphs_with_nothing_to_fold_load_as_they_are(tmp_path):
+    """Weights already in the form the kernels take and DequantizeLinear (left to ONNX Runtime's QDQ fusions): fold() returns
+    None and open_session loads the file itself. A small folded tensor goes into the graph, none is handed over."""
+    rng = np.random.default_rng(0)
+    w = rng.standard_normal((256, 128)).astype(np.float32)
+    plain = _model([helper.make_node("MatMul", ["x", "w"], ["y"])], {"w": w}, shape=(256, 128))
+    codes = rng.integers(-8, 8, (256, 128)).astype(np.int8)
+    dq = _model(
+        [helper.make_node("DequantizeLinear", ["c", "s"], ["w"], axis=1), helper.make_node("MatMul", ["x", "w"], ["y"])],
+        {"c": codes, "s": np.full(128, 0.1, np.float32)},
+        shape=(256, 128),
+    )
+    small = _model(
+        [helper.make_node("Mul", ["w", "two"], ["w2"]), helper.make_node("MatMul", ["x", "w2"], ["y"])],
+        {"w": w[:4, :8], "two": np.array(2.0, np.float32)},
+        shape=(4, 8),
+    )
+    for name, m in {"plain": plain, "dq": dq, "small": small}.items():
+        onnx.save(m, tmp_path / f"{name}.onnx")
+        folded = staged_fold.fold(tmp_path / f"{name}.onnx")
+        assert folded is None if name != "small" else folded.values == {}, name
+        x = rng.standard_normal((2, m.graph.input[0].type.tensor_type.shape.dim[1].dim_value)).astype(np.float32)
+        assert open_session(tmp_path / f"{name}.onnx", fold_first=True).run(None, {"x": x})[0].shape[0] == 2
+
+
+def test_a_large_constant_subgraph_is_computed_before_the_session_loads(tmp_path):
+    """Unpacked codes times scales (a weight folded at load), a scalar and a shape among the folded tensors: the logits of
+    ONNX Runtime's own folding, the scalar kept a scalar."""
+    rng = np.random.default_rng(1)
+    codes = rng.integers(-8, 8, (256, 128)).astype(np.int8)  # 128 kB as float
+    nodes = [
+        helper.make_node("Cast", ["c"], ["cf"], to=TensorProto.FLOAT),
+        helper.make_node("Mul", ["cf", "s"], ["w"]),
+        helper.make_node("Constant", [], ["k"], value=numpy_helper.from_array(np.array(0.5, np.float32))),
+        helper.make_node("MatMul", ["x", "w"], ["h"]),
+        helper.make_node("Mul", ["h", "k"], ["y"]),
+    ]
+    m = _model(nodes, {"c": codes, "s": np.full((1, 128), 0.01, np.float32)}, shape=(256, 128))
+    onnx.save(m, tmp_path / "m.onnx")
+    folded = staged_fold.fold(tmp_path / "m.onnx")
+    assert list(folded.values) == ["w"] and folded.values["w"].shape == (256, 128)
+    rest = onnx.load_from_string(folded.model)
+    assert [n.op_type for n in rest.graph.node] == ["MatMul", "Mul"]
+    assert [list(i.dims) for i in rest.graph.initializer if i.name == "k"] == [[]]
+    x = rng.standard_normal((2, 256)).astype(np.float32)
+    a = open_session(tmp_path / "m.onnx", fold_first=True).run(None, {"x": x})[0]
+    assert np.array_equal(a, open_session(tmp_path / "m.onnx").run(None, {"x": x})[0])
+
+
+def test_the_graph_is_read_without_onnxs_extension_and_without_onnx_it_loads_as_is(artifact):
+    """Importing onnx loads its C++ extension (~0.5 s, more than the load itself): the fold reads the graph with onnx's
+    protobuf classes only, and a later `import onnx` still works. Without onnx, ONNX Runtime folds at load."""
+    graph = str(artifact / "onnx" / "model.onnx")
+    code = (
+        "import sys; from compress.runtimes import staged_fold as s; f = s.fold(sys.argv[1]); "
+        "assert f is not None and 'onnx.onnx_cpp2py_export' not in sys.modules; "
+        "import onnx; assert onnx.load_from_string(f.model).graph.node; print('ok')"
+    )
+    r = subprocess.run([sys.executable, "-c", code, graph], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "ok", r.stderr[-800:]
+    code = (
+        "import sys; sys.modules['onnx'] = None; from compress.runtimes import staged_fold as s; assert s.fold(sys.argv[1]) is None; "
+        "from compress.runtimes.session import open_session; print(open_session(sys.argv[1], fold_first=True).get_outputs()[0].name)"
+    )
+    r = subprocess.run([sys.executable, "-c", code, graph], capture_output=True, text=True)
+    assert r.returncode == 0 and r.stdout.strip() == "logits", r.stderr[-800:]
