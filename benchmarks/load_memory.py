@@ -58,7 +58,7 @@ def graphs(args, shape: str) -> dict[tuple[str, str], Path]:
 
 
 def measure(graph: Path, runtime: str, repeats: int) -> dict:
-    runs = [load(graph, runtime.split()[0], fold_first=runtime == FOLDED_FIRST) for _ in range(repeats)]
+    runs = [load(graph, runtime.split(",")[0], fold_first=runtime == FOLDED_FIRST) for _ in range(repeats)]
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"mb": graph.stat().st_size / 1e6}
 
 

@@ -6,7 +6,7 @@ is one call node. ONNX Runtime inlines model-local functions when it loads the g
 folding, so what runs is the same folded int8 weights on the same kernels. The standalone artifact's
 graph keeps the subgraphs inline (its size is the codes', not the graph's).
 
-    unpack{2,4}(packed uint8 [n], shape int64 [2]) -> int8 [rows, cols]    bit-packed symmetric codes, signed
+    unpack{2,4}(packed uint8 [n], shape int64 [2]) -> int8 [rows, cols]    bit-packed symmetric codes, signed (a byte lookup)
     unpack8(packed uint8 [n], shape int64 [2])     -> int8 [rows, cols]    8-bit stored codes (code + 128), signed
     mask_rice{0,1}(code uint8 [n], shape int64 [2]) -> bool [rows, cols]   Rice-coded positions of the value 0 (1)
                                                    (compress.maskcodec.RiceCode.to_bytes: header, unary bits, remainders)
@@ -47,20 +47,13 @@ def unpack(bits: int) -> onnx.FunctionProto:
         ]
         return _function("unpack8", ["packed", "shape"], ["codes"], nodes)
     per = 8 // bits
+    table = ((np.arange(256)[:, None] >> (bits * np.arange(per))) & (2**bits - 1)) - 2 ** (bits - 1)
     nodes = [
-        _const("col", np.array([-1, 1], np.int64)),
-        _const("flat", np.array([-1], np.int64)),
-        _const("left", np.array([8 - bits * (j + 1) for j in range(per)], np.uint8)),
-        _const("right", np.array([8 - bits], np.uint8)),
-        _const("off", np.array(2 ** (bits - 1), np.int8)),
-        n("Reshape", ["packed", "col"], ["c"]),
-        n("BitShift", ["c", "left"], ["l"], direction="LEFT"),
-        n("BitShift", ["l", "right"], ["r"], direction="RIGHT"),
-        n("Reshape", ["r", "flat"], ["f"]),
-        n("Reshape", ["f", "shape"], ["u"]),
-        n("Cast", ["u"], ["i"], to=TensorProto.INT8),
-        n("Sub", ["i", "off"], ["codes"]),
-    ]  # u < 16: exact in int8
+        _const("table", table.astype(np.int8)),  # every byte -> its `per` signed codes, first in the low bits
+        n("Cast", ["packed"], ["index"], to=TensorProto.INT32),
+        n("Gather", ["table", "index"], ["g"], axis=0),
+        n("Reshape", ["g", "shape"], ["codes"]),
+    ]
     return _function(f"unpack{bits}", ["packed", "shape"], ["codes"], nodes)
 
 

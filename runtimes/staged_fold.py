@@ -14,22 +14,21 @@ Left to ONNX Runtime, as its own folding leaves them: DequantizeLinear (its QDQ 
 the ONNX domain, nodes with subgraphs, random generators. A graph with nothing to fold (no constant node but Constant)
 loads as it is.
 
-The graph is read with onnx's protobuf classes only (google.protobuf, which onnxruntime needs too): importing the onnx
-package loads its C++ extension, which alone takes ~0.5 s, longer than loading the model. Without onnx installed,
-ONNX Runtime folds at load.
+The graph is read and written with protobuf (which onnxruntime needs) through compress.runtimes.onnx_wire, not the onnx
+package: an app that reads artifacts does not install onnx, and importing it loads its C++ extension, which alone takes
+~0.5 s, longer than loading the model.
 """
 
 from __future__ import annotations
 
-import importlib
-import importlib.util
 import logging
-import sys
-import types
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
+
+from compress.runtimes import onnx_wire
+from compress.runtimes.onnx_wire import EXTERNAL
 
 log = logging.getLogger(__name__)
 
@@ -53,10 +52,7 @@ def fold(model: str | Path, initializers: dict | None = None, threads: int | Non
     """-> the .onnx graph at `model` with its constant subgraphs computed, or None where there is nothing to fold (load it as it is).
 
     initializers: {name: OrtValue} the caller hands the session in place of the graph's own (a pack's backbone)."""
-    pb = _proto()
-    if pb is None:
-        log.info("onnx is not installed: ONNX Runtime folds %s's weights at load (pip install onnx: no spike)", model)
-        return None
+    pb = onnx_wire.messages()
     path, given = Path(model), initializers or {}
     if path.suffix != ".onnx":  # an .ort file (ONNX Runtime's own format) is not an ONNX graph
         return None
@@ -68,30 +64,10 @@ def fold(model: str | Path, initializers: dict | None = None, threads: int | Non
     if not any(n.op_type != "Constant" for n in split.nodes) or not types <= set(_DTYPES):
         return None
     for init in m.graph.initializer:  # small tensors stored elsewhere: into the graph (both graphs are loaded from bytes)
-        if init.data_location == pb.TensorProto.EXTERNAL and _nbytes(init) < LARGE:
+        if init.data_location == EXTERNAL and _nbytes(init) < LARGE:
             init.CopyFrom(_tensor(pb, init.name, given[init.name].numpy() if init.name in given else _array(init, path.parent)))
     values = _run(_fold_graph(pb, m, split), split, m.graph, path.parent, given, threads)
     return Folded(_rest(pb, m, split, values, path.parent, given), {k: v for k, v in values.items() if v.nbytes >= LARGE})
-
-
-def _proto():
-    """onnx's protobuf module (ModelProto, ...) without running the onnx package's __init__ (its C++ extension);
-    a later `import onnx` finds the same module and uses it. None: onnx is not installed."""
-    try:
-        if "onnx" in sys.modules:
-            return importlib.import_module("onnx.onnx_ml_pb2")
-        spec = importlib.util.find_spec("onnx")
-    except ImportError:
-        return None
-    if spec is None or not spec.submodule_search_locations:
-        return None
-    stub = types.ModuleType("onnx")
-    stub.__path__ = list(spec.submodule_search_locations)
-    sys.modules["onnx"] = stub
-    try:
-        return importlib.import_module("onnx.onnx_ml_pb2")
-    finally:
-        del sys.modules["onnx"]
 
 
 @dataclass
@@ -218,7 +194,7 @@ def _rest(pb, m, split: _Split, values: dict, base: Path, given: dict) -> bytes:
         if g.initializer[k].name not in read:
             del g.initializer[k]
     for i in g.initializer:  # other external data (not handed to the session by the caller) read into the graph
-        if i.data_location == pb.TensorProto.EXTERNAL and i.name not in given:
+        if i.data_location == EXTERNAL and i.name not in given:
             i.CopyFrom(_tensor(pb, i.name, _array(i, base)))
     for name, value in values.items():
         g.initializer.append(_tensor(pb, name, value) if value.nbytes < LARGE else _placeholder(pb, name, value))
@@ -228,7 +204,7 @@ def _rest(pb, m, split: _Split, values: dict, base: Path, given: dict) -> bytes:
 def _placeholder(pb, name: str, value: np.ndarray):
     """An initializer whose values the session is handed (external data it never reads: the value replaces it)."""
     t = pb.TensorProto(name=name, data_type=_onnx_type(value.dtype), dims=value.shape)
-    t.data_location = pb.TensorProto.EXTERNAL
+    t.data_location = EXTERNAL
     t.external_data.add(key="location", value="handed-over-at-load")
     return t
 
@@ -241,7 +217,7 @@ def _tensor(pb, name: str, array: np.ndarray):
 def _array(init, base: Path) -> np.ndarray:
     """An initializer's values: a view of its raw bytes (no copy), or read from its external data file."""
     dtype = np.dtype(_DTYPES[init.data_type])
-    if init.data_location != init.EXTERNAL:
+    if init.data_location != EXTERNAL:
         if not init.raw_data:  # typed fields (small tensors written by hand; float16 as its bits in int32_data)
             values = np.array(getattr(init, _FIELDS.get(init.data_type, "int32_data")))
             values = values.astype(np.uint16).view(np.float16) if dtype == np.float16 else values.astype(dtype)
