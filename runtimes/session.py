@@ -44,6 +44,28 @@ def open_session(
         from compress.runtimes.openvino_runtime import OpenVINOSession
 
         return OpenVINOSession(model, threads=threads)
+    settings = (threads, optimized_path, initializers, shared_arena)
+    providers = p.session_providers(sparse, qdq)
+    sess = None
+    if fold_first and p.name == "cpu" and not optimized_path and not isinstance(model, bytes):
+        sess = _folded_first(Path(model), initializers, threads, _options(*settings), providers)
+    if sess is None:
+        try:
+            sess = ort.InferenceSession(model if isinstance(model, bytes) else str(model), _options(*settings), providers=providers)
+        except Exception as e:
+            if isinstance(model, bytes):
+                raise  # a graph built in memory that does not load is a bug
+            raise GraphLoadError(
+                f"{model} is not a graph ONNX Runtime can load ({type(e).__name__}: {str(e).splitlines()[0][:160]}): "
+                "rebuild it with `compress export DIR`"
+            ) from None
+    if initializers:
+        sess._compress_initializers = dict(initializers)  # ONNX Runtime reads their buffers but does not own them: keep them alive
+    release_freed_memory()
+    return sess
+
+
+def _options(threads: int | None, optimized_path, initializers: dict | None, shared_arena: bool) -> ort.SessionOptions:
     so = ort.SessionOptions()
     so.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
     so.log_severity_level = 3
@@ -55,38 +77,29 @@ def open_session(
         so.add_initializer(name, value)
     if shared_arena and _register_arena():
         so.add_session_config_entry("session.use_env_allocators", "1")
-    src = model if isinstance(model, bytes) else str(model)
-    folded = _fold_first(model, initializers, threads, so) if fold_first and p.name == "cpu" and not optimized_path else None
-    if folded is not None:
-        src, folded.model = folded.model, b""
-    try:
-        sess = ort.InferenceSession(src, so, providers=p.session_providers(sparse, qdq))
-    except Exception as e:
-        if isinstance(model, bytes):
-            raise  # a graph built in memory that does not load is a bug
-        raise GraphLoadError(
-            f"{model} is not a graph ONNX Runtime can load ({type(e).__name__}: {str(e).splitlines()[0][:160]}): "
-            "rebuild it with `compress export DIR`"
-        ) from None
-    if initializers:
-        sess._compress_initializers = dict(initializers)  # ONNX Runtime reads their buffers but does not own them: keep them alive
-    del folded  # ONNX Runtime copied the folded tensors into its graph (add_external_initializers)
-    release_freed_memory()
-    return sess
+    return so
 
 
-def _fold_first(model, initializers: dict | None, threads: int | None, so: ort.SessionOptions):
-    """The graph's constant subgraphs computed here (compress.runtimes.staged_fold), handed to the session; None: load as is."""
+def _folded_first(model: Path, initializers: dict | None, threads: int | None, so: ort.SessionOptions, providers: list):
+    """A session of the graph with its constant subgraphs computed first (compress.runtimes.staged_fold) and handed to it;
+    None where there is nothing to fold or that fails (ONNX Runtime then folds at load: the same weights, a higher peak)."""
+    from google.protobuf.message import DecodeError
+
     from compress.runtimes import staged_fold
 
-    if isinstance(model, bytes):
-        return None
-    folded = staged_fold.fold(model, initializers, threads)
-    if folded is not None:
+    try:
+        folded = staged_fold.fold(model, initializers, threads)
+        if folded is None:
+            return None
         so.add_external_initializers(list(folded.values), [ort.OrtValue.ortvalue_from_numpy(v) for v in folded.values.values()])
-        # the graph comes as bytes: its external data (the caller's initializers, in place of) is found beside the file
-        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(Path(model).resolve().parent))
-    return folded
+        # the graph comes as bytes: the external data it still names (the caller's initializers replace it) is beside the file
+        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model.resolve().parent))
+        graph, folded.model = folded.model, b""
+        return ort.InferenceSession(graph, so, providers=providers)  # it copies the folded tensors into its graph
+    except Exception as e:  # a graph this cannot split is still a graph ONNX Runtime loads (or refuses, with its reason)
+        if model.is_file() and not isinstance(e, DecodeError):
+            log.warning("%s: folding its weights first failed (%s: %s); ONNX Runtime folds them at load", model, type(e).__name__, e)
+        return None
 
 
 _ARENA: list[bool] = []  # whether this process registered ONNX Runtime's shared CPU arena (once)

@@ -129,3 +129,24 @@ def test_the_graph_is_read_without_the_onnx_package(artifact):
     got, want = onnx.load_from_string(m.SerializeToString()), onnx.load(graph)
     want.graph.name = "renamed"
     assert got == want  # every field onnx_wire does not declare is carried through unchanged
+
+
+def test_a_graph_that_cannot_be_folded_first_loads_as_onnx_runtime_folds_it(artifact, monkeypatch, caplog):
+    """Folding first is an optimization: where it fails, the session is ONNX Runtime's own (same logits), with a warning;
+    a file that is no graph at all gets ONNX Runtime's refusal."""
+    from compress.runtimes.providers import GraphLoadError
+
+    graph = artifact / "onnx" / "model.onnx"
+    want = run_logits(open_session(graph), inputs(2, 9))
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("an op this cannot split")
+
+    monkeypatch.setattr(staged_fold, "fold", broken)
+    with caplog.at_level("WARNING"):
+        got = run_logits(open_session(graph, fold_first=True), inputs(2, 9))
+    assert np.array_equal(got, want) and "folding its weights first failed (RuntimeError: an op this cannot split)" in caplog.text
+    monkeypatch.undo()
+    (artifact.parent / "junk.onnx").write_bytes(b"not a graph")
+    with pytest.raises(GraphLoadError, match="rebuild it with `compress export DIR`"):
+        open_session(artifact.parent / "junk.onnx", fold_first=True)
