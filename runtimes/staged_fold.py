@@ -89,11 +89,20 @@ def _split(graph) -> _Split:
             nodes.append(n)
             const.update(n.output)
         else:
-            rest_inputs.update(n.input)
+            rest_inputs.update(_reads(n))
     produced = {o for n in nodes for o in n.output}
     outputs = [o for n in nodes for o in n.output if o in rest_inputs]
     inputs = sorted({i for n in nodes for i in n.input if i and i not in produced})
     return _Split(nodes, outputs, inputs)
+
+
+def _reads(node) -> set[str]:
+    """The names a node reads: its inputs, and what the nodes of its subgraphs (If, Loop, Scan bodies) read."""
+    out = set(node.input)
+    for a in node.attribute:
+        for g in [a.g, *a.graphs]:
+            out.update(name for n in g.node for name in _reads(n))
+    return out
 
 
 def _has_subgraph(node) -> bool:
@@ -157,7 +166,7 @@ def _run(fold_model: bytes, split: _Split, graph, base: Path, given: dict, threa
     io = sess.io_binding()
     by_name = {i.name: i for i in graph.initializer}
     folded = {n.output[0] for n in split.nodes}
-    rest_reads = {i for n in graph.node if not (n.output and n.output[0] in folded) for i in n.input}
+    rest_reads = {i for n in graph.node if not (n.output and n.output[0] in folded) for i in _reads(n)}
     for name in split.large_inputs(graph):
         value = given.get(name)
         if value is None:
@@ -189,7 +198,7 @@ def _rest(pb, m, split: _Split, values: dict, base: Path, given: dict) -> bytes:
     for k in reversed(range(len(g.node))):  # in place: copying the graph's messages would copy its tensors
         if g.node[k].output and g.node[k].output[0] in folded:
             del g.node[k]
-    read = {i for n in g.node for i in n.input} | {o.name for o in g.output}
+    read = {i for n in g.node for i in _reads(n)} | {o.name for o in g.output}
     for k in reversed(range(len(g.initializer))):
         if g.initializer[k].name not in read:
             del g.initializer[k]

@@ -150,3 +150,27 @@ def test_a_graph_that_cannot_be_folded_first_loads_as_onnx_runtime_folds_it(arti
     (artifact.parent / "junk.onnx").write_bytes(b"not a graph")
     with pytest.raises(GraphLoadError, match="rebuild it with `compress export DIR`"):
         open_session(artifact.parent / "junk.onnx", fold_first=True)
+
+
+def test_what_subgraphs_read_is_kept(tmp_path):
+    """An If whose branches read a folded tensor and an initializer nothing else reads: both stay in the graph."""
+    rng = np.random.default_rng(2)
+    w, w2 = (rng.standard_normal((256, 128)).astype(np.float32) for _ in range(2))
+    out = helper.make_tensor_value_info("b", TensorProto.FLOAT, [256, 128])
+    then = helper.make_graph([helper.make_node("Add", ["x", "wk"], ["b"])], "then", [], [out])
+    other = helper.make_graph([helper.make_node("Add", ["x", "w2"], ["b"])], "else", [], [out])
+    g = helper.make_graph(
+        [helper.make_node("Mul", ["w", "k"], ["wk"]), helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=other)],
+        "g",
+        [helper.make_tensor_value_info("x", TensorProto.FLOAT, [256, 128]), helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [256, 128])],
+        [numpy_helper.from_array(v, k) for k, v in {"w": w, "w2": w2, "k": np.array(0.5, np.float32)}.items()],
+    )
+    onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "if.onnx")
+    folded = staged_fold.fold(tmp_path / "if.onnx")
+    assert list(folded.values) == ["wk"] and "w2" in {i.name for i in onnx.load_from_string(folded.model).graph.initializer}
+    x = rng.standard_normal((256, 128)).astype(np.float32)
+    a, b = open_session(tmp_path / "if.onnx", fold_first=True), open_session(tmp_path / "if.onnx")
+    for cond in (True, False):
+        feeds = {"x": x, "cond": np.array(cond)}
+        assert np.array_equal(a.run(None, feeds)[0], b.run(None, feeds)[0])
