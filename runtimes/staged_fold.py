@@ -32,7 +32,6 @@ from compress.runtimes.onnx_wire import EXTERNAL
 
 log = logging.getLogger(__name__)
 
-CHUNK = 8 << 20  # bytes of large inputs (packed codes) folded per run
 LARGE = 65536  # bytes: an initializer this large is fed to the fold run as it is, and a folded tensor handed over as a value
 _NOT_FOLDED = {"DequantizeLinear", "RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike", "Multinomial"}
 # TensorProto.DataType -> numpy (the types a graph's initializers here have)
@@ -67,12 +66,7 @@ def fold(model: str | Path, initializers: dict | None = None, threads: int | Non
     for init in m.graph.initializer:  # small tensors stored elsewhere: into the graph (both graphs are loaded from bytes)
         if init.data_location == EXTERNAL and _nbytes(init) < LARGE:
             init.CopyFrom(_tensor(pb, init.name, given[init.name].numpy() if init.name in given else _array(init, path.parent)))
-    values, parts = {}, split.parts(m.graph)
-    folded = {n.output[0] for n in split.nodes}
-    rest_reads = {i for n in m.graph.node if not (n.output and n.output[0] in folded) for i in _reads(n)}
-    for k, part in enumerate(parts):
-        keep = rest_reads.union(*(p.inputs for p in parts[k + 1 :]))  # what the graph must still hold after this run
-        values |= _run(_fold_graph(pb, m, part), part, m.graph, path.parent, given, threads, keep)
+    values = _run(_fold_graph(pb, m, split), split, m.graph, path.parent, given, threads)
     return Folded(_rest(pb, m, split, values, path.parent, given), {k: v for k, v in values.items() if v.nbytes >= LARGE})
 
 
@@ -85,41 +79,6 @@ class _Split:
     def large_inputs(self, graph) -> list[str]:
         wanted = set(self.inputs)
         return [i.name for i in graph.initializer if i.name in wanted and _nbytes(i) >= LARGE]
-
-    def parts(self, graph) -> list[_Split]:
-        """The outputs in runs of about CHUNK bytes of large inputs (a linear's packed codes), each with the nodes it needs:
-        one run's inputs and intermediates are alive at a time (ONNX Runtime runs every node of a graph whatever the
-        outputs asked for, so each part is a graph of its own)."""
-        producer = {o: n for n in self.nodes for o in n.output}
-        size = {i.name: _nbytes(i) for i in graph.initializer}
-        out, group, needed, total = [], [], {}, 0
-        for o in self.outputs:
-            cone = _cone(o, producer)
-            group.append(o)
-            needed |= cone
-            total += sum(size.get(i, 0) for n in cone.values() for i in n.input if i not in producer)
-            if total >= CHUNK:
-                out.append(self._part(group, needed))
-                group, needed, total = [], {}, 0
-        if group:
-            out.append(self._part(group, needed))
-        return out
-
-    def _part(self, outputs: list[str], needed: dict) -> _Split:
-        nodes = [n for n in self.nodes if n.output[0] in needed]
-        produced = {o for n in nodes for o in n.output}
-        return _Split(nodes, outputs, sorted({i for n in nodes for i in n.input if i and i not in produced}))
-
-
-def _cone(name: str, producer: dict) -> dict:
-    """{first output: node} of the nodes `name` is computed from."""
-    out, stack = {}, [name]
-    while stack:
-        n = producer.get(stack.pop())
-        if n is not None and n.output[0] not in out:
-            out[n.output[0]] = n
-            stack.extend(n.input)
-    return out
 
 
 def _split(graph) -> _Split:
@@ -192,9 +151,8 @@ def _fold_graph(pb, m, split: _Split) -> bytes:
     return pb.ModelProto(ir_version=m.ir_version, opset_import=m.opset_import, graph=g).SerializeToString()
 
 
-def _run(fold_model: bytes, split: _Split, graph, base: Path, given: dict, threads: int | None, keep: set[str]) -> dict[str, np.ndarray]:
-    """One run of the constant nodes (ONNX Runtime's CPU kernels, no graph optimization, no arena). The large inputs'
-    bytes are fed as copies, and the graph's own dropped unless `keep` names them."""
+def _run(fold_model: bytes, split: _Split, graph, base: Path, given: dict, threads: int | None) -> dict[str, np.ndarray]:
+    """One run of the constant nodes (ONNX Runtime's CPU kernels, no graph optimization, no arena)."""
     import onnxruntime as ort
 
     so = ort.SessionOptions()
@@ -207,11 +165,13 @@ def _run(fold_model: bytes, split: _Split, graph, base: Path, given: dict, threa
     sess = ort.InferenceSession(fold_model, so, providers=["CPUExecutionProvider"])
     io = sess.io_binding()
     by_name = {i.name: i for i in graph.initializer}
+    folded = {n.output[0] for n in split.nodes}
+    rest_reads = {i for n in graph.node if not (n.output and n.output[0] in folded) for i in _reads(n)}
     for name in split.large_inputs(graph):
         value = given.get(name)
         if value is None:
             value = ort.OrtValue.ortvalue_from_numpy(_array(by_name[name], base))
-            if name not in keep:
+            if name not in rest_reads:  # the value holds its own copy of the bytes: drop the graph's
                 by_name[name].ClearField("raw_data")
         io.bind_ortvalue_input(name, value)
     buffers = {}  # outputs written into arrays owned here where ONNX Runtime inferred their shapes, else copied

@@ -31,12 +31,9 @@ def artifact(tiny_model_dir, tmp_path_factory) -> Path:
     return root / "art"
 
 
-@pytest.mark.parametrize("chunk", [staged_fold.CHUNK, 1])
-def test_folded_first_gives_the_logits_of_onnx_runtimes_own_folding(artifact, monkeypatch, chunk):
-    """The same nodes on the same kernels: identical logits, and no node of the rest unpacks a weight; in one run, or in
-    one run per folded tensor (inputs that several runs read are kept until the last)."""
+def test_folded_first_gives_the_logits_of_onnx_runtimes_own_folding(artifact, monkeypatch):
+    """The same nodes on the same kernels: identical logits, and no node of the rest unpacks a weight."""
     monkeypatch.setattr(staged_fold, "LARGE", 1024)  # the tiny BERT's weights are small: hand them over all the same
-    monkeypatch.setattr(staged_fold, "CHUNK", chunk)
     graph = artifact / "onnx" / "model.onnx"
     feeds = inputs(3, 17, seed=5)
     feeds["attention_mask"][1, 6:] = 0
