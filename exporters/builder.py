@@ -258,9 +258,11 @@ class Builder:
             absmax = self.node("ReduceMax", [self.node("Abs", [wf], base)[0]], base, axes=[1], keepdims=1)[0]
             absmax = self.node("Max", [absmax, self.const(base, np.array(2.0**-14, np.float32))], base)[0]
             row_scale = self.node("Div", [absmax, self.const(base, np.array(127.0, np.float32))], base)[0]
-            x = self.node("Round", [self.node("Div", [wf, row_scale], base)[0]], base)[0]
-            flat = self.node("Reshape", [row_scale, self.const(base, np.array([rows], np.int64))], base)[0]
-            w8 = self.node("Cast", [x], base, to=TensorProto.INT8)[0]
+            shape = self.const(base, np.array([rows], np.int64))
+            flat = self.node("Reshape", [row_scale, shape], base)[0]
+            zero = self.node("ConstantOfShape", [shape], base, value=numpy_helper.from_array(np.array([0], np.int8)))[0]
+            # round(wf / row) to even and saturated, per row: Div -> Round -> Cast in one op, without their float tensors
+            w8 = self.node("QuantizeLinear", [wf, flat, zero], base, axis=0)[0]
         return self.node("Transpose", [w8], base, perm=[1, 0])[0], flat
 
     def half(self, base: str, values: np.ndarray) -> str:

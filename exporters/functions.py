@@ -183,10 +183,10 @@ def _requant(w: str, w8: str, scale: str) -> list[onnx.NodeProto]:
         n("ReduceMax", ["a"], ["m"], axes=[1], keepdims=1),
         n("Max", ["m", "tiny"], ["mx"]),
         n("Div", ["mx", "q"], ["row"]),
-        n("Div", [w, "row"], ["x"]),
-        n("Round", ["x"], ["r"]),
-        n("Cast", ["r"], [w8], to=TensorProto.INT8),
         n("Reshape", ["row", "flat"], [scale]),
+        n("Shape", [scale], ["rows"]),
+        n("ConstantOfShape", ["rows"], ["zero"], value=numpy_helper.from_array(np.array([0], np.int8))),
+        n("QuantizeLinear", [w, scale, "zero"], [w8], axis=0),  # round(w / row) to even, as Div -> Round -> Cast: exact
     ]
 
 
