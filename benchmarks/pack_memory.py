@@ -128,43 +128,10 @@ def materialized(args, pack: Path) -> dict[str, dict]:
     out["materialized, folded first (compress.runtimes.staged_fold)"] = out["materialized"] | {
         k: statistics.median(r[k] for r in runs) for k in runs[0]
     }
-    runs = [pack_load(pack) for _ in range(args.repeats)]
+    runs = [load(pack, "cpu", pack_task="mrpc") for _ in range(args.repeats)]
     own = sum(f.stat().st_size for f in pack.glob("mrpc.*")) / 1e6
     out["pack task (compress.Pack, its first session)"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"mb": own}
     return out
-
-
-PACK_LOAD_SCRIPT = r"""
-import json, sys, time
-from compress import Pack
-from compress.runtimes.session import run_logits
-from compress.runtimes.bench import inputs
-def status():
-    with open("/proc/self/status") as f:
-        s = dict(line.split(":", 1) for line in f)
-    return int(s["VmRSS"].split()[0]) * 1024, int(s["VmHWM"].split()[0]) * 1024
-pack = Pack(sys.argv[1], threads=2)
-before, _ = status()
-t0 = time.perf_counter()
-sess = pack.session("mrpc")
-load = time.perf_counter() - t0
-t0 = time.perf_counter()
-run_logits(sess, inputs(1, 128))
-first = time.perf_counter() - t0
-rss, peak = status()
-print(json.dumps({"load_ms": 1e3 * load, "first_ms": 1e3 * first, "rss_mb": (rss - before) / 1e6, "peak_mb": (peak - before) / 1e6}))
-"""
-
-
-def pack_load(pack: Path) -> dict:
-    """The pack's MRPC session opened in a fresh process (compress.Pack opened first: its manifest read and verified)."""
-    import json
-    import subprocess
-
-    r = subprocess.run([sys.executable, "-c", PACK_LOAD_SCRIPT, str(pack)], capture_output=True, text=True)
-    if r.returncode:
-        raise SystemExit(f"opening {pack}'s mrpc failed: {r.stderr.strip().splitlines()[-1]}")
-    return json.loads(r.stdout.strip().splitlines()[-1])
 
 
 def render(args, rows: dict) -> int:

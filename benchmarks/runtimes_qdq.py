@@ -42,9 +42,16 @@ def status():
     with open("/proc/self/status") as f:
         s = dict(line.split(":", 1) for line in f)
     return int(s["VmRSS"].split()[0]) * 1024, int(s["VmHWM"].split()[0]) * 1024
+mode = sys.argv[3] if len(sys.argv) > 3 else ""  # "fold": folded first; "pack:TASK": argv[1] is a pack, TASK opened by compress.Pack
+if mode.startswith("pack:"):
+    from compress import Pack
+    pack = Pack(sys.argv[1], threads=2)  # its manifest read and every file verified before the baseline
+    open_ = lambda: pack.session(mode.removeprefix("pack:"))
+else:
+    open_ = lambda: open_session(sys.argv[1], sys.argv[2], threads=2, fold_first=mode == "fold")
 before, _ = status()
 t0 = time.perf_counter()
-sess = open_session(sys.argv[1], sys.argv[2], threads=2, fold_first=sys.argv[3:] == ["fold"])
+sess = open_()
 load = time.perf_counter() - t0
 t0 = time.perf_counter()
 run_logits(sess, inputs(1, 128))
@@ -128,9 +135,11 @@ def timings(runnable: dict[tuple, Path], rounds: int) -> dict[tuple, dict]:
     return {k: {"b1_ms": statistics.median(b1[k]), "b32_seq_s": 32e3 / statistics.median(b32[k])} for k in sessions}
 
 
-def load(graph: Path, runtime: str, fold_first: bool = False) -> dict:
-    """Load `graph` in a fresh process (fold_first: compress.runtimes.staged_fold, as compress.Pack and compress bench do)."""
-    argv = [sys.executable, "-c", LOAD_SCRIPT, str(graph), runtime, *(["fold"] if fold_first else [])]
+def load(graph: Path, runtime: str, fold_first: bool = False, pack_task: str | None = None) -> dict:
+    """Load `graph` in a fresh process (fold_first: compress.runtimes.staged_fold, as compress.Pack and compress bench do;
+    pack_task: `graph` is a pack, and that task's session is opened by compress.Pack)."""
+    mode = f"pack:{pack_task}" if pack_task else "fold" if fold_first else ""
+    argv = [sys.executable, "-c", LOAD_SCRIPT, str(graph), runtime, *([mode] if mode else [])]
     r = subprocess.run(argv, capture_output=True, text=True)
     if r.returncode:
         raise SystemExit(f"loading {graph} on {runtime} failed: {r.stderr.strip().splitlines()[-1]}")

@@ -178,6 +178,11 @@ class ExportConfig:
     # load (no transient memory), 8 bits per linear weight on disk instead of the packed width
     prefold: bool = False
 
+    @property
+    def folds_at_load(self) -> bool:
+        """Whether the graph computes its weights from packed codes when a session loads it (not qdq's, not prefolded)."""
+        return self.kernel != "qdq" and not self.prefold
+
     def __post_init__(self):
         if self.kernel not in KERNELS:
             raise ConfigError(f"kernel '{self.kernel}' is not one of {KERNELS}")

@@ -91,7 +91,7 @@ def bench_artifact(
         raise ArtifactError(f"{directory} has no {files.MOBILE_GRAPH}: write it with compress export {directory} --format ort")
     t0 = time.perf_counter()
     sparse, qdq = tuple(m.config.mask.nm or ()) == (2, 4), m.config.export.kernel == "qdq"
-    fold_first = graph == "onnx" and not (qdq or m.config.export.prefold)  # packed weights folded before ONNX Runtime loads the rest
+    fold_first = graph == "onnx" and m.config.export.folds_at_load  # packed weights folded before ONNX Runtime loads the rest
     sess = open_session(path, require(provider), threads=threads, sparse=sparse, qdq=qdq, fold_first=fold_first)
     load_s = time.perf_counter() - t0
     latency = [rbench.latency(sess, batch=b, seq_len=seq_len) for b in batch_sizes]

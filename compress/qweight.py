@@ -42,6 +42,13 @@ def unpack_bits(packed: np.ndarray, bits: int, count: int) -> np.ndarray:
     return vals.reshape(-1)[:count]
 
 
+def byte_codes(bits: int) -> np.ndarray:
+    """[256, 8 / bits] int32: the unsigned codes packed into each byte value (pack_bits' order: first in the low bits), the
+    lookup table a graph unpacks packed codes with."""
+    per = 8 // bits
+    return unpack_bits(np.arange(256, dtype=np.uint8), bits, 256 * per).reshape(256, per).astype(np.int32)
+
+
 def code_offset(bits: int) -> int:
     """Signed code q is stored as unsigned q + offset (1 bit: {-1, 1} -> {0, 1} via (q + 1) / 2)."""
     return 0 if bits == 1 else 2 ** (bits - 1)

@@ -32,7 +32,7 @@ def validate(directory: Path, task, dev, torch_logits: np.ndarray, torch_metrics
     from compress.runtimes import bench, evaluate
     from compress.runtimes.session import open_session
 
-    sess = open_session(files.graph_path(directory), threads=cfg.threads, fold_first=not (cfg.export.prefold or cfg.export.kernel == "qdq"))
+    sess = open_session(files.graph_path(directory), threads=cfg.threads, fold_first=cfg.export.folds_at_load)
     ort_logits = evaluate.texts_logits(sess, directory / files.TOKENIZER, cfg.train.max_length, dev.text_a, dev.text_b, pad_id)
     ort_metrics = metrics.compute(task, ort_logits, dev.labels)
     p_t, p_o = metrics.predictions(task, torch_logits), metrics.predictions(task, ort_logits)

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper, numpy_helper
 
 from compress.errors import ConfigError
 from compress.exporters import functions
-from compress.qweight import QWeight, pack_bits
+from compress.qweight import QWeight, byte_codes, pack_bits
 
 NBITS_ACCURACY_LEVEL = 4  # MatMulNBits: quantize the activations to int8 per block, integer dot products
 
@@ -126,7 +126,7 @@ class Builder:
         kernel took half the time of folding a model's weights at load)."""
         per = 8 // bits
         count = int(np.prod(shape))
-        table = (np.arange(256)[:, None] >> (bits * np.arange(per))) & (2**bits - 1)
+        table = byte_codes(bits)
         table = (table - 2 ** (bits - 1)).astype(np.int8) if signed else table.astype(np.uint8)
         flat = self.const(base, np.array([-1], np.int64))
         index = self.node("Cast", [self.node("Reshape", [packed, flat], base)[0]], base, to=TensorProto.INT32)[0]
@@ -140,10 +140,7 @@ class Builder:
         """-> a function: graph tensor of row indices -> float32 symmetric codes of those rows of a table whose rows are
         `packed` ([rows, cols * bits / 8] uint8, first code in the low bits): the rows' bytes gathered, each turned into its
         8 / bits codes by a 256-entry lookup table (exact), so that nothing unpacks the table at load."""
-        per = 8 // bits
-        byte = np.arange(256, dtype=np.int32)[:, None]
-        codes = ((byte >> (bits * np.arange(per))) & (2**bits - 1)) - 2 ** (bits - 1)
-        table = self.const(base, codes.astype(np.float32).reshape(256, per))
+        table = self.const(base, (byte_codes(bits) - 2 ** (bits - 1)).astype(np.float32))
 
         def gather(ids: str) -> str:
             x = self.node("Gather", [packed, ids], base, axis=0)[0]  # [..., cols * bits / 8] bytes

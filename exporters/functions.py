@@ -22,6 +22,8 @@ import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
 
+from compress.qweight import byte_codes
+
 DOMAIN = "compress.pack"
 OPSET = 17
 
@@ -46,8 +48,7 @@ def unpack(bits: int) -> onnx.FunctionProto:
             n("Cast", ["s"], ["codes"], to=TensorProto.INT8),
         ]
         return _function("unpack8", ["packed", "shape"], ["codes"], nodes)
-    per = 8 // bits
-    table = ((np.arange(256)[:, None] >> (bits * np.arange(per))) & (2**bits - 1)) - 2 ** (bits - 1)
+    table = byte_codes(bits) - 2 ** (bits - 1)
     nodes = [
         _const("table", table.astype(np.int8)),  # every byte -> its `per` signed codes, first in the low bits
         n("Cast", ["packed"], ["index"], to=TensorProto.INT32),

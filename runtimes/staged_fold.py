@@ -75,6 +75,7 @@ class _Split:
     nodes: list  # the constant nodes, in graph order
     outputs: list[str]  # what the rest of the graph reads of theirs
     inputs: list[str]  # the initializers they read
+    rest_reads: set[str]  # every name the other nodes (and their subgraphs) read, and the graph's outputs
 
     def large_inputs(self, graph) -> list[str]:
         wanted = set(self.inputs)
@@ -93,7 +94,7 @@ def _split(graph) -> _Split:
     produced = {o for n in nodes for o in n.output}
     outputs = [o for n in nodes for o in n.output if o in rest_inputs]
     inputs = sorted({i for n in nodes for i in n.input if i and i not in produced})
-    return _Split(nodes, outputs, inputs)
+    return _Split(nodes, outputs, inputs, rest_inputs)
 
 
 def _reads(node) -> set[str]:
@@ -165,13 +166,11 @@ def _run(fold_model: bytes, split: _Split, graph, base: Path, given: dict, threa
     sess = ort.InferenceSession(fold_model, so, providers=["CPUExecutionProvider"])
     io = sess.io_binding()
     by_name = {i.name: i for i in graph.initializer}
-    folded = {n.output[0] for n in split.nodes}
-    rest_reads = {i for n in graph.node if not (n.output and n.output[0] in folded) for i in _reads(n)}
     for name in split.large_inputs(graph):
         value = given.get(name)
         if value is None:
             value = ort.OrtValue.ortvalue_from_numpy(_array(by_name[name], base))
-            if name not in rest_reads:  # the value holds its own copy of the bytes: drop the graph's
+            if name not in split.rest_reads:  # the value holds its own copy of the bytes: drop the graph's
                 by_name[name].ClearField("raw_data")
         io.bind_ortvalue_input(name, value)
     buffers = {}  # outputs written into arrays owned here where ONNX Runtime inferred their shapes, else copied
@@ -198,9 +197,8 @@ def _rest(pb, m, split: _Split, values: dict, base: Path, given: dict) -> bytes:
     for k in reversed(range(len(g.node))):  # in place: copying the graph's messages would copy its tensors
         if g.node[k].output and g.node[k].output[0] in folded:
             del g.node[k]
-    read = {i for n in g.node for i in _reads(n)} | {o.name for o in g.output}
     for k in reversed(range(len(g.initializer))):
-        if g.initializer[k].name not in read:
+        if g.initializer[k].name not in split.rest_reads:
             del g.initializer[k]
     for i in g.initializer:  # other external data (not handed to the session by the caller) read into the graph
         if i.data_location == EXTERNAL and i.name not in given:
