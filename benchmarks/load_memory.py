@@ -9,7 +9,10 @@ benchmarks/scale.py does: memory and speed do not depend on the weights' values)
   int8 (default)    the packed 4-bit codes, unpacked and re-rounded to int8 by ONNX Runtime's constant folding at load
   int8 --prefold    the int8 weights stored as the kernels take them (`compress export DIR --prefold`)
   qdq               `compress export DIR --kernel qdq` (standard ONNX, weight-only), on ONNX Runtime and on OpenVINO
-and ONNX Runtime's own int8 model of the same weights. Each (graph, runtime) loads in a fresh process --repeats times
+and ONNX Runtime's own int8 model of the same weights. The default graph loads three ways with its weights folded first
+(compress.runtimes.staged_fold): in memory (the fold cache off, as a pack's task loads), and through the fold cache
+(compress.runtimes.fold_cache): its first load (into an empty cache, each time) and later loads (from the cache the first
+filled). Each (graph, runtime) loads in a fresh process --repeats times
 (benchmarks/runtimes_qdq.py's LOAD_SCRIPT: the session created, one batch-1 x 128 run; resident memory and its peak,
 less the process's before loading); medians.
 Results: results/load_memory.{md,json}.
@@ -25,11 +28,12 @@ from pathlib import Path
 
 from _results import write  # benchmarks/ is on sys.path when a script here runs
 from pack_glue import compress, finished
-from runtimes_qdq import load
+from runtimes_qdq import cached_loads, load
 from scale import anchor, model_dir
 
 SHAPES = ("minilm", "bert-base")
-FOLDED_FIRST = "cpu, folded first"  # compress.runtimes.staged_fold
+FOLDED = "cpu, folded first in memory"  # compress.runtimes.staged_fold, the fold cache off (as a pack's task loads)
+FIRST, CACHED = "cpu, fold cache: first load", "cpu, fold cache: later loads"  # compress.runtimes.fold_cache
 FORMS = {"int8 (default)": (), "int8 --prefold": ("--prefold",), "qdq (weight-only)": ("--kernel", "qdq")}
 
 
@@ -50,15 +54,19 @@ def graphs(args, shape: str) -> dict[tuple[str, str], Path]:
         graph = (d if flags else art) / "onnx" / "model.onnx"
         out[(form, "cpu")] = graph
         if not flags:  # the same graph, its weights folded before ONNX Runtime loads the rest (compress.Pack, compress bench)
-            out[(form, FOLDED_FIRST)] = graph
+            out |= {(form, FOLDED): graph, (form, FIRST): graph, (form, CACHED): graph}
         if "qdq" in flags:
             out[(form, "openvino")] = graph
     out[("ORT int8 (quantize_dynamic)", "cpu")] = anchor(model, args.work, shape)
     return out
 
 
-def measure(graph: Path, runtime: str, repeats: int) -> dict:
-    runs = [load(graph, runtime.split(",")[0], fold_first=runtime == FOLDED_FIRST) for _ in range(repeats)]
+def measure(graph: Path, runtime: str, repeats: int, cached: dict) -> dict:
+    """Medians over `repeats` fresh processes; cached: the fold cache's (first loads, later loads) of each graph."""
+    if runtime in (FIRST, CACHED):
+        runs = cached.setdefault(graph, cached_loads(graph, repeats))[runtime == CACHED]
+    else:
+        runs = [load(graph, runtime.split(",")[0], fold_first=runtime == FOLDED) for _ in range(repeats)]
     return {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"mb": graph.stat().st_size / 1e6}
 
 
@@ -71,10 +79,10 @@ def main() -> int:
     ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "load_memory"))
     args = ap.parse_args()
     args.work.mkdir(parents=True, exist_ok=True)
-    rows = {}
+    rows, cached = {}, {}
     for shape in args.shapes:
         for (form, runtime), graph in graphs(args, shape).items():
-            rows[f"{shape} | {form} | {runtime}"] = measure(graph, runtime, args.repeats)
+            rows[f"{shape} | {form} | {runtime}"] = measure(graph, runtime, args.repeats, cached)
     return render(args, rows)
 
 

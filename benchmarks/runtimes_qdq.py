@@ -20,10 +20,12 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import shutil
 import statistics
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 from _results import write  # benchmarks/ is on sys.path when a script here runs
@@ -135,15 +137,25 @@ def timings(runnable: dict[tuple, Path], rounds: int) -> dict[tuple, dict]:
     return {k: {"b1_ms": statistics.median(b1[k]), "b32_seq_s": 32e3 / statistics.median(b32[k])} for k in sessions}
 
 
-def load(graph: Path, runtime: str, fold_first: bool = False, pack_task: str | None = None) -> dict:
+def load(graph: Path, runtime: str, fold_first: bool = False, pack_task: str | None = None, fold_cache: Path | None = None) -> dict:
     """Load `graph` in a fresh process (fold_first: compress.runtimes.staged_fold, as compress.Pack and compress bench do;
-    pack_task: `graph` is a pack, and that task's session is opened by compress.Pack)."""
+    pack_task: `graph` is a pack, and that task's session is opened by compress.Pack; fold_cache: the cache directory
+    compress.runtimes.fold_cache reads and writes folded graphs in, None: the cache off, every load folds in memory)."""
     mode = f"pack:{pack_task}" if pack_task else "fold" if fold_first else ""
     argv = [sys.executable, "-c", LOAD_SCRIPT, str(graph), runtime, *([mode] if mode else [])]
-    r = subprocess.run(argv, capture_output=True, text=True)
+    env = os.environ | ({"COMPRESS_CACHE": str(fold_cache)} if fold_cache else {"COMPRESS_FOLD_CACHE": "0"})
+    r = subprocess.run(argv, capture_output=True, text=True, env=env)
     if r.returncode:
         raise SystemExit(f"loading {graph} on {runtime} failed: {r.stderr.strip().splitlines()[-1]}")
     return json.loads(r.stdout.strip().splitlines()[-1])
+
+
+def cached_loads(graph: Path, repeats: int) -> tuple[list[dict], list[dict]]:
+    """-> (first loads: each into an empty fold cache, later loads: from a cache the first load filled), `repeats` each."""
+    with tempfile.TemporaryDirectory() as tmp:
+        first = [load(graph, "cpu", fold_first=True, fold_cache=Path(tmp) / f"first{k}") for k in range(repeats)]
+        later = [load(graph, "cpu", fold_first=True, fold_cache=Path(tmp) / "first0") for _ in range(repeats)]
+    return first, later
 
 
 def main() -> int:

@@ -99,7 +99,9 @@ def cpu_name() -> str:
 
 
 def cache_dir() -> Path:
-    return Path(os.environ.get("COMPRESS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compress")
+    from compress.runtimes.fold_cache import cache_root
+
+    return cache_root()
 
 
 def _cache_file(shape: Shape, cpu: str, ort_version: str) -> Path:

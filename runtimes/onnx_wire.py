@@ -56,3 +56,113 @@ def messages():
     pool = descriptor_pool.DescriptorPool()
     pool.Add(f)
     return SimpleNamespace(**{n: message_factory.GetMessageClass(pool.FindMessageTypeByName(f"{_PACKAGE}.{n}")) for n in _MESSAGES})
+
+
+def read(path, large: int):
+    """-> (ModelProto, {initializer name: its raw bytes}) of the .onnx file at `path`: the raw_data of every graph
+    initializer of >= `large` bytes is left out of the parsed message and returned as a view of the file's bytes
+    (memory-mapped: neither parsed nor copied), its initializer marked as external data (`HANDED_OVER`)."""
+    import mmap
+
+    with open(path, "rb") as f:
+        buf = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)) if f.seek(0, 2) else memoryview(b"")
+    spans: list[tuple[int, int]] = []  # (start, end) of each raw_data left out, in initializer order
+    try:
+        skeleton = _strip(buf, 0, len(buf), {7: {5: _tensor_stripper(spans, large)}})
+    except (ValueError, IndexError) as e:  # as protobuf's own parser says it
+        from google.protobuf.message import DecodeError
+
+        raise DecodeError(f"{path}: {e if isinstance(e, ValueError) else 'truncated'}: not an ONNX model") from None
+    m = messages().ModelProto()
+    m.ParseFromString(skeleton)
+    raw, k = {}, 0
+    for init in m.graph.initializer:
+        if init.data_location == EXTERNAL and [e.value for e in init.external_data if e.key == "location"] == [HANDED_OVER]:
+            start, end = spans[k]
+            raw[init.name], k = buf[start:end], k + 1
+    return m, raw
+
+
+HANDED_OVER = "handed-over-at-load"  # the external-data location of a tensor whose values are handed to the session
+
+
+def _tensor_stripper(spans: list, large: int):
+    def strip(buf, start: int, end: int) -> bytes | None:
+        """A TensorProto's bytes without its raw_data (and marked as handed over), or None to keep it as it is."""
+        fields = list(_fields(buf, start, end))
+        data = [(s, e) for number, _, s, e, _ in fields if number == 9]
+        if not data or data[0][1] - data[0][0] < large:
+            return None
+        spans.append(data[0])
+        kept = b"".join(bytes(buf[f0:e]) for number, _, _, e, f0 in fields if number not in (9, 13, 14))
+        location = _key(1, 2) + _len(b"location") + _key(2, 2) + _len(HANDED_OVER.encode())
+        return kept + _key(13, 2) + _len(location) + _key(14, 0) + bytes([EXTERNAL])
+
+    return strip
+
+
+def _strip(buf, start: int, end: int, rules: dict) -> bytes:
+    """A message's bytes with the length-delimited fields `rules` names rewritten: {number: nested rules, or a function
+    (buf, start, end) -> new bytes of the field's message, or None to keep it}."""
+    out, kept_from = [], start
+    for number, wire, s, e, f0 in _fields(buf, start, end):
+        rule = rules.get(number) if wire == 2 else None
+        if rule is None:
+            continue
+        new = _strip(buf, s, e, rule) if isinstance(rule, dict) else rule(buf, s, e)
+        if new is not None:
+            out += [bytes(buf[kept_from:f0]), _key(number, 2), _len(new)]
+            kept_from = e
+    out.append(bytes(buf[kept_from:end]))
+    return b"".join(out)
+
+
+def _fields(buf, start: int, end: int):
+    """-> (number, wire type, value start, value end, field start) of each field of the message in buf[start:end]."""
+    pos = start
+    while pos < end:
+        f0 = pos
+        key, pos = _varint(buf, pos)
+        number, wire = key >> 3, key & 7
+        if wire == 0:
+            _, e = _varint(buf, pos)
+            s = pos
+        elif wire == 2:
+            length, s = _varint(buf, pos)
+            e = s + length
+        elif wire in (1, 5):
+            s, e = pos, pos + (8 if wire == 1 else 4)
+        else:
+            raise ValueError(f"protobuf wire type {wire} at byte {f0}")
+        yield number, wire, s, e, f0
+        pos = e
+    if pos != end:
+        raise ValueError(f"a protobuf field overruns its message at byte {end}")
+
+
+def _varint(buf, pos: int) -> tuple[int, int]:
+    value = shift = 0
+    while True:
+        b = buf[pos]
+        pos += 1
+        value |= (b & 0x7F) << shift
+        if b < 0x80:
+            return value, pos
+        shift += 7
+
+
+def _encode_varint(value: int) -> bytes:
+    out = bytearray()
+    while value >= 0x80:
+        out.append(value & 0x7F | 0x80)
+        value >>= 7
+    out.append(value)
+    return bytes(out)
+
+
+def _key(number: int, wire: int) -> bytes:
+    return _encode_varint(number << 3 | wire)
+
+
+def _len(payload: bytes) -> bytes:
+    return _encode_varint(len(payload)) + payload

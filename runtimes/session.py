@@ -81,13 +81,23 @@ def _options(threads: int | None, optimized_path, initializers: dict | None, sha
 
 
 def _folded_first(model: Path, initializers: dict | None, threads: int | None, so: ort.SessionOptions, providers: list):
-    """A session of the graph with its constant subgraphs computed first (compress.runtimes.staged_fold) and handed to it;
-    None where there is nothing to fold or that fails (ONNX Runtime then folds at load: the same weights, a higher peak)."""
+    """A session of the graph with its constant subgraphs computed first (compress.runtimes.staged_fold): read from the
+    fold cache (compress.runtimes.fold_cache: written on the first load), or, for a pack's task or where the cache is off
+    or cannot be written, handed to the session from memory; None where there is nothing to fold or that fails (ONNX
+    Runtime then folds at load: the same weights, a higher peak)."""
     from google.protobuf.message import DecodeError
 
-    from compress.runtimes import staged_fold
+    from compress.runtimes import fold_cache, staged_fold
 
     try:
+        if not initializers and fold_cache.enabled():
+            try:
+                graph = fold_cache.cached_graph(model, threads)
+            except OSError as e:
+                log.info("%s: the fold cache cannot be written (%s): folding in memory", model, e)
+            else:
+                release_freed_memory()  # the fold run's freed intermediates back to the system before the session's peak
+                return ort.InferenceSession(str(graph), so, providers=providers) if graph is not None else None
         folded = staged_fold.fold(model, initializers, threads)
         if folded is None:
             return None
@@ -95,6 +105,7 @@ def _folded_first(model: Path, initializers: dict | None, threads: int | None, s
         # the graph comes as bytes: the external data it still names (the caller's initializers replace it) is beside the file
         so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model.resolve().parent))
         graph, folded.model = folded.model, b""
+        release_freed_memory()
         return ort.InferenceSession(graph, so, providers=providers)  # it copies the folded tensors into its graph
     except Exception as e:  # a graph this cannot split is still a graph ONNX Runtime loads (or refuses, with its reason)
         if model.is_file() and not isinstance(e, DecodeError):

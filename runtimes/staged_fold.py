@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 from compress.runtimes import onnx_wire
-from compress.runtimes.onnx_wire import EXTERNAL
+from compress.runtimes.onnx_wire import EXTERNAL, HANDED_OVER
 
 log = logging.getLogger(__name__)
 
@@ -56,18 +56,36 @@ def fold(model: str | Path, initializers: dict | None = None, threads: int | Non
     path, given = Path(model), initializers or {}
     if path.suffix != ".onnx":  # an .ort file (ONNX Runtime's own format) is not an ONNX graph
         return None
-    m = pb.ModelProto()
-    m.ParseFromString(path.read_bytes())
+    m, raw = onnx_wire.read(path, LARGE)  # large tensors: views of the file's bytes, neither parsed nor copied
     _inline_functions(m, pb)
     split = _split(m.graph)
     types = {i.data_type for i in m.graph.initializer if i.name in set(split.inputs)}
     if not any(n.op_type != "Constant" for n in split.nodes) or not types <= set(_DTYPES):
         return None
+    source = _Source(path.parent, given, raw)
     for init in m.graph.initializer:  # small tensors stored elsewhere: into the graph (both graphs are loaded from bytes)
         if init.data_location == EXTERNAL and _nbytes(init) < LARGE:
-            init.CopyFrom(_tensor(pb, init.name, given[init.name].numpy() if init.name in given else _array(init, path.parent)))
-    values = _run(_fold_graph(pb, m, split), split, m.graph, path.parent, given, threads)
-    return Folded(_rest(pb, m, split, values, path.parent, given), {k: v for k, v in values.items() if v.nbytes >= LARGE})
+            init.CopyFrom(_tensor(pb, init.name, source.array(init)))
+    values = _run(_fold_graph(pb, m, split), split, m.graph, source, threads)
+    handed = {k: v for k, v in values.items() if v.nbytes >= LARGE}
+    return Folded(_rest(pb, m, split, values, source, handed), handed)
+
+
+@dataclass
+class _Source:
+    """Where a graph's tensors stored outside its parsed message are: the caller's values, views of the file's bytes
+    (onnx_wire.read), or external data files beside the graph."""
+
+    base: Path
+    given: dict  # {name: OrtValue}
+    raw: dict  # {name: memoryview}
+
+    def array(self, init) -> np.ndarray:
+        if init.name in self.given:
+            return self.given[init.name].numpy()
+        if init.name in self.raw:
+            return np.frombuffer(self.raw[init.name], _DTYPES[init.data_type]).reshape(tuple(init.dims))
+        return _array(init, self.base)
 
 
 @dataclass
@@ -152,7 +170,7 @@ def _fold_graph(pb, m, split: _Split) -> bytes:
     return pb.ModelProto(ir_version=m.ir_version, opset_import=m.opset_import, graph=g).SerializeToString()
 
 
-def _run(fold_model: bytes, split: _Split, graph, base: Path, given: dict, threads: int | None) -> dict[str, np.ndarray]:
+def _run(fold_model: bytes, split: _Split, graph, source: _Source, threads: int | None) -> dict[str, np.ndarray]:
     """One run of the constant nodes (ONNX Runtime's CPU kernels, no graph optimization, no arena)."""
     import onnxruntime as ort
 
@@ -167,12 +185,8 @@ def _run(fold_model: bytes, split: _Split, graph, base: Path, given: dict, threa
     io = sess.io_binding()
     by_name = {i.name: i for i in graph.initializer}
     for name in split.large_inputs(graph):
-        value = given.get(name)
-        if value is None:
-            value = ort.OrtValue.ortvalue_from_numpy(_array(by_name[name], base))
-            if name not in split.rest_reads:  # the value holds its own copy of the bytes: drop the graph's
-                by_name[name].ClearField("raw_data")
-        io.bind_ortvalue_input(name, value)
+        value = source.given.get(name)
+        io.bind_ortvalue_input(name, value if value is not None else ort.OrtValue.ortvalue_from_numpy(source.array(by_name[name])))
     buffers = {}  # outputs written into arrays owned here where ONNX Runtime inferred their shapes, else copied
     for out in sess.get_outputs():
         if out.shape is not None and all(isinstance(d, int) for d in out.shape):
@@ -190,8 +204,9 @@ def _ort_dtype(ort_type: str) -> np.dtype:
     return np.dtype(names.get(inner, inner))
 
 
-def _rest(pb, m, split: _Split, values: dict, base: Path, given: dict) -> bytes:
-    """The graph without the constant nodes: small folded tensors as initializers, large ones as placeholders."""
+def _rest(pb, m, split: _Split, values: dict, source: _Source, handed: dict) -> bytes:
+    """The graph without the constant nodes: small folded tensors as initializers, large ones as placeholders whose values
+    go into `handed`, as do the large tensors it reads from the file (given ones: the caller's)."""
     g = m.graph
     folded = {n.output[0] for n in split.nodes}  # (a node's outputs are its own: no other node writes them)
     for k in reversed(range(len(g.node))):  # in place: copying the graph's messages would copy its tensors
@@ -200,11 +215,12 @@ def _rest(pb, m, split: _Split, values: dict, base: Path, given: dict) -> bytes:
     for k in reversed(range(len(g.initializer))):
         if g.initializer[k].name not in split.rest_reads:
             del g.initializer[k]
-    for i in g.initializer:  # other external data (not handed to the session by the caller) read into the graph
-        if i.data_location == EXTERNAL and i.name not in given:
-            i.CopyFrom(_tensor(pb, i.name, _array(i, base)))
+    for i in g.initializer:  # other tensors stored outside the graph (not the caller's): handed over too, copied out of
+        if i.data_location == EXTERNAL and i.name not in source.given:  # the file's mapped bytes (unmapped once read)
+            handed[i.name] = source.array(i).copy()
+            i.CopyFrom(_placeholder(pb, i.name, handed[i.name]))
     for name, value in values.items():
-        g.initializer.append(_tensor(pb, name, value) if value.nbytes < LARGE else _placeholder(pb, name, value))
+        g.initializer.append(_tensor(pb, name, value) if name not in handed else _placeholder(pb, name, value))
     return m.SerializeToString()
 
 
@@ -212,7 +228,7 @@ def _placeholder(pb, name: str, value: np.ndarray):
     """An initializer whose values the session is handed (external data it never reads: the value replaces it)."""
     t = pb.TensorProto(name=name, data_type=_onnx_type(value.dtype), dims=value.shape)
     t.data_location = EXTERNAL
-    t.external_data.add(key="location", value="handed-over-at-load")
+    t.external_data.add(key="location", value=HANDED_OVER)
     return t
 
 

@@ -14,6 +14,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from clirunner import invoke
 from environments import environment
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -71,6 +72,21 @@ def tiny_model_dir(tmp_path_factory) -> Path:
     BertModel(cfg).save_pretrained(d)
     AutoTokenizer.from_pretrained(embedded_dir()).save_pretrained(d)
     return d
+
+
+@pytest.fixture(scope="session")
+def default_artifact(tiny_model_dir, tmp_path_factory) -> Path:
+    """A default 4-bit artifact of the tiny BERT (int8 kernel: the int8 weights are folded from packed codes at load)."""
+    root = tmp_path_factory.mktemp("default-artifact")
+    d = root / "glue" / "MRPC"
+    d.mkdir(parents=True)
+    rows = [f"{i % 2}\t{i}\t{i + 100}\tThe witness number {i} spoke .\tA witness spoke , number {i} ." for i in range(24)]
+    (d / "train.tsv").write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "\n".join(rows) + "\n")
+    (d / "dev.tsv").write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "\n".join(rows[:12]) + "\n")
+    args = ["--model", tiny_model_dir, "--task", "mrpc", "--data-dir", root / "glue", "--epochs", "1", "--batch-size", "8"]
+    r = invoke("run", *args, "--no-bench", "--out", root / "art")
+    assert r.exit_code == 0, r.output
+    return root / "art"
 
 
 @pytest.fixture()

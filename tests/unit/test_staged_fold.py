@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import onnx
 import pytest
-from clirunner import invoke
+from google.protobuf.message import DecodeError
 from onnx import TensorProto, helper, numpy_helper
 
 from compress.runtimes import onnx_wire, staged_fold
@@ -16,19 +16,15 @@ from compress.runtimes.bench import inputs
 from compress.runtimes.session import open_session, run_logits
 
 
-@pytest.fixture(scope="module")
-def artifact(tiny_model_dir, tmp_path_factory) -> Path:
-    """A default 4-bit artifact of the tiny BERT (int8 kernel: the int8 weights are folded from packed codes at load)."""
-    root = tmp_path_factory.mktemp("staged")
-    d = root / "glue" / "MRPC"
-    d.mkdir(parents=True)
-    rows = [f"{i % 2}\t{i}\t{i + 100}\tThe witness number {i} spoke .\tA witness spoke , number {i} ." for i in range(24)]
-    (d / "train.tsv").write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "\n".join(rows) + "\n")
-    (d / "dev.tsv").write_text("Quality\t#1 ID\t#2 ID\t#1 String\t#2 String\n" + "\n".join(rows[:12]) + "\n")
-    args = ["--model", tiny_model_dir, "--task", "mrpc", "--data-dir", root / "glue", "--epochs", "1", "--batch-size", "8"]
-    r = invoke("run", *args, "--no-bench", "--out", root / "art")
-    assert r.exit_code == 0, r.output
-    return root / "art"
+@pytest.fixture(autouse=True)
+def no_fold_cache(monkeypatch):
+    """What is tested here is the fold in memory (the fold cache: test_fold_cache.py)."""
+    monkeypatch.setenv("COMPRESS_FOLD_CACHE", "0")
+
+
+@pytest.fixture()
+def artifact(default_artifact) -> Path:
+    return default_artifact
 
 
 def test_folded_first_gives_the_logits_of_onnx_runtimes_own_folding(artifact, monkeypatch):
@@ -168,9 +164,45 @@ def test_what_subgraphs_read_is_kept(tmp_path):
     )
     onnx.save(helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)]), tmp_path / "if.onnx")
     folded = staged_fold.fold(tmp_path / "if.onnx")
-    assert list(folded.values) == ["wk"] and "w2" in {i.name for i in onnx.load_from_string(folded.model).graph.initializer}
+    # wk folded, w2 read from the file: both handed over, both kept in the graph (as placeholders of their values)
+    assert set(folded.values) == {"wk", "w2"} and np.array_equal(folded.values["w2"], w2)
+    assert {"wk", "w2"} <= {i.name for i in onnx.load_from_string(folded.model).graph.initializer}
     x = rng.standard_normal((256, 128)).astype(np.float32)
     a, b = open_session(tmp_path / "if.onnx", fold_first=True), open_session(tmp_path / "if.onnx")
     for cond in (True, False):
         feeds = {"x": x, "cond": np.array(cond)}
         assert np.array_equal(a.run(None, feeds)[0], b.run(None, feeds)[0])
+
+
+def test_large_tensors_are_read_as_views_of_the_file(tmp_path):
+    """onnx_wire.read: the raw data of large top-level initializers left out of the parsed graph and returned as the file's
+    bytes; everything else (small tensors, typed fields, a subgraph's initializers, nodes, functions) parsed as it is."""
+    rng = np.random.default_rng(3)
+    big, small = rng.standard_normal((300, 100)).astype(np.float32), np.arange(6, dtype=np.int64)
+    typed = helper.make_tensor("typed", TensorProto.FLOAT, [200, 100], rng.standard_normal(20000).astype(np.float32).tolist())
+    out = helper.make_tensor_value_info("b", TensorProto.FLOAT, [300, 100])
+    inner = numpy_helper.from_array(big * 2, "inner")
+    then = helper.make_graph([helper.make_node("Add", ["x", "inner"], ["b"])], "then", [], [out], [inner])
+    g = helper.make_graph(
+        [helper.make_node("If", ["cond"], ["y"], then_branch=then, else_branch=then)],
+        "g",
+        [helper.make_tensor_value_info("cond", TensorProto.BOOL, [])],
+        [helper.make_tensor_value_info("y", TensorProto.FLOAT, [300, 100])],
+        [numpy_helper.from_array(big, "big"), numpy_helper.from_array(small, "small"), typed],
+    )
+    model = helper.make_model(g, opset_imports=[helper.make_opsetid("", 17)])
+    onnx.save(model, tmp_path / "m.onnx")
+    m, raw = onnx_wire.read(tmp_path / "m.onnx", large=1024)
+    assert set(raw) == {"big"} and np.array_equal(np.frombuffer(raw["big"], np.float32).reshape(300, 100), big)
+    parsed = onnx.load_from_string(m.SerializeToString())
+    by_name = {i.name: i for i in parsed.graph.initializer}
+    assert by_name["big"].data_location == TensorProto.EXTERNAL and not by_name["big"].raw_data and list(by_name["big"].dims) == [300, 100]
+    assert np.array_equal(numpy_helper.to_array(by_name["small"]), small)
+    assert np.array_equal(numpy_helper.to_array(by_name["typed"]), numpy_helper.to_array(typed))
+    assert np.array_equal(numpy_helper.to_array(parsed.graph.node[0].attribute[0].g.initializer[0]), big * 2)
+    model.graph.initializer[0].ClearField("raw_data")  # all but the left-out bytes: as they were
+    parsed.graph.initializer[0].CopyFrom(model.graph.initializer[0])
+    assert parsed == model
+    (tmp_path / "bad.onnx").write_bytes(b"\x0f\x01\x02")
+    with pytest.raises(DecodeError, match="not an ONNX model"):
+        onnx_wire.read(tmp_path / "bad.onnx", large=1024)

@@ -1,0 +1,118 @@
+"""A graph's folded weights kept on disk after its first load, so that later loads read them as ONNX Runtime reads any
+model: no fold, no copy held beside the session's (the weights a default artifact's kernels take are computed from its
+packed codes when it loads: compress.runtimes.staged_fold).
+
+On the first load the graph is folded (staged_fold.fold) and written, with its folded tensors as one external data file,
+to `<cache>/folded/<key>/` (written into a temporary directory and renamed into place); the folded tensors are then freed
+and ONNX Runtime loads the written graph. Every later load of the same file loads the written graph directly. The key is
+the graph file's real path, size and modification time, and the versions of this package and of ONNX Runtime: a graph
+rewritten in place (`compress export`) is folded again. What it costs on disk: the graph with int8 weights (MiniLM:
+~18 MB beside the 12.4 MB artifact; bert-base: ~100 MB).
+
+<cache> is $COMPRESS_CACHE, else $XDG_CACHE_HOME/compress, else ~/.cache/compress; COMPRESS_FOLD_CACHE=0 turns the cache
+off (each load folds in memory). Where the cache cannot be written, the load folds in memory as it would without it. The
+least recently used graphs are deleted while the cache holds more than $COMPRESS_FOLD_CACHE_MB (default 2048 MB).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+import numpy as np
+
+from compress.runtimes import onnx_wire
+
+log = logging.getLogger(__name__)
+
+WEIGHTS = "folded.bin"
+ALIGN = 4096  # each tensor's offset in the weights file: a page (ONNX Runtime maps external data from the file)
+
+
+def cache_root() -> Path:
+    """Where compress keeps what it measures or computes once per machine ($COMPRESS_CACHE, else the user's cache)."""
+    return Path(os.environ.get("COMPRESS_CACHE") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "compress")
+
+
+def enabled() -> bool:
+    return os.environ.get("COMPRESS_FOLD_CACHE", "1").strip().lower() not in ("0", "off", "false", "no")
+
+
+def cached_graph(model: str | Path, threads: int | None = None) -> Path | None:
+    """-> the folded graph of the .onnx file at `model` in the cache (written now if it is not there yet), or None where
+    the graph has nothing to fold (load it as it is). Raises OSError where the cache cannot be written."""
+    model = Path(model)
+    where = cache_root() / "folded" / _key(model)
+    graph = where / "model.onnx"
+    if graph.is_file():
+        os.utime(where)  # its last use, for the pruning
+        return graph
+    from compress.runtimes import staged_fold
+
+    folded = staged_fold.fold(model, None, threads)
+    if folded is None:
+        return None
+    where.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(dir=where.parent, prefix=".tmp-"))
+    try:
+        _write(folded, tmp)
+        folded = None  # the folded tensors freed before ONNX Runtime reads them back
+        try:
+            tmp.rename(where)
+        except OSError:  # written meanwhile by another process: theirs is the same graph
+            if not graph.is_file():
+                raise
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    log.info("%s: folded weights written to %s", model, where)
+    _prune(where.parent, keep=where)
+    return graph
+
+
+def _prune(root: Path, keep: Path) -> None:
+    """The least recently used entries deleted while the cache holds more than $COMPRESS_FOLD_CACHE_MB (default 2048)."""
+    limit = float(os.environ.get("COMPRESS_FOLD_CACHE_MB") or 2048) * 1e6
+    entries = []
+    for d in root.iterdir():
+        if d.is_dir() and not d.name.startswith(".tmp-"):
+            entries.append((d.stat().st_mtime, sum(f.stat().st_size for f in d.iterdir()), d))
+    total = sum(size for _, size, _ in entries)
+    for _, size, d in sorted(entries, key=lambda e: e[0]):
+        if total <= limit:
+            break
+        if d != keep:
+            shutil.rmtree(d, ignore_errors=True)
+            total -= size
+
+
+def _key(model: Path) -> str:
+    import onnxruntime
+
+    from compress import __version__
+
+    st = model.stat()
+    what = f"{model.resolve()}|{st.st_size}|{st.st_mtime_ns}|{__version__}|{onnxruntime.__version__}"
+    return hashlib.sha256(what.encode()).hexdigest()[:32]
+
+
+def _write(folded, where: Path) -> None:
+    """The graph with each tensor it is handed (staged_fold's placeholders) stored in one external data file beside it."""
+    m = onnx_wire.messages().ModelProto()
+    m.ParseFromString(folded.model)
+    offset = 0
+    with open(where / WEIGHTS, "wb") as f:
+        for init in m.graph.initializer:
+            value = folded.values.get(init.name)
+            if value is None or init.data_location != onnx_wire.EXTERNAL:
+                continue
+            f.seek(offset)
+            np.ascontiguousarray(value).tofile(f)
+            del init.external_data[:]
+            for key, v in (("location", WEIGHTS), ("offset", str(offset)), ("length", str(value.nbytes))):
+                init.external_data.add(key=key, value=v)
+            offset += -(-value.nbytes // ALIGN) * ALIGN
+    (where / "model.onnx").write_bytes(m.SerializeToString())

@@ -1,0 +1,81 @@
+"""A graph's folded weights kept on disk after its first load (compress.runtimes.fold_cache)."""
+
+import os
+import shutil
+
+import numpy as np
+import onnx
+import pytest
+from onnx import TensorProto
+
+from compress.runtimes import fold_cache, staged_fold
+from compress.runtimes.bench import inputs
+from compress.runtimes.session import open_session, run_logits
+
+
+@pytest.fixture()
+def graph(default_artifact, tmp_path, monkeypatch):
+    """A copy of the default artifact's graph of its own (the cache is keyed by the file), and an empty cache."""
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.delenv("COMPRESS_FOLD_CACHE", raising=False)
+    shutil.copytree(default_artifact / "onnx", tmp_path / "onnx")
+    return tmp_path / "onnx" / "model.onnx"
+
+
+def _no_fold(*args, **kwargs):
+    raise AssertionError("folded again")
+
+
+def test_the_first_load_writes_the_folded_graph_and_later_loads_read_it(graph, tmp_path, monkeypatch):
+    """Logits identical to ONNX Runtime's own folding on the first load and on a later one, which does not fold; the
+    written graph keeps its folded tensors in one file, each at a page-aligned offset, and no temporary directory is left."""
+    monkeypatch.setattr(staged_fold, "LARGE", 1024)  # the tiny BERT's weights are small: written to the file all the same
+    feeds = inputs(3, 17, seed=5)
+    feeds["attention_mask"][1, 6:] = 0
+    want = run_logits(open_session(graph), feeds)
+    assert np.array_equal(run_logits(open_session(graph, fold_first=True), feeds), want)
+    (entry,) = (tmp_path / "cache" / "folded").iterdir()
+    assert sorted(p.name for p in entry.iterdir()) == [fold_cache.WEIGHTS, "model.onnx"]
+    written = onnx.load(entry / "model.onnx", load_external_data=False)
+    external = [i for i in written.graph.initializer if i.data_location == TensorProto.EXTERNAL]
+    offsets = [int({e.key: e.value for e in i.external_data}["offset"]) for i in external]
+    assert len(external) >= 8 and all(o % fold_cache.ALIGN == 0 for o in offsets) and len(set(offsets)) == len(offsets)
+    rest = onnx.load_from_string(staged_fold.fold(graph).model)  # the graph without its constant nodes
+    assert [n.op_type for n in written.graph.node] == [n.op_type for n in rest.graph.node]
+    monkeypatch.setattr(staged_fold, "fold", _no_fold)
+    assert np.array_equal(run_logits(open_session(graph, fold_first=True), feeds), want)
+
+
+def test_a_graph_rewritten_in_place_is_folded_again(graph, tmp_path):
+    open_session(graph, fold_first=True)
+    os.utime(graph, ns=(graph.stat().st_atime_ns, graph.stat().st_mtime_ns + 10**9))  # `compress export` rewrote it
+    open_session(graph, fold_first=True)
+    assert len(list((tmp_path / "cache" / "folded").iterdir())) == 2
+
+
+def test_a_cache_that_cannot_be_written_or_is_off_leaves_the_fold_in_memory(graph, tmp_path, monkeypatch):
+    """The same logits, nothing written: a cache path that is a file (cannot be created), and COMPRESS_FOLD_CACHE=0."""
+    want = run_logits(open_session(graph), inputs(2, 9))
+    (tmp_path / "file").write_text("")
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path / "file"))
+    assert np.array_equal(run_logits(open_session(graph, fold_first=True), inputs(2, 9)), want)
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("COMPRESS_FOLD_CACHE", "0")
+    assert np.array_equal(run_logits(open_session(graph, fold_first=True), inputs(2, 9)), want)
+    assert not (tmp_path / "cache").exists()
+
+
+def test_the_least_recently_used_graphs_go_when_the_cache_is_full(graph, tmp_path, monkeypatch):
+    """Three copies of the graph folded under a limit that holds two: the one used longest ago is deleted."""
+    copies = []
+    for k in range(3):
+        shutil.copytree(graph.parent, tmp_path / f"copy{k}")
+        copies.append(tmp_path / f"copy{k}" / "model.onnx")
+    open_session(copies[0], fold_first=True)
+    (entry,) = (tmp_path / "cache" / "folded").iterdir()
+    size = sum(f.stat().st_size for f in entry.iterdir())
+    monkeypatch.setenv("COMPRESS_FOLD_CACHE_MB", str(2.5 * size / 1e6))
+    open_session(copies[1], fold_first=True)
+    os.utime(entry, (1, 1))  # copy 0 used long ago
+    open_session(copies[2], fold_first=True)
+    assert len(list((tmp_path / "cache" / "folded").iterdir())) == 2 and not entry.exists()
