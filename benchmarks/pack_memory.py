@@ -110,7 +110,7 @@ def main() -> int:
 
 def materialized(args, pack: Path) -> dict[str, dict]:
     """Loading MRPC taken out of the pack, as is and --prefold, and ORT's int8 MiniLM: medians of fresh processes."""
-    from runtimes_qdq import load
+    from runtimes_qdq import cached_loads, load
     from scale import anchor
 
     graphs = {}
@@ -120,17 +120,19 @@ def materialized(args, pack: Path) -> dict[str, dict]:
             compress("materialize", str(pack), "mrpc", "--out", str(d), "--overwrite", *flags)
         graphs[name] = d / "onnx" / "model.onnx"
     graphs["ORT int8 (quantize_dynamic)"] = anchor("minilm", args.work, "minilm")
+    median = lambda runs: {k: statistics.median(r[k] for r in runs) for k in runs[0]}
     out = {}
     for name, graph in graphs.items():
-        runs = [load(graph, "cpu") for _ in range(args.repeats)]
-        out[name] = {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"mb": graph.stat().st_size / 1e6}
-    runs = [load(graphs["materialized"], "cpu", fold_first=True) for _ in range(args.repeats)]
-    out["materialized, folded first (compress.runtimes.staged_fold)"] = out["materialized"] | {
-        k: statistics.median(r[k] for r in runs) for k in runs[0]
-    }
-    runs = [load(pack, "cpu", pack_task="mrpc") for _ in range(args.repeats)]
-    own = sum(f.stat().st_size for f in pack.glob("mrpc.*")) / 1e6
-    out["pack task (compress.Pack, its first session)"] = {k: statistics.median(r[k] for r in runs) for k in runs[0]} | {"mb": own}
+        out[name] = median([load(graph, "cpu") for _ in range(args.repeats)]) | {"mb": graph.stat().st_size / 1e6}
+    in_memory = [load(graphs["materialized"], "cpu", fold_first=True) for _ in range(args.repeats)]
+    first, later = cached_loads(graphs["materialized"], args.repeats)
+    for how, runs in (("folded first in memory", in_memory), ("fold cache: first load", first), ("fold cache: later loads", later)):
+        out[f"materialized, {how}"] = out["materialized"] | median(runs)
+    own = {"mb": sum(f.stat().st_size for f in pack.glob("mrpc.*")) / 1e6}
+    in_memory = [load(pack, "cpu", pack_task="mrpc") for _ in range(args.repeats)]
+    first, later = cached_loads(pack, args.repeats, pack_task="mrpc")
+    for how, runs in (("folded in memory", in_memory), ("fold cache: first load", first), ("fold cache: later loads", later)):
+        out[f"pack task (compress.Pack), {how}"] = median(runs) | own
     return out
 
 

@@ -150,11 +150,11 @@ def load(graph: Path, runtime: str, fold_first: bool = False, pack_task: str | N
     return json.loads(r.stdout.strip().splitlines()[-1])
 
 
-def cached_loads(graph: Path, repeats: int) -> tuple[list[dict], list[dict]]:
+def cached_loads(graph: Path, repeats: int, pack_task: str | None = None) -> tuple[list[dict], list[dict]]:
     """-> (first loads: each into an empty fold cache, later loads: from a cache the first load filled), `repeats` each."""
     with tempfile.TemporaryDirectory() as tmp:
-        first = [load(graph, "cpu", fold_first=True, fold_cache=Path(tmp) / f"first{k}") for k in range(repeats)]
-        later = [load(graph, "cpu", fold_first=True, fold_cache=Path(tmp) / "first0") for _ in range(repeats)]
+        first = [load(graph, "cpu", True, pack_task, Path(tmp) / f"first{k}") for k in range(repeats)]
+        later = [load(graph, "cpu", True, pack_task, Path(tmp) / "first0") for _ in range(repeats)]
     return first, later
 
 

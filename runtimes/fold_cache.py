@@ -42,18 +42,26 @@ def enabled() -> bool:
     return os.environ.get("COMPRESS_FOLD_CACHE", "1").strip().lower() not in ("0", "off", "false", "no")
 
 
-def cached_graph(model: str | Path, threads: int | None = None) -> Path | None:
+def cached_graph(
+    model: str | Path, threads: int | None = None, initializers: dict | None = None, content: str | None = None
+) -> Path | None:
     """-> the folded graph of the .onnx file at `model` in the cache (written now if it is not there yet), or None where
-    the graph has nothing to fold (load it as it is). Raises OSError where the cache cannot be written."""
+    the graph has nothing to fold (load it as it is). Raises OSError where the cache cannot be written.
+
+    initializers: {name: OrtValue} the session is given in place of the graph's own (a pack's backbone tensors); the
+    written graph leaves them to it. content: what the folded weights depend on, in place of the file's path, size and
+    modification time (a pack: its manifest's SHA-256, which covers every file, and the task); required with initializers."""
     model = Path(model)
-    where = cache_root() / "folded" / _key(model)
+    if initializers and not content:
+        raise ValueError(f"{model}: a graph folded with initializers of the caller's is cached under the content they hold: pass content")
+    where = cache_root() / "folded" / _key(model, content, sorted(initializers or {}))
     graph = where / "model.onnx"
     if graph.is_file():
         os.utime(where)  # its last use, for the pruning
         return graph
     from compress.runtimes import staged_fold
 
-    folded = staged_fold.fold(model, None, threads)
+    folded = staged_fold.fold(model, initializers, threads)
     if folded is None:
         return None
     where.parent.mkdir(parents=True, exist_ok=True)
@@ -73,6 +81,10 @@ def cached_graph(model: str | Path, threads: int | None = None) -> Path | None:
     return graph
 
 
+def _length(init) -> int:
+    return int({e.key: e.value for e in init.external_data}.get("length", 0))
+
+
 def _prune(root: Path, keep: Path) -> None:
     """The least recently used entries deleted while the cache holds more than $COMPRESS_FOLD_CACHE_MB (default 2048)."""
     limit = float(os.environ.get("COMPRESS_FOLD_CACHE_MB") or 2048) * 1e6
@@ -89,30 +101,35 @@ def _prune(root: Path, keep: Path) -> None:
             total -= size
 
 
-def _key(model: Path) -> str:
+def _key(model: Path, content: str | None, given: list[str]) -> str:
     import onnxruntime
 
     from compress import __version__
 
     st = model.stat()
-    what = f"{model.resolve()}|{st.st_size}|{st.st_mtime_ns}|{__version__}|{onnxruntime.__version__}"
+    source = content or f"{model.resolve()}|{st.st_size}|{st.st_mtime_ns}"
+    what = f"{source}|{','.join(given)}|{__version__}|{onnxruntime.__version__}"
     return hashlib.sha256(what.encode()).hexdigest()[:32]
 
 
 def _write(folded, where: Path) -> None:
-    """The graph with each tensor it is handed (staged_fold's placeholders) stored in one external data file beside it."""
+    """The graph with each tensor it is handed (staged_fold's placeholders) stored in one external data file beside it;
+    the caller's initializers (the rest of its external tensors) left to the session, named in that file (ONNX Runtime
+    checks that a tensor's external file exists, and reads it only for tensors it is not given)."""
     m = onnx_wire.messages().ModelProto()
     m.ParseFromString(folded.model)
     offset = 0
     with open(where / WEIGHTS, "wb") as f:
         for init in m.graph.initializer:
-            value = folded.values.get(init.name)
-            if value is None or init.data_location != onnx_wire.EXTERNAL:
+            if init.data_location != onnx_wire.EXTERNAL:
                 continue
-            f.seek(offset)
-            np.ascontiguousarray(value).tofile(f)
+            value = folded.values.get(init.name)
+            if value is not None:
+                f.seek(offset)
+                np.ascontiguousarray(value).tofile(f)
+            length = value.nbytes if value is not None else _length(init)
             del init.external_data[:]
-            for key, v in (("location", WEIGHTS), ("offset", str(offset)), ("length", str(value.nbytes))):
+            for key, v in (("location", WEIGHTS), ("offset", str(offset if value is not None else 0)), ("length", str(length))):
                 init.external_data.add(key=key, value=v)
-            offset += -(-value.nbytes // ALIGN) * ALIGN
+            offset += -(-length // ALIGN) * ALIGN if value is not None else 0
     (where / "model.onnx").write_bytes(m.SerializeToString())

@@ -56,13 +56,19 @@ class Pack:
 
     def session(self, name: str):
         """The task's ONNX Runtime session, created on first use (the shared codes unpacked and masked in one run before the
-        session loads: compress.runtimes.staged_fold)."""
+        session loads: compress.runtimes.staged_fold; kept in the fold cache for later loads: compress.runtimes.fold_cache)."""
         if name not in self._sessions:
             graph = self.path / self.task(name).onnx
             shared = self._shared is not None
             self._initializers[name] = self._shared.initializers(self.task(name).shared_tensors) if shared else {}
             self._sessions[name] = open_session(
-                graph, self.provider, threads=self.threads, initializers=self._initializers[name], shared_arena=shared, fold_first=True
+                graph,
+                self.provider,
+                threads=self.threads,
+                initializers=self._initializers[name],
+                shared_arena=shared,
+                fold_first=True,
+                fold_key=f"pack {mf.manifest_sha256(self.path)} {name}",  # the manifest's hash covers every file it verified
             )
         return self._sessions[name]
 

@@ -24,6 +24,7 @@ def open_session(
     initializers: dict | None = None,
     shared_arena: bool = False,
     fold_first: bool = False,
+    fold_key: str | None = None,
 ) -> ort.InferenceSession:
     """All graph optimizations on (constant folding unpacks the low-bit weights at load).
 
@@ -35,7 +36,10 @@ def open_session(
     shared_arena: allocate from the one CPU arena of ONNX Runtime's environment, shared by every session that asks for it
         (one app with several sessions), rather than from an arena of the session's own.
     fold_first: compute the graph's constant subgraphs (its packed weights) in one plain run before the session loads
-        (compress.runtimes.staged_fold: no memory spike at load, the same values); ONNX Runtime's CPU provider only.
+        (compress.runtimes.staged_fold: no memory spike at load, the same values), kept in the fold cache for later loads
+        (compress.runtimes.fold_cache); ONNX Runtime's CPU provider only.
+    fold_key: what the folded weights depend on beyond the file (a pack: its manifest's hash and the task): the fold
+        cache's key, which a graph given `initializers` needs to be cached.
     """
     p = require(provider) if isinstance(provider, str) else provider
     if not p.available:
@@ -48,7 +52,7 @@ def open_session(
     providers = p.session_providers(sparse, qdq)
     sess = None
     if fold_first and p.name == "cpu" and not optimized_path and not isinstance(model, bytes):
-        sess = _folded_first(Path(model), initializers, threads, _options(*settings), providers)
+        sess = _folded_first(Path(model), initializers, threads, _options(*settings), providers, fold_key)
     if sess is None:
         try:
             sess = ort.InferenceSession(model if isinstance(model, bytes) else str(model), _options(*settings), providers=providers)
@@ -80,19 +84,19 @@ def _options(threads: int | None, optimized_path, initializers: dict | None, sha
     return so
 
 
-def _folded_first(model: Path, initializers: dict | None, threads: int | None, so: ort.SessionOptions, providers: list):
+def _folded_first(model: Path, initializers: dict | None, threads: int | None, so: ort.SessionOptions, providers: list, key: str | None):
     """A session of the graph with its constant subgraphs computed first (compress.runtimes.staged_fold): read from the
-    fold cache (compress.runtimes.fold_cache: written on the first load), or, for a pack's task or where the cache is off
-    or cannot be written, handed to the session from memory; None where there is nothing to fold or that fails (ONNX
-    Runtime then folds at load: the same weights, a higher peak)."""
+    fold cache (compress.runtimes.fold_cache: written on the first load), or, for a graph given initializers without a
+    key or where the cache is off or cannot be written, handed to the session from memory; None where there is nothing to
+    fold or that fails (ONNX Runtime then folds at load: the same weights, a higher peak)."""
     from google.protobuf.message import DecodeError
 
     from compress.runtimes import fold_cache, staged_fold
 
     try:
-        if not initializers and fold_cache.enabled():
+        if fold_cache.enabled() and (key or not initializers):
             try:
-                graph = fold_cache.cached_graph(model, threads)
+                graph = fold_cache.cached_graph(model, threads, initializers, key)
             except OSError as e:
                 log.info("%s: the fold cache cannot be written (%s): folding in memory", model, e)
             else:

@@ -22,10 +22,6 @@ def graph(default_artifact, tmp_path, monkeypatch):
     return tmp_path / "onnx" / "model.onnx"
 
 
-def _no_fold(*args, **kwargs):
-    raise AssertionError("folded again")
-
-
 def test_the_first_load_writes_the_folded_graph_and_later_loads_read_it(graph, tmp_path, monkeypatch):
     """Logits identical to ONNX Runtime's own folding on the first load and on a later one, which does not fold; the
     written graph keeps its folded tensors in one file, each at a page-aligned offset, and no temporary directory is left."""
@@ -42,8 +38,9 @@ def test_the_first_load_writes_the_folded_graph_and_later_loads_read_it(graph, t
     assert len(external) >= 8 and all(o % fold_cache.ALIGN == 0 for o in offsets) and len(set(offsets)) == len(offsets)
     rest = onnx.load_from_string(staged_fold.fold(graph).model)  # the graph without its constant nodes
     assert [n.op_type for n in written.graph.node] == [n.op_type for n in rest.graph.node]
-    monkeypatch.setattr(staged_fold, "fold", _no_fold)
-    assert np.array_equal(run_logits(open_session(graph, fold_first=True), feeds), want)
+    folds = []
+    monkeypatch.setattr(staged_fold, "fold", lambda *args, **kwargs: folds.append(args))
+    assert np.array_equal(run_logits(open_session(graph, fold_first=True), feeds), want) and folds == []  # read, not folded
 
 
 def test_a_graph_rewritten_in_place_is_folded_again(graph, tmp_path):
@@ -79,3 +76,9 @@ def test_the_least_recently_used_graphs_go_when_the_cache_is_full(graph, tmp_pat
     os.utime(entry, (1, 1))  # copy 0 used long ago
     open_session(copies[2], fold_first=True)
     assert len(list((tmp_path / "cache" / "folded").iterdir())) == 2 and not entry.exists()
+
+
+def test_a_graph_given_initializers_needs_a_content_key(graph):
+    """What a graph folds to depends on the tensors it is given: without a key naming them, nothing is cached."""
+    with pytest.raises(ValueError, match="pass content"):
+        fold_cache.cached_graph(graph, initializers={"w": None})

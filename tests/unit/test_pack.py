@@ -141,6 +141,32 @@ def test_pack_sessions_share_the_backbone_map(trained, packed):
     assert r.returncode == 0 and r.stdout.strip() == "(2, 2)", r.stderr[-500:]
 
 
+def test_a_pack_task_loads_from_the_fold_cache_the_second_time(packed, tmp_path, monkeypatch):
+    """The first session of a task writes its folded graph to the cache (keyed by the pack's manifest and the task), the
+    backbone's tensors left to the shared map; a later Pack reads it without folding: the logits of the fold in memory."""
+    from compress.runtimes import staged_fold
+
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path / "cache"))
+    texts, texts_b = ["the witness spoke", "a dull film"], ["a witness , number 3", "it was"]
+    monkeypatch.setenv("COMPRESS_FOLD_CACHE", "0")
+    want = Pack(packed).logits("mrpc", texts, texts_b)
+    monkeypatch.delenv("COMPRESS_FOLD_CACHE")
+    assert np.array_equal(Pack(packed).logits("mrpc", texts, texts_b), want)
+    (entry,) = (tmp_path / "cache" / "folded").iterdir()
+    written = onnx.load(entry / "model.onnx", load_external_data=False).graph
+    external = {i.name: {e.key: e.value for e in i.external_data} for i in written.initializer if i.external_data}
+    shared = mf.read(packed, mf.PackManifest).tasks["mrpc"].shared_tensors
+    assert {e["location"] for e in external.values()} == {"folded.bin"} and set(external) & set(shared)  # given, not written
+    assert np.array_equal(Pack(packed, share_backbone=False).logits("mrpc", texts, texts_b), want)  # an entry of its own
+
+    folds = []
+    monkeypatch.setattr(staged_fold, "fold", lambda *args, **kwargs: folds.append(args))
+    assert np.array_equal(Pack(packed).logits("mrpc", texts, texts_b), want)
+    assert np.array_equal(Pack(packed, share_backbone=False).logits("mrpc", texts, texts_b), want)
+    assert folds == []  # both read from the cache
+    assert len(list((tmp_path / "cache" / "folded").iterdir())) == 2
+
+
 def test_pack_api_predicts_like_the_artifacts(trained, packed, glue2):
     p = Pack(packed)
     assert p.tasks == ["mrpc", "sst2"] and not p._sessions  # sessions open lazily
