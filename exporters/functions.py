@@ -101,7 +101,6 @@ def _rice_constants() -> list[onnx.NodeProto]:
         _const("minus1", np.array(-1, np.int64)),
         _const("two", np.array(2.0, np.float32)),
         _const("zero64", np.array([0], np.int64)),
-        _const("zero", np.array(0, np.int32)),
     ]
 
 
@@ -166,10 +165,11 @@ def _rice_positions() -> list[onnx.NodeProto]:
         n("Add", ["hi", "lo"], ["hl"]),
         n("Add", ["hl", "j"], ["at"]),
         n("ReduceProd", ["shape"], ["size"], keepdims=1),
-        n("ConstantOfShape", ["size"], ["zeros"], value=numpy_helper.from_array(np.array([0], np.int32))),
-        n("Cast", ["z"], ["z32"], to=TensorProto.INT32),
-        n("ScatterElements", ["zeros", "at", "z32"], ["hits"], axis=0, reduction="add"),
-        n("Greater", ["hits", "zero"], ["marked"]),
+        # one byte per weight (a position takes at most one zero bit: 0 or 1 hits)
+        n("ConstantOfShape", ["size"], ["zeros"], value=numpy_helper.from_array(np.array([0], np.uint8))),
+        n("Cast", ["z"], ["z8"], to=TensorProto.UINT8),
+        n("ScatterElements", ["zeros", "at", "z8"], ["hits"], axis=0, reduction="add"),
+        n("Cast", ["hits"], ["marked"], to=TensorProto.BOOL),
     ]
 
 

@@ -57,7 +57,10 @@ def cached_graph(
     where = cache_root() / "folded" / _key(model, content, sorted(initializers or {}))
     graph = where / "model.onnx"
     if graph.is_file():
-        os.utime(where)  # its last use, for the pruning
+        try:
+            os.utime(where)  # its last use, for the pruning
+        except OSError:  # a cache that is read-only here is read all the same
+            pass
         return graph
     from compress.runtimes import staged_fold
 
@@ -99,6 +102,11 @@ def _prune(root: Path, keep: Path) -> None:
         if d != keep:
             shutil.rmtree(d, ignore_errors=True)
             total -= size
+
+
+def evict(graph: Path) -> None:
+    """A written graph that does not load (damaged on disk) removed, to be folded again by the next load."""
+    shutil.rmtree(graph.parent, ignore_errors=True)
 
 
 def _key(model: Path, content: str | None, given: list[str]) -> str:

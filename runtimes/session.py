@@ -87,34 +87,63 @@ def _options(threads: int | None, optimized_path, initializers: dict | None, sha
 def _folded_first(model: Path, initializers: dict | None, threads: int | None, so: ort.SessionOptions, providers: list, key: str | None):
     """A session of the graph with its constant subgraphs computed first (compress.runtimes.staged_fold): read from the
     fold cache (compress.runtimes.fold_cache: written on the first load), or, for a graph given initializers without a
-    key or where the cache is off or cannot be written, handed to the session from memory; None where there is nothing to
+    key or where the cache is off or cannot serve, handed to the session from memory; None where there is nothing to
     fold or that fails (ONNX Runtime then folds at load: the same weights, a higher peak)."""
     from google.protobuf.message import DecodeError
 
-    from compress.runtimes import fold_cache, staged_fold
+    from compress.runtimes import fold_cache
 
     try:
         if fold_cache.enabled() and (key or not initializers):
             try:
-                graph = fold_cache.cached_graph(model, threads, initializers, key)
-            except OSError as e:
-                log.info("%s: the fold cache cannot be written (%s): folding in memory", model, e)
-            else:
-                release_freed_memory()  # the fold run's freed intermediates back to the system before the session's peak
-                return ort.InferenceSession(str(graph), so, providers=providers) if graph is not None else None
-        folded = staged_fold.fold(model, initializers, threads)
-        if folded is None:
-            return None
-        so.add_external_initializers(list(folded.values), [ort.OrtValue.ortvalue_from_numpy(v) for v in folded.values.values()])
-        # the graph comes as bytes: the external data it still names (the caller's initializers replace it) is beside the file
-        so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model.resolve().parent))
-        graph, folded.model = folded.model, b""
-        release_freed_memory()
-        return ort.InferenceSession(graph, so, providers=providers)  # it copies the folded tensors into its graph
+                return _from_cache(model, initializers, threads, so, providers, key)
+            except _CacheCannotServe:
+                pass
+        return _folded_in_memory(model, initializers, threads, so, providers)
     except Exception as e:  # a graph this cannot split is still a graph ONNX Runtime loads (or refuses, with its reason)
         if model.is_file() and not isinstance(e, DecodeError):
             log.warning("%s: folding its weights first failed (%s: %s); ONNX Runtime folds them at load", model, type(e).__name__, e)
         return None
+
+
+class _CacheCannotServe(Exception):
+    """The fold cache cannot be written here, or what it holds does not load: fold in memory."""
+
+
+def _from_cache(model: Path, initializers: dict | None, threads: int | None, so: ort.SessionOptions, providers: list, key: str | None):
+    """The session of the graph's folded form in the fold cache (folded and written now on its first load); None where
+    there is nothing to fold."""
+    from compress.runtimes import fold_cache
+
+    try:
+        graph = fold_cache.cached_graph(model, threads, initializers, key)
+    except OSError as e:
+        log.info("%s: the fold cache cannot be written (%s): folding in memory", model, e)
+        raise _CacheCannotServe from None
+    if graph is None:
+        return None
+    release_freed_memory()  # the fold run's freed intermediates back to the system before the session's peak
+    try:
+        return ort.InferenceSession(str(graph), so, providers=providers)
+    except Exception as e:
+        log.warning("%s: the fold cache's %s does not load (%s): removed; folding in memory", model, graph, e)
+        fold_cache.evict(graph)
+        raise _CacheCannotServe from None
+
+
+def _folded_in_memory(model: Path, initializers: dict | None, threads: int | None, so: ort.SessionOptions, providers: list):
+    """The session of the graph's rest, handed its folded tensors (ONNX Runtime copies them); None: nothing to fold."""
+    from compress.runtimes import staged_fold
+
+    folded = staged_fold.fold(model, initializers, threads)
+    if folded is None:
+        return None
+    so.add_external_initializers(list(folded.values), [ort.OrtValue.ortvalue_from_numpy(v) for v in folded.values.values()])
+    # the graph comes as bytes: the external data it still names (the caller's initializers replace it) is beside the file
+    so.add_session_config_entry("session.model_external_initializers_file_folder_path", str(model.resolve().parent))
+    graph, folded.model = folded.model, b""
+    release_freed_memory()
+    return ort.InferenceSession(graph, so, providers=providers)
 
 
 _ARENA: list[bool] = []  # whether this process registered ONNX Runtime's shared CPU arena (once)

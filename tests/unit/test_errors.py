@@ -13,6 +13,7 @@ from compress.errors import CompressError
 NOT_USER_ERRORS = {
     "compress.qweight.PackingError": "codes that do not fit their bit width: the quantizer made them, so it is a bug",
     "compress.checkpoint.Interrupted": "Ctrl-C or SIGTERM during training: exit status 130 once the checkpoint is saved",
+    "compress.runtimes.session._CacheCannotServe": "the fold cache cannot serve a load: caught there, the graph folds in memory",
 }
 
 

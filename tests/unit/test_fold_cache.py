@@ -82,3 +82,14 @@ def test_a_graph_given_initializers_needs_a_content_key(graph):
     """What a graph folds to depends on the tensors it is given: without a key naming them, nothing is cached."""
     with pytest.raises(ValueError, match="pass content"):
         fold_cache.cached_graph(graph, initializers={"w": None})
+
+
+def test_a_damaged_cache_entry_is_removed_and_folded_again(graph, tmp_path, caplog):
+    want = run_logits(open_session(graph), inputs(2, 9))
+    open_session(graph, fold_first=True)
+    (entry,) = (tmp_path / "cache" / "folded").iterdir()
+    (entry / "model.onnx").write_bytes(b"damaged")
+    with caplog.at_level("WARNING"):
+        assert np.array_equal(run_logits(open_session(graph, fold_first=True), inputs(2, 9)), want)
+    assert "does not load" in caplog.text and not entry.exists()
+    assert np.array_equal(run_logits(open_session(graph, fold_first=True), inputs(2, 9)), want) and entry.exists()
