@@ -3,11 +3,12 @@ model: no fold, no copy held beside the session's (the weights a default artifac
 packed codes when it loads: compress.runtimes.staged_fold).
 
 On the first load the graph is folded (staged_fold.fold) and written, with its folded tensors as one external data file,
-to `<cache>/folded/<key>/` (written into a temporary directory, synced to disk and renamed into place: ~25 ms of a MiniLM
-first load, ~50 ms at bert-base); the folded tensors are then freed and ONNX Runtime loads the written graph. Every later load of the same file loads the written graph directly. The key is
-the graph file's real path, size and modification time, and the versions of this package and of ONNX Runtime: a graph
-rewritten in place (`compress export`) is folded again. What it costs on disk: the graph with int8 weights (MiniLM:
-~18 MB beside the 12.4 MB artifact; bert-base: ~100 MB).
+to `<cache>/folded/<key>/` (written into a temporary directory, synced to disk and renamed into place: ~25 ms of a
+MiniLM first load, ~50 ms at bert-base); the folded tensors are then freed and ONNX Runtime loads the written graph.
+Every later load of the same file loads the written graph directly. The key is the graph file's real path, size and
+modification time, and the versions of this package and of ONNX Runtime: a graph rewritten in place (`compress
+export`) is folded again. What it costs on disk: the graph with int8 weights (MiniLM: ~18 MB beside the 12.4 MB
+artifact; bert-base: ~100 MB).
 
 <cache> is $COMPRESS_CACHE, else $XDG_CACHE_HOME/compress, else ~/.cache/compress; COMPRESS_FOLD_CACHE=0 turns the cache
 off (each load folds in memory). Where the cache cannot be written, the load folds in memory as it would without it. The
