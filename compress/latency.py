@@ -86,6 +86,12 @@ class LatencyModel:
     def dense_ms(self) -> float:
         return self.predict(self.shape.heads, self.shape.neurons)
 
+    def implausible(self) -> str | None:
+        """Why these times cannot be the graphs' own (other work took the cores while they ran), or None."""
+        if self.two_layers_ms > 2.3 * self.one_layer_ms:  # a second layer costs at most the first, and the rest stays
+            return f"two layers took {self.two_layers_ms / self.one_layer_ms:.1f}x one layer's time"
+        return None
+
 
 def cpu_name() -> str:
     """The CPU's model name (speed is a property of the machine: never compare times from two)."""
@@ -124,7 +130,15 @@ def model_for(shape: Shape, quant: QuantConfig, export: ExportConfig, num_labels
         except (TypeError, ValueError, json.JSONDecodeError):
             log.warning("%s: unreadable latency model, measuring again", path)
     log.info("measuring ONNX Runtime's latency for %s on %s (cached in %s)", shape.model, cpu, path)
-    lm = measure(shape, quant, export, num_labels, pooling, threads)
+    for attempt in range(2):
+        lm = measure(shape, quant, export, num_labels, pooling, threads)
+        if (why := lm.implausible()) is None:
+            break
+        log.warning(
+            "the latency measurement is implausible (%s): was the machine busy? %s", why, ("measuring again", "not cached")[attempt]
+        )
+    else:
+        return lm  # used for this run only: a later run measures again
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(dataclasses.asdict(lm), indent=1))

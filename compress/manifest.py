@@ -347,12 +347,12 @@ def parse(d: dict, kind: type[Manifest] | None = None, path: str | Path = FILE, 
     earlier schema upgraded, every field typed, and (`listed`) its kind's files listed; ManifestError otherwise. A pack keeps
     each task's artifact manifest without its file list (`listed=False`)."""
     version = d.get("schema_version")
-    if version not in READABLE or isinstance(version, bool):
+    if not isinstance(version, int) or isinstance(version, bool) or version not in READABLE:
         raise ManifestError(
             f"{path} has schema_version {version}, this compress reads {list(READABLE)}: re-create it with this version of compress"
         )
     name = d.get("kind") or ("artifact" if version == 1 else None)
-    if name not in KINDS:
+    if not isinstance(name, str) or name not in KINDS:  # (a list or a dict is no kind either)
         raise ManifestError(f"{path} has kind {name!r}, not one of {list(KINDS)}")
     if kind is not None and name != kind.kind:
         a = lambda k: f"{'an' if k[0] in 'aeiou' else 'a'} {k}"

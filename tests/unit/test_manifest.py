@@ -72,6 +72,14 @@ def test_the_loader_names_the_field_that_does_not_fit():
             mf.parse(doc)
 
 
+def test_a_kind_or_schema_version_of_the_wrong_type_is_refused_as_a_manifest_error():
+    """Found by the fuzz test: a kind of [None] raised TypeError (unhashable) instead of saying what is wrong."""
+    d = json.loads((FIXTURES / "schema2-last" / "artifact.json").read_text())
+    for field, value, message in [("kind", [None], "has kind [None], not one of"), ("schema_version", [2], "has schema_version [2]")]:
+        with pytest.raises(mf.ManifestError, match=message.replace("[", r"\[").replace("]", r"\]")):
+            mf.parse(d | {field: value})
+
+
 @pytest.mark.parametrize("path", OLD, ids=lambda p: f"{p.parent.name}/{p.name}")
 def test_every_earlier_schema_still_reads(path):
     d = json.loads(path.read_text())

@@ -95,6 +95,26 @@ def test_the_latency_model_is_measured_once_per_machine_and_shape(tiny_model_dir
     assert latency.model_for(other, QuantConfig(), ExportConfig(kernel="float"), 2, None).shape == other and calls[-1] == other
 
 
+def test_an_implausible_latency_measurement_is_measured_again_and_never_cached(tmp_path, monkeypatch, caplog):
+    """Two layers at 3x one layer's time (a measurement another process disturbed, seen on a busy machine): measured again;
+    kept only when the second measurement is plausible."""
+    monkeypatch.setenv("COMPRESS_CACHE", str(tmp_path))
+    good, bad = _model(), _model(two_layers_ms=15.0)
+    assert good.implausible() is None and "3.0x" in bad.implausible()
+    results = [bad, good]
+    monkeypatch.setattr(latency, "measure", lambda *a, **k: results.pop(0))
+    with caplog.at_level("WARNING"):
+        assert latency.model_for(SHAPE, QuantConfig(), ExportConfig(), 2, None) == good and "measuring again" in caplog.text
+    assert latency.model_for(SHAPE, QuantConfig(), ExportConfig(), 2, None) == good  # cached: `results` is empty
+    other = dataclasses.replace(SHAPE, bits=2)
+    results = [dataclasses.replace(bad, shape=other)] * 2
+    monkeypatch.setattr(latency, "measure", lambda *a, **k: results.pop(0))
+    assert latency.model_for(other, QuantConfig(), ExportConfig(), 2, None).implausible() and not results
+    import onnxruntime
+
+    assert not latency._cache_file(other, latency.cpu_name(), onnxruntime.__version__).exists() and "not cached" in caplog.text
+
+
 @pytest.mark.slow  # --full only: measures the latency model unless the test above did
 def test_a_run_reaches_the_speed_it_asked_for_and_check_gates_it(tiny_model_dir, tmp_path):
     """The run takes its plan from the cache beside the latency model: calibrating tiny graphs (~0.5 ms each) is at the mercy of
