@@ -66,34 +66,31 @@ def read(path, large: int):
 
     with open(path, "rb") as f:
         buf = memoryview(mmap.mmap(f.fileno(), 0, access=mmap.ACCESS_READ)) if f.seek(0, 2) else memoryview(b"")
-    spans: list[tuple[int, int]] = []  # (start, end) of each raw_data left out, in initializer order
+    raw: dict = {}  # initializer name -> its raw_data, left out
     try:
-        skeleton = _strip(buf, 0, len(buf), {7: {5: _tensor_stripper(spans, large)}})
+        skeleton = _strip(buf, 0, len(buf), {7: {5: _tensor_stripper(raw, large)}})
     except (ValueError, IndexError) as e:  # as protobuf's own parser says it
         from google.protobuf.message import DecodeError
 
         raise DecodeError(f"{path}: {e if isinstance(e, ValueError) else 'truncated'}: not an ONNX model") from None
     m = messages().ModelProto()
     m.ParseFromString(skeleton)
-    raw, k = {}, 0
-    for init in m.graph.initializer:
-        if init.data_location == EXTERNAL and [e.value for e in init.external_data if e.key == "location"] == [HANDED_OVER]:
-            start, end = spans[k]
-            raw[init.name], k = buf[start:end], k + 1
     return m, raw
 
 
 HANDED_OVER = "handed-over-at-load"  # the external-data location of a tensor whose values are handed to the session
 
 
-def _tensor_stripper(spans: list, large: int):
+def _tensor_stripper(raw: dict, large: int):
     def strip(buf, start: int, end: int) -> bytes | None:
-        """A TensorProto's bytes without its raw_data (and marked as handed over), or None to keep it as it is."""
+        """A TensorProto's bytes without its raw_data (kept in `raw` under its name, and marked as handed over), or None
+        to keep it as it is."""
         fields = list(_fields(buf, start, end))
-        data = [(s, e) for number, _, s, e, _ in fields if number == 9]
-        if not data or data[0][1] - data[0][0] < large:
+        data = [buf[s:e] for number, _, s, e, _ in fields if number == 9]  # (a field given twice: the last one counts)
+        if not data or len(data[-1]) < large:
             return None
-        spans.append(data[0])
+        names = [bytes(buf[s:e]).decode() for number, _, s, e, _ in fields if number == 8]
+        raw[names[-1] if names else ""] = data[-1]
         kept = b"".join(bytes(buf[f0:e]) for number, _, _, e, f0 in fields if number not in (9, 13, 14))
         location = _key(1, 2) + _len(b"location") + _key(2, 2) + _len(HANDED_OVER.encode())
         return kept + _key(13, 2) + _len(location) + _key(14, 0) + bytes([EXTERNAL])
