@@ -45,9 +45,10 @@ def enabled() -> bool:
 
 def cached_graph(
     model: str | Path, threads: int | None = None, initializers: dict | None = None, content: str | None = None
-) -> Path | None:
-    """-> the folded graph of the .onnx file at `model` in the cache (written now if it is not there yet), or None where
-    the graph has nothing to fold (load it as it is). Raises OSError where the cache cannot be written.
+) -> tuple[Path, bool] | None:
+    """-> (the folded graph of the .onnx file at `model` in the cache, whether it was folded and written by this call: not
+    there yet), or None where the graph has nothing to fold (load it as it is). Raises OSError where the cache cannot be
+    written.
 
     initializers: {name: OrtValue} the session is given in place of the graph's own (a pack's backbone tensors); the
     written graph leaves them to it. content: what the folded weights depend on, in place of the file's path, size and
@@ -62,7 +63,7 @@ def cached_graph(
             os.utime(where)  # its last use, for the pruning
         except OSError:  # a cache that is read-only here is read all the same
             pass
-        return graph
+        return graph, False
     from compress.runtimes import staged_fold
 
     folded = staged_fold.fold(model, initializers, threads)
@@ -82,7 +83,7 @@ def cached_graph(
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("%s: folded weights written to %s", model, where)
     _prune(where.parent, keep=where)
-    return graph
+    return graph, True
 
 
 def _prune(root: Path, keep: Path) -> None:

@@ -116,13 +116,15 @@ def _from_cache(model: Path, initializers: dict | None, threads: int | None, so:
     from compress.runtimes import fold_cache
 
     try:
-        graph = fold_cache.cached_graph(model, threads, initializers, key)
+        cached = fold_cache.cached_graph(model, threads, initializers, key)
     except OSError as e:
         log.info("%s: the fold cache cannot be written (%s): folding in memory", model, e)
         raise _CacheCannotServe from None
-    if graph is None:
+    if cached is None:
         return None
-    release_freed_memory()  # the fold run's freed intermediates back to the system before the session's peak
+    graph, folded_now = cached
+    if folded_now:  # the fold run's freed intermediates back to the system before the session's peak
+        release_freed_memory()
     try:
         return ort.InferenceSession(str(graph), so, providers=providers)
     except Exception as e:
