@@ -49,9 +49,19 @@ ROWS = {
     "speedup1.5": Row("--speedup 1.5 + distillation", distill=True, speedup=1.5),
     "speedup2": Row("--speedup 2 + distillation", distill=True, speedup=2.0),
     "speedup3": Row("--speedup 3 + distillation", distill=True, speedup=3.0),
+    "speedup2-hidden": Row("--speedup 2 + distillation (logits + hidden states)", distill=True, speedup=2.0, hidden=1.0),
     "fast": Row("--ffn-keep 0.5 --heads-keep 0.5 (no teacher)", mask=(("ffn_keep", 0.5), ("heads_keep", 0.5))),
 }
-ORDER = ("default", "distill", "speedup2", "fast", "speedup1.5", "speedup3", "distill-hidden")  # what a short sitting runs first
+ORDER = (
+    "default",
+    "distill",
+    "speedup2",
+    "fast",
+    "speedup1.5",
+    "speedup3",
+    "speedup2-hidden",
+    "distill-hidden",
+)  # what a short sitting runs first
 
 
 def teacher_dir(out: Path, task: str, seed: int) -> Path:
@@ -155,7 +165,9 @@ def _add_artifact(add, label: str, cell: Path, task, dev, key: str, seed: int = 
 
     m = mf.read(cell, mf.ArtifactManifest)
     graph = cell / "onnx" / "model.onnx"
-    extra = {"torch": m.metrics.torch[task.metric], "epoch_s": _epoch_s(m), "row": key}
+    mask = m.config.mask
+    kept = f"{mask.layers or 'all'} / {mask.heads_keep or 1:.2f} / {mask.ffn_keep or 1:.2f}"  # layers / heads / FFN neurons
+    extra = {"torch": m.metrics.torch[task.metric], "epoch_s": _epoch_s(m), "row": key, "kept": kept}
     if m.speed is not None:
         extra |= {"asked": m.speed.asked, "predicted": m.speed.predicted, "reached": m.speed.reached}
         extra |= {"heads_keep": m.speed.heads_keep, "ffn_keep": m.speed.ffn_keep}
@@ -201,8 +213,8 @@ def render(args, data: dict) -> int:
             f"### {t.upper()} (dev {metric} through ONNX Runtime; seeds: {', '.join(map(str, sorted(teacher['metrics'])))})",
             "",
             f"| model | dev {metric} mean ± SD (seeds) | b1x128 ms | x int8 | b32x128 seq/s | x int8 | MB | x int8 | speedup asked / "
-            "predicted / reached | s per epoch |",
-            "|---" * 10 + "|",
+            "predicted / reached | layers / heads / FFN neurons kept | s per epoch |",
+            "|---" * 11 + "|",
         ]
         for name, r in rows.items():
             mean, sd, n = _summary(r["metrics"])
@@ -213,7 +225,7 @@ def render(args, data: dict) -> int:
                     f"{r['b32_seq_s']:.0f} | {r['b32_seq_s'] / ref['b32_seq_s']:.2f} | {r['mb']:.1f} | {r['mb'] / ref['mb']:.2f}"
                 )
             speed = f"{r['asked']:g} / {r['predicted']:.2f} / {r['reached']:.2f}" if r.get("reached") else ""
-            lines.append(f"| {name} | {mean:.4f} ± {sd:.4f} ({n}) | {timing} | {speed} | {r.get('epoch_s', 0):.0f} |")
+            lines.append(f"| {name} | {mean:.4f} ± {sd:.4f} ({n}) | {timing} | {speed} | {r.get('kept', '')} | {r.get('epoch_s', 0):.0f} |")
         sections.append("\n".join(lines))
         plot(t, metric, rows, Path(args.results).parent / f"distill_speedup_{t}.png")
         targets += _targets(t, rows, ref, _summary(teacher["metrics"])[0])

@@ -55,11 +55,17 @@ LEARNING = (  # how the mask (and the head, or the weights) are learned: shared 
         help="Structured pruning: keep this fraction of every layer's attention heads (e.g. 0.75); the rest leave the graph.",
     ),
     click.option(
+        "--layers",
+        type=int,
+        default=None,
+        help="Structured pruning: keep only the first this many transformer layers; the layers above leave the graph whole.",
+    ),
+    click.option(
         "--speedup",
         type=float,
         default=None,
-        help="Run this many times as fast as the unpruned graph at batch 1 (e.g. 2): the heads and FFN neurons to remove are chosen "
-        "from ONNX Runtime's latency on this machine (measured once, cached); the speed reached is measured and recorded.",
+        help="Run this many times as fast as the unpruned graph at batch 1 (e.g. 2): the layers, heads and FFN neurons to remove are "
+        "chosen from ONNX Runtime's latency on this machine (measured once, cached); the speed reached is measured and recorded.",
     ),
     click.option(
         "--teacher",
@@ -98,6 +104,7 @@ def mask_config(o: dict):
         init_high=high,
         ffn_keep=o["ffn_keep"],
         heads_keep=o["heads_keep"],
+        layers=o["layers"],
     )
 
 

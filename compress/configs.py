@@ -87,6 +87,9 @@ class MaskConfig:
     ffn_keep: float | None = None  # structured: keep this fraction of every FFN's intermediate neurons (None: all)
     heads_keep: float | None = None  # structured: keep this fraction of every layer's attention heads (None: all)
     ffn_ramp: float = 0.5  # fraction of the training steps over which the kept fractions fall from 1 to ffn_keep / heads_keep
+    # structured: keep only the first this many transformer layers; the layers above leave the model whole before training, their
+    # fixed costs too (top-layer dropping, Sajjad et al. 2023). None: every layer
+    layers: int | None = None
 
     def __post_init__(self):
         if not all(map(math.isfinite, (self.init_low, self.init_high, self.threshold))):
@@ -99,6 +102,8 @@ class MaskConfig:
             raise ConfigError(f"ffn_keep={self.ffn_keep}: the kept fraction of FFN neurons must be in (0, 1], e.g. 0.6")
         if self.heads_keep is not None and not 0 < self.heads_keep <= 1:
             raise ConfigError(f"heads_keep={self.heads_keep}: the kept fraction of attention heads must be in (0, 1], e.g. 0.75")
+        if self.layers is not None and self.layers < 1:
+            raise ConfigError(f"layers={self.layers}: keep at least 1 transformer layer (or leave it unset for all)")
         if not 0 <= self.ffn_ramp <= 1:
             raise ConfigError(f"ffn_ramp={self.ffn_ramp}: the fraction of training for the pruning schedule must be in [0, 1]")
 
@@ -264,8 +269,10 @@ class RunConfig:
     def __post_init__(self):
         if self.speedup is not None and not self.speedup >= 1:
             raise ConfigError(f"speedup={self.speedup}: ask for a speed >= 1 (times the unpruned graph's batch-1 throughput), e.g. 2")
-        if self.speedup is not None and (self.mask.ffn_keep is not None or self.mask.heads_keep is not None):
-            raise ConfigError("--speedup chooses the kept heads and FFN neurons itself: drop --ffn-keep / --heads-keep, or --speedup")
+        if self.speedup is not None and not (self.mask.ffn_keep is None and self.mask.heads_keep is None and self.mask.layers is None):
+            raise ConfigError(
+                "--speedup chooses the kept layers, heads and FFN neurons itself: drop --layers / --ffn-keep / --heads-keep, or --speedup"
+            )
         if self.speedup is not None and self.train.mode != "structure":
             raise ConfigError("--speedup removes heads and neurons through the learned mask: use --mode structure")
         if self.distill is not None and self.train.mode != "structure":

@@ -78,9 +78,9 @@ class LatencyModel:
         saved_n = self.one_layer_ms - float(np.interp(neurons, self.neurons, self.neurons_ms))
         return max(1e-6, self.layer_ms - saved_h - saved_n)
 
-    def predict(self, heads: int, neurons: int) -> float:
-        """The whole graph's batch-1 ms with every layer at `heads` heads and `neurons` neurons."""
-        return self.fixed_ms + self.shape.layers * self.layer(heads, neurons)
+    def predict(self, heads: int, neurons: int, layers: int | None = None) -> float:
+        """The whole graph's batch-1 ms with `layers` layers (None: all) at `heads` heads and `neurons` neurons each."""
+        return self.fixed_ms + (self.shape.layers if layers is None else layers) * self.layer(heads, neurons)
 
     @property
     def dense_ms(self) -> float:
@@ -200,12 +200,19 @@ class Prober:
     def __exit__(self, *exc) -> None:
         self._tmp.cleanup()
 
-    def speedup(self, heads: int, neurons: int) -> float:
+    def speedup(self, heads: int, neurons: int, layers: int | None = None) -> float:
+
+        point = (self.shape.layers if layers is None else layers, heads, neurons)
+        path = _export(self.built, point, Path(self._tmp.name) / "{}-{}-{}.onnx".format(*point), self.export)
+        dense_ms, pruned_ms = self.against_dense(path)
+        return dense_ms / pruned_ms
+
+    def against_dense(self, graph: Path) -> tuple[float, float]:
+        """(the unpruned graph's batch-1 median ms, `graph`'s), timed round-robin."""
         from compress.runtimes.session import open_session
 
-        path = _export(self.built, (self.shape.layers, heads, neurons), Path(self._tmp.name) / f"{heads}-{neurons}.onnx", self.export)
-        ms = time_round_robin({"dense": self.dense, "pruned": open_session(path, threads=self.threads)}, self.shape.seq_len)
-        return ms["dense"] / ms["pruned"]
+        ms = time_round_robin({"dense": self.dense, "pruned": open_session(graph, threads=self.threads)}, self.shape.seq_len)
+        return ms["dense"], ms["pruned"]
 
 
 def _quantized(shape: Shape, quant: QuantConfig, num_labels: int, pooling: str | None):
@@ -226,9 +233,7 @@ def _export(built, point: tuple[int, int, int], path: Path, export: ExportConfig
 
     layers, heads, neurons = point
     model = copy.deepcopy(built[0])
-    stack = masking.transformer_layers(model)
-    del stack[layers:]
-    model.encoder.config.num_hidden_layers = layers
+    masking.drop_layers_(model, layers)
     masks = {}
     for name, m in masking.masked_layers(model).items():
         keep = np.ones(tuple(m.weight.shape), dtype=bool)

@@ -122,6 +122,7 @@ class Speed:
     pruned_ms: float | None = None
     seq_len: int = 128
     cpu: str = ""  # where it was measured: speed is a property of the machine
+    layers: int | None = None  # the transformer layers kept (MaskConfig.layers; None: all)
 
 
 @dataclass(frozen=True)

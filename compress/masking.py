@@ -136,6 +136,22 @@ def transformer_layers(model):
     )
 
 
+def drop_layers_(model: torch.nn.Module, layers: int | None) -> list[str]:
+    """Keep only the first `layers` transformer layers (None: all): the layers above leave the model, and the config says so.
+    -> the module names of the layers removed."""
+    stack = transformer_layers(model)
+    if layers is None or layers == len(stack):
+        return []
+    if layers > len(stack):
+        raise ConfigError(f"--layers {layers}: the model has {len(stack)} transformer layers; keep {len(stack)} or fewer")
+    prefix = next(n for n, m in model.named_modules() if m is stack)
+    removed = [f"{prefix}.{i}" for i in range(layers, len(stack))]
+    del stack[layers:]
+    model.encoder.config.num_hidden_layers = layers  # DistilBERT's config maps it to n_layers
+    log.info("kept the first %d transformer layers (%d removed)", layers, len(removed))
+    return removed
+
+
 def head_size(model: torch.nn.Module) -> int:
     cfg = model.encoder.config
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None)

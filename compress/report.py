@@ -25,6 +25,7 @@ def summary_rows(m: ArtifactManifest) -> list[tuple[str, str]]:
         *([("accuracy guard", _guard(v))] if v.metric_drop_low is not None else []),
         ("max abs logit diff, float kernel / shipped", f"{v.parity_max_abs_diff:.2e} / {shipped}"),
         ("mask density", f"{m.density:.4f}" + (f" (mask SHA-256 {m.mask_sha256[:12]}...)" if m.mask_sha256 else "")),
+        *([("transformer layers kept", f"the first {m.config.mask.layers} (the layers above removed)")] if m.config.mask.layers else []),
         *(
             [("FFN neurons kept", "{} of {} (the rest removed from the graph)".format(*map(sum, zip(*m.ffn_neurons.values()))))]
             if m.ffn_neurons

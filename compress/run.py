@@ -189,7 +189,7 @@ def _publish(tmp: Path, job: Job, data: Data, built: build.Built, trained: dict,
     res, mask_bytes = _write_graph(tmp, job, built, trained, linears, embedding, sample)
     speed = job.speed
     if speed is not None:  # the speed reached: the shipped graph against the unpruned one, on this machine
-        speed = speedup.reached(speed, model, built.qweights, tmp / files.GRAPH, cfg, sample, calibration.batches(built.calibration))
+        speed = speedup.reached(speed, tmp / files.GRAPH, cfg, job.task.num_labels)
     job.stages.start("validate")
     checked = validate(tmp, job.task, data.dev, torch_logits, torch_metrics, cfg, pad)
     sizes = res.sizes_in(mf.Sizes(masks=mask_bytes, head=(tmp / files.TRAINABLE).stat().st_size))

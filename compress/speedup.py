@@ -10,11 +10,9 @@ timed round-robin at batch 1.
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import json
 import logging
-import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -30,14 +28,30 @@ class SpeedupError(ConfigError):
     """A speed the model cannot reach by removing heads and neurons."""
 
 
+OVERSHOOT = 0.1  # a plan may be this much faster than asked (the speed reached should be within 10% of the speed asked)
+
+
 @dataclass(frozen=True)
 class Plan:
     heads: int  # per layer, of lm.shape.heads
     neurons: int  # per FFN, of lm.shape.neurons
     predicted: float  # speedup
+    layers: int | None = None  # the first this many transformer layers kept (None: all)
+
+    def depth(self, shape: latency.Shape) -> int:
+        return shape.layers if self.layers is None else self.layers
+
+    def kept(self, shape: latency.Shape) -> float:
+        """The fraction of the transformer layers' weights the plan keeps (Q/K/V/output rows of the kept heads, both FFN
+        projections of the kept neurons, in the kept layers)."""
+        head_size = shape.hidden // shape.heads
+        per_layer = (4 * self.heads * head_size + 2 * self.neurons) / (4 * shape.hidden + 2 * shape.neurons)
+        return per_layer * self.depth(shape) / shape.layers
 
     def speed(self, lm: latency.LatencyModel, asked: float) -> mf.Speed:
-        return mf.Speed(asked, round(self.predicted, 4), self.heads / lm.shape.heads, self.neurons / lm.shape.neurons, cpu=lm.cpu)
+        s = lm.shape
+        layers = None if self.depth(s) == s.layers else self.layers
+        return mf.Speed(asked, round(self.predicted, 4), self.heads / s.heads, self.neurons / s.neurons, cpu=lm.cpu, layers=layers)
 
 
 def candidates(lm: latency.LatencyModel) -> list[tuple[int, int]]:
@@ -47,70 +61,92 @@ def candidates(lm: latency.LatencyModel) -> list[tuple[int, int]]:
     return list(dict.fromkeys(out))
 
 
+def options(lm: latency.LatencyModel, asked: float) -> list[Plan]:
+    """Per depth (every layer kept, then one fewer, ...), the plan keeping the largest fraction of the heads and neurons of
+    each kept layer that the latency model predicts reaches `asked`; depths that cannot reach it have none."""
+    out = []
+    for layers in range(lm.shape.layers, 0, -1):
+        for h, n in candidates(lm):
+            predicted = lm.dense_ms / lm.predict(h, n, layers)
+            if predicted >= asked:
+                out.append(Plan(h, n, predicted, None if layers == lm.shape.layers else layers))
+                break
+    return out
+
+
 def plan(lm: latency.LatencyModel, asked: float) -> Plan:
-    """The largest fraction kept of both heads and FFN neurons whose graph the latency model predicts reaches `asked`.
+    """The plan that keeps the most weights among those the latency model predicts reach `asked` without overshooting it by more
+    than OVERSHOOT (else the one nearest above `asked`).
 
-    One fraction for both: keeping the most weights instead (a head holds 48 times a neuron's in MiniLM) chose 1 head of 12
-    for 2x, and the mask then lost 0.07 F1 on MRPC with a teacher (benchmarks/results/distill_speedup.md)."""
-    options = [Plan(h, n, lm.dense_ms / lm.predict(h, n)) for h, n in candidates(lm)]
-    for p in options:
-        if p.predicted >= asked:
-            return p
-    fastest = max(options, key=lambda p: p.predicted)
-    raise SpeedupError(
-        f"--speedup {asked}: removing heads and FFN neurons reaches at most {fastest.predicted:.2f}x on this machine "
-        f"({lm.cpu}; {lm.shape.layers} layers stay); ask for {fastest.predicted:.2f} or less"
-    )
+    Within a layer, one fraction for heads and neurons: keeping the most weights there instead (a head holds 48 times a neuron's
+    in MiniLM) chose 1 head of 12 for 2x, and the mask then lost 0.07 F1 on MRPC with a teacher. Across layers, whole layers go
+    where a layer's fixed cost (norms, softmax, quantize ops) dominates what its heads and neurons cost, as on CPUs whose int8
+    matmuls are fast (benchmarks/results/distill_speedup.md)."""
+    found = options(lm, asked)
+    if not found:
+        fastest = _fastest(lm).predicted
+        raise SpeedupError(
+            f"--speedup {asked}: removing layers, heads and FFN neurons reaches at most {fastest:.2f}x on this machine "
+            f"({lm.cpu}; one layer left); ask for {fastest:.2f} or less"
+        )
+    near = [p for p in found if p.predicted <= asked * (1 + OVERSHOOT)]
+    if not near:
+        return min(found, key=lambda p: p.predicted)
+    return max(near, key=lambda p: (round(p.kept(lm.shape), 9), -p.predicted, p.depth(lm.shape)))  # ties: the deeper
 
 
-def calibrate(lm: latency.LatencyModel, asked: float, measure, tries: int = 3, tolerance: float = 0.05) -> Plan:
-    """The plan, checked on the whole graph: `measure(heads, neurons)` times the model's full depth at those counts against
-    the unpruned graph; while that misses `asked` by more than `tolerance`, the latency model is asked for the speed that
-    corrects its error (its one-layer graphs do not add up exactly to the whole graph's time). -> the plan whose measured
-    speed is nearest `asked` from above (or the fastest tried), its `predicted` the measured speedup."""
-    target, tried = asked, []
+def _fastest(lm: latency.LatencyModel) -> Plan:
+    """One layer with the fewest heads and neurons: the fastest graph a plan can ask for."""
+    h, n = candidates(lm)[-1]
+    return Plan(h, n, lm.dense_ms / lm.predict(h, n, 1), None if lm.shape.layers == 1 else 1)
+
+
+def calibrate(lm: latency.LatencyModel, asked: float, measure, tries: int = 4, tolerance: float = 0.05) -> Plan:
+    """The plan, checked on the whole graph: `measure(heads, neurons, layers)` times the graph at those counts against the
+    unpruned graph; while that is slower than `asked` or faster by more than `tolerance`, the latency model is asked for the
+    speed that corrects its error (its one-layer graphs do not add up exactly to the whole graph's time). -> the slowest plan
+    measured at `asked` or faster (else the fastest measured, if within `tolerance` below `asked`), its `predicted` the measured
+    speedup."""
+    plan(lm, asked)  # beyond the latency model's reach: its error, before anything is measured
+    target, tried, last = asked, [], False
     for _ in range(tries):
         try:
             p = plan(lm, target)
-        except SpeedupError:
-            break
-        got = measure(p.heads, p.neurons)
-        tried.append(Plan(p.heads, p.neurons, got))
+        except SpeedupError:  # a corrected target beyond the model's reach: the fastest graph it knows is measured, then no more
+            p, last = _fastest(lm), True
+        seen = next((t for t in tried if (t.heads, t.neurons, t.layers) == (p.heads, p.neurons, p.layers)), None)
+        got = seen.predicted if seen else measure(p.heads, p.neurons, p.layers)  # a plan asked again is not timed again
+        tried.append(dataclasses.replace(p, predicted=got))
         log.info(
-            "--speedup %s: %d heads, %d neurons per layer measure %.2fx (the latency model said %.2fx)",
+            "--speedup %s: %s layers, %d heads, %d neurons per layer measure %.2fx (the latency model said %.2fx)",
             asked,
+            p.layers or "all",
             p.heads,
             p.neurons,
             got,
             p.predicted,
         )
-        if abs(got / asked - 1) <= tolerance:
+        if last or asked <= got <= asked * (1 + tolerance):
             break
         target = max(1.0, target * asked / got)
-    if not tried:
-        return plan(lm, asked)  # raises: out of reach
-    reaching = [p for p in tried if p.predicted >= asked * (1 - tolerance)]
-    if reaching:
+    if reaching := [p for p in tried if p.predicted >= asked]:
         return min(reaching, key=lambda p: p.predicted)
-    h, n = candidates(lm)[-1]
-    fastest = max(measure(h, n), *(p.predicted for p in tried))
-    if fastest >= asked * (1 - tolerance):
-        return Plan(h, n, fastest)
+    best = max(tried, key=lambda p: p.predicted)
+    if best.predicted >= asked * (1 - tolerance):
+        return best
     raise SpeedupError(
-        f"--speedup {asked}: removing heads and FFN neurons reaches at most {fastest:.2f}x on this machine, measured on whole graphs "
-        f"({lm.cpu}; {lm.shape.layers} layers stay); ask for {fastest:.2f} or less"
+        f"--speedup {asked}: removing layers, heads and FFN neurons reaches at most {best.predicted:.2f}x on this machine, measured "
+        f"on whole graphs ({lm.cpu}); ask for {best.predicted:.2f} or less"
     )
 
 
-def resolve(cfg: RunConfig, num_labels: int) -> tuple[RunConfig, mf.Speed | None]:
-    """cfg with --speedup turned into MaskConfig's kept fractions; -> (that config, what the manifest records)."""
-    if cfg.speedup is None:
-        return cfg, None
+def shape_of(cfg: RunConfig) -> latency.Shape:
+    """The shapes and export settings the speed of cfg's graph depends on (the model's whole depth)."""
     from compress import models
 
     source = models.resolve(cfg.model)
     config = models.load_encoder(source)[0].config
-    shape = latency.Shape(
+    return latency.Shape(
         source.name,
         config.num_hidden_layers,
         config.hidden_size,
@@ -120,30 +156,43 @@ def resolve(cfg: RunConfig, num_labels: int) -> tuple[RunConfig, mf.Speed | None
         cfg.export.activations,
         cfg.quant.bits,
     )
+
+
+def resolve(cfg: RunConfig, num_labels: int) -> tuple[RunConfig, mf.Speed | None]:
+    """cfg with --speedup turned into MaskConfig's kept layers and fractions; -> (that config, what the manifest records)."""
+    if cfg.speedup is None:
+        return cfg, None
+    shape = shape_of(cfg)
     lm = latency.model_for(shape, cfg.quant, cfg.export, num_labels, cfg.pooling, cfg.threads)
     p = _cached(lm, cfg.speedup, lambda: _calibrated(lm, cfg, num_labels))
     speed = p.speed(lm, cfg.speedup)
     log.info(
-        "--speedup %s: %d of %d heads, %d of %d FFN neurons per layer (predicted %.2fx)",
+        "--speedup %s: %d of %d layers, %d of %d heads, %d of %d FFN neurons per layer (predicted %.2fx)",
         cfg.speedup,
+        p.depth(shape),
+        shape.layers,
         p.heads,
         shape.heads,
         p.neurons,
         shape.neurons,
         p.predicted,
     )
-    mask = dataclasses.replace(cfg.mask, heads_keep=speed.heads_keep, ffn_keep=speed.ffn_keep)
+    mask = dataclasses.replace(cfg.mask, heads_keep=speed.heads_keep, ffn_keep=speed.ffn_keep, layers=speed.layers)
     return dataclasses.replace(cfg, mask=mask, speedup=None), speed
+
+
+PLAN_RULE = 2  # of plan(): plans cached by an earlier rule are not used
 
 
 def _cached(lm: latency.LatencyModel, asked: float, compute) -> Plan:
     """The calibrated plan for `asked` from the latency model's cache (beside it), computed and added there if it has none."""
     path = latency.cache_path(lm).with_suffix(".plans.json")
     plans = json.loads(path.read_text()) if path.is_file() else {}
-    if (hit := plans.get(repr(float(asked)))) is not None:
+    key = f"rule {PLAN_RULE}: {float(asked)!r}"
+    if (hit := plans.get(key)) is not None:
         return Plan(*hit)
     p = compute()
-    plans[repr(float(asked))] = [p.heads, p.neurons, p.predicted]
+    plans[key] = [p.heads, p.neurons, p.predicted, p.layers]
     tmp = path.with_suffix(".tmp")
     tmp.write_text(json.dumps(plans, indent=1))
     tmp.replace(path)
@@ -155,30 +204,14 @@ def _calibrated(lm: latency.LatencyModel, cfg: RunConfig, num_labels: int) -> Pl
         return calibrate(lm, cfg.speedup, probe.speedup)
 
 
-def reached(speed: mf.Speed, model, qweights, graph: Path, cfg: RunConfig, sample, calib) -> mf.Speed:
-    """The shipped graph's batch-1 speed against the same model exported unpruned (every head and neuron back), timed
-    round-robin on this machine."""
-    from compress import build, masking
-    from compress.exporters.export import export
-    from compress.runtimes.session import open_session
-
-    dense = copy.deepcopy(model)
-    masking.set_keep_(dense, 0.0)  # the schedules' start: every head and neuron kept
-    with tempfile.TemporaryDirectory() as tmp:
-        linears, embedding = build.prepare(dense, qweights)
-        export(dense, linears, embedding, Path(tmp) / "unpruned.onnx", cfg.export, sample, calib)
-        sessions = {
-            "dense": open_session(Path(tmp) / "unpruned.onnx", threads=cfg.threads),
-            "pruned": open_session(graph, threads=cfg.threads),
-        }
-        ms = latency.time_round_robin(sessions, speed.seq_len)
-    got = ms["dense"] / ms["pruned"]
+def reached(speed: mf.Speed, graph: Path, cfg: RunConfig, num_labels: int) -> mf.Speed:
+    """The shipped graph's batch-1 speed against the same model exported unpruned (every layer, head and neuron), timed
+    round-robin on this machine. The unpruned graph is the latency model's (the model's own shapes and export settings; its
+    weights rounded to nearest: speed does not depend on the codes), since the trained model no longer holds the removed layers."""
+    with latency.Prober(shape_of(cfg), cfg.quant, cfg.export, num_labels, cfg.pooling, cfg.threads) as probe:
+        dense_ms, pruned_ms = probe.against_dense(graph)
+    got = dense_ms / pruned_ms
     log.info(
-        "speedup asked %.2fx, predicted %.2fx, reached %.2fx (%.2f -> %.2f ms)",
-        speed.asked,
-        speed.predicted,
-        got,
-        ms["dense"],
-        ms["pruned"],
+        "speedup asked %.2fx, predicted %.2fx, reached %.2fx (%.2f -> %.2f ms)", speed.asked, speed.predicted, got, dense_ms, pruned_ms
     )
-    return dataclasses.replace(speed, reached=round(got, 4), dense_ms=round(ms["dense"], 4), pruned_ms=round(ms["pruned"], 4))
+    return dataclasses.replace(speed, reached=round(got, 4), dense_ms=round(dense_ms, 4), pruned_ms=round(pruned_ms, 4))

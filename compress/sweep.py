@@ -123,7 +123,7 @@ def _differences(cfg: SweepConfig, cell: Cell, manifest: mf.ArtifactManifest) ->
     skip = _NOT_COMPARED | _IGNORED_BY[cell.mode]
     out = []
     if want.speedup is not None:  # the kept fractions are what the speed asked for resolved to on the machine that trained
-        skip = skip | {"ffn_keep", "heads_keep"}
+        skip = skip | {"ffn_keep", "heads_keep", "layers"}
         if (asked := manifest.speed.asked if manifest.speed else None) != want.speedup:
             out.append(f"speedup {asked!r} (sweep: {want.speedup!r})")
     if manifest.config.distill != want.distill:

@@ -1,3 +1,5 @@
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -114,3 +116,27 @@ def test_heads_keep_scores_whole_heads(tiny_classifier):
     assert m.neuron_scores.grad is not None and (m.neuron_scores.grad != 0).all()
     with pytest.raises(ValueError, match="heads_keep"):
         MaskConfig(heads_keep=1.5)
+
+
+def test_layers_keeps_the_first_layers_and_the_config_says_so(tiny_classifier):
+    from compress.errors import ConfigError
+    from compress.train import hidden_loss, layer_outputs
+
+    clf, tok = tiny_classifier
+    full = copy.deepcopy(clf)
+    batch = dict(tok(["a short text", "another one here"], padding=True, return_tensors="pt"))
+    with torch.no_grad(), layer_outputs(full) as teacher:
+        full(**batch)
+    assert masking.drop_layers_(clf, None) == [] and masking.drop_layers_(clf, 2) == []  # all of them: nothing removed
+    assert masking.drop_layers_(clf, 1) == ["encoder.encoder.layer.1"]
+    assert len(masking.transformer_layers(clf)) == 1 and clf.encoder.config.num_hidden_layers == 1
+    with torch.no_grad(), layer_outputs(clf) as student:
+        clf(**batch)
+    assert len(student) == 1 and torch.equal(student[0], teacher[0])  # the kept layer is untouched
+    assert hidden_loss(student, teacher, batch["attention_mask"]).item() == 0.0  # layerwise loss: the kept layers' teachers
+    masking.apply_masks_(clf, MaskConfig())
+    assert not any(".layer.1." in n for n in masking.masked_layers(clf))
+    with pytest.raises(ConfigError, match="--layers 3: the model has 1 transformer layers"):
+        masking.drop_layers_(clf, 3)
+    with pytest.raises(Exception, match="keep at least 1 transformer layer"):
+        MaskConfig(layers=0)

@@ -43,6 +43,7 @@ def trained(tiny_model_dir, glue2, tmp_path_factory):
         "mrpc": ["--task", "mrpc", "--epochs", "1"],
         "sst2": ["--task", "sst2", "--epochs", "1"],
         "mrpc-ffn": ["--task", "mrpc", "--epochs", "2", "--ffn-keep", "0.5", "--heads-keep", "0.5"],
+        "mrpc-shallow": ["--task", "mrpc", "--epochs", "1", "--layers", "1"],
     }.items():
         r = invoke("run", *common, *extra, "--out", root / name)
         assert r.exit_code == 0, r.output
@@ -249,6 +250,25 @@ def test_pruned_artifacts_pack_and_materialize(trained, tmp_path):
     re = invoke("export", tmp_path / "mat", "--kernel", "float")
     assert re.exit_code == 0, re.output
     assert mf.read(tmp_path / "mat", mf.ArtifactManifest).attention_heads == art.attention_heads
+
+
+def test_an_artifact_with_fewer_layers_packs_and_materializes(trained, tmp_path):
+    """--layers 1: the task's graph holds one of the backbone's two layers, in the pack as standalone."""
+    out = tmp_path / "pack"
+    _, pm = pack(PackConfig((str(trained / "mrpc-shallow"), str(trained / "sst2")), str(out), memory=False))
+    assert pm.tasks["mrpc"].parity_max_abs_diff <= 1e-5
+    for graph in (trained / "mrpc-shallow" / "onnx" / "model.onnx", out / pm.tasks["mrpc"].onnx):
+        names = " ".join(i.name for i in onnx.load(graph, load_external_data=False).graph.initializer)
+        assert "layer.0." in names and "layer.1." not in names
+    assert json.loads((trained / "mrpc-shallow" / "config.json").read_text())["num_hidden_layers"] == 1
+    assert "transformer layers kept | the first 1" in (trained / "mrpc-shallow" / "report.md").read_text()
+    r = invoke("materialize", out, "mrpc", "--out", tmp_path / "mat")
+    assert r.exit_code == 0, r.output
+    mat = tmp_path / "mat" / "onnx" / "model.onnx"
+    assert logits_parity(mat, trained / "mrpc-shallow" / "onnx" / "model.onnx", inputs(2, 11, seed=3)) <= 1e-5
+    assert mf.read(tmp_path / "mat", mf.ArtifactManifest).config.mask.layers == 1
+    re = invoke("export", tmp_path / "mat", "--kernel", "float")
+    assert re.exit_code == 0, re.output
 
 
 def _attention_weight_shapes(path: Path, optimized: Path) -> list[tuple[int, ...]]:
