@@ -103,41 +103,62 @@ def _fastest(lm: latency.LatencyModel) -> Plan:
 
 def calibrate(lm: latency.LatencyModel, asked: float, measure, tries: int = 4, tolerance: float = 0.05) -> Plan:
     """The plan, checked on the whole graph: `measure(heads, neurons, layers)` times the graph at those counts against the
-    unpruned graph; while that is slower than `asked` or faster by more than `tolerance`, the latency model is asked for the
-    speed that corrects its error (its one-layer graphs do not add up exactly to the whole graph's time). -> the slowest plan
-    measured at `asked` or faster (else the fastest measured, if within `tolerance` below `asked`), its `predicted` the measured
-    speedup."""
+    unpruned graph. While that is slower than `asked` or faster by more than `tolerance`, the latency model is asked for the
+    speed that corrects its error (its one-layer graphs do not add up exactly to the whole graph's time); then, at the depth
+    found, the fraction kept is bisected between the plans measured on either side of `asked`. -> the slowest plan measured at
+    `asked` or faster (else the fastest measured, if within `tolerance` below `asked`), its `predicted` the measured speedup."""
     plan(lm, asked)  # beyond the latency model's reach: its error, before anything is measured
-    target, tried, last = asked, [], False
+    timed: dict[tuple, Plan] = {}
+
+    def time_plan(p: Plan) -> Plan:
+        key = (p.heads, p.neurons, p.layers)
+        if key not in timed:  # a plan asked again is not timed again
+            timed[key] = dataclasses.replace(p, predicted=measure(*key))
+            log.info(
+                "--speedup %s: %s layers, %d heads, %d neurons per layer measure %.2fx",
+                asked,
+                p.layers or "all",
+                *key[:2],
+                timed[key].predicted,
+            )
+        return timed[key]
+
+    target = asked
     for _ in range(tries):
         try:
-            p = plan(lm, target)
+            got = time_plan(plan(lm, target)).predicted
         except SpeedupError:  # a corrected target beyond the model's reach: the fastest graph it knows is measured, then no more
-            p, last = _fastest(lm), True
-        seen = next((t for t in tried if (t.heads, t.neurons, t.layers) == (p.heads, p.neurons, p.layers)), None)
-        got = seen.predicted if seen else measure(p.heads, p.neurons, p.layers)  # a plan asked again is not timed again
-        tried.append(dataclasses.replace(p, predicted=got))
-        log.info(
-            "--speedup %s: %s layers, %d heads, %d neurons per layer measure %.2fx (the latency model said %.2fx)",
-            asked,
-            p.layers or "all",
-            p.heads,
-            p.neurons,
-            got,
-            p.predicted,
-        )
-        if last or asked <= got <= asked * (1 + tolerance):
+            time_plan(_fastest(lm))
+            break
+        if asked <= got <= asked * (1 + tolerance):
             break
         target = max(1.0, target * asked / got)
-    if reaching := [p for p in tried if p.predicted >= asked]:
-        return min(reaching, key=lambda p: p.predicted)
-    best = max(tried, key=lambda p: p.predicted)
+    if reaching := [p for p in timed.values() if p.predicted >= asked]:
+        return _bisect(lm, asked, min(reaching, key=lambda p: p.predicted), time_plan, tolerance)
+    best = max(timed.values(), key=lambda p: p.predicted)
     if best.predicted >= asked * (1 - tolerance):
         return best
     raise SpeedupError(
         f"--speedup {asked}: removing layers, heads and FFN neurons reaches at most {best.predicted:.2f}x on this machine, measured "
         f"on whole graphs ({lm.cpu}); ask for {best.predicted:.2f} or less"
     )
+
+
+def _bisect(lm: latency.LatencyModel, asked: float, fast: Plan, time_plan, tolerance: float, steps: int = 6) -> Plan:
+    """`fast` (measured at `asked` or faster) if within `tolerance` of it; else the slowest plan at its depth measured at `asked`
+    or faster, found by bisecting the fraction kept between every head and neuron and `fast`'s (at most `steps` more graphs)."""
+    cands = candidates(lm)
+    lo, hi = -1, cands.index((fast.heads, fast.neurons))  # below `asked` (-1: not yet known), at `asked` or faster
+    for _ in range(steps):
+        if fast.predicted <= asked * (1 + tolerance) or hi - lo <= 1:
+            break
+        mid = (lo + hi) // 2
+        p = time_plan(Plan(*cands[mid], 0.0, fast.layers))
+        if p.predicted >= asked:
+            hi, fast = mid, p
+        else:
+            lo = mid
+    return fast
 
 
 def shape_of(cfg: RunConfig) -> latency.Shape:
@@ -181,7 +202,7 @@ def resolve(cfg: RunConfig, num_labels: int) -> tuple[RunConfig, mf.Speed | None
     return dataclasses.replace(cfg, mask=mask, speedup=None), speed
 
 
-PLAN_RULE = 2  # of plan(): plans cached by an earlier rule are not used
+PLAN_RULE = 3  # of plan() and calibrate(): plans cached by an earlier rule are not used
 
 
 def _cached(lm: latency.LatencyModel, asked: float, compute) -> Plan:

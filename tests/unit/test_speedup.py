@@ -91,6 +91,22 @@ def test_calibration_corrects_the_latency_models_error_on_the_whole_graph():
     assert exact == speedup.plan(lm, 1.5)
 
 
+def test_calibration_bisects_the_fraction_kept_where_the_plan_overshoots():
+    """The whole graph gains 40% more than the model predicts: the first plan overshoots 2x; the fraction kept at its depth is
+    bisected down to the slowest plan measured at 2x or faster, within 5% of it."""
+    lm = _model(heads=(1, 2, 3, 4, 5, 6, 7, 8), heads_ms=tuple(4.25 + 0.75 * h / 8 for h in range(1, 9)))
+    lm = dataclasses.replace(lm, shape=dataclasses.replace(SHAPE, heads=8, neurons=1024), neurons=(16, 1024), neurons_ms=(4.0, 5.0))
+    measured = {}
+
+    def measure(h, n, layers):
+        measured[h, n, layers] = 1 + 1.4 * (lm.dense_ms / lm.predict(h, n, layers) - 1)
+        return measured[h, n, layers]
+
+    p = speedup.calibrate(lm, 2.0, measure)
+    assert next(iter(measured.values())) > 2.0 * 1.05 and len(measured) <= 10  # the first plan overshot
+    assert 2.0 <= p.predicted <= 2.0 * 1.05 and measured[p.heads, p.neurons, p.layers] == p.predicted
+
+
 def test_speedup_is_checked_with_the_options_it_replaces():
     for mask in (MaskConfig(ffn_keep=0.5), MaskConfig(layers=2)):
         with pytest.raises(ConfigError, match="drop --layers / --ffn-keep / --heads-keep"):
