@@ -161,7 +161,8 @@ def test_a_run_reaches_the_speed_it_asked_for_and_check_gates_it(tiny_model_dir,
     import json
 
     lm = latency.model_for(dataclasses.replace(SHAPE, model=str(tiny_model_dir), layers=2), QuantConfig(), ExportConfig(), 2, None)
-    latency.cache_path(lm).with_suffix(".plans.json").write_text(json.dumps({"rule 2: 1.3": [2, 64, 1.3, None]}))  # a plan: half of each
+    plans = {f"rule {speedup.PLAN_RULE}: 1.3": [2, 64, 1.3, None]}  # a calibrated plan: half of each, every layer
+    latency.cache_path(lm).with_suffix(".plans.json").write_text(json.dumps(plans))
     glue = small_mrpc(tmp_path, 16)
     out = tmp_path / "fast"
     r = invoke(
