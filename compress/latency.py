@@ -201,7 +201,7 @@ class Prober:
         self._tmp.cleanup()
 
     def speedup(self, heads: int, neurons: int, layers: int | None = None) -> float:
-
+        """The unpruned graph's batch-1 latency / that of the graph with `layers` layers (None: all) at those counts."""
         point = (self.shape.layers if layers is None else layers, heads, neurons)
         path = _export(self.built, point, Path(self._tmp.name) / "{}-{}-{}.onnx".format(*point), self.export)
         dense_ms, pruned_ms = self.against_dense(path)
