@@ -184,6 +184,8 @@ def test_two_bits_default_to_gptq_asymmetric_groups(run_args, tmp_path):
         (["--score-init", "0.5", "0.1"], "init range (0.5, 0.1) is empty"),
         (["--threshold", "nan"], "threshold nan must be finite"),
         (["--ffn-keep", "0"], "ffn_keep=0"),
+        (["--layers", "3"], "--layers 3: the model has 2 transformer layers; keep 2 or fewer"),
+        (["--layers", "0"], "keep at least 1 transformer layer"),
         (["--threads", "0"], "0 is not in the range x>=1"),
         (["--checkpoint-every", "-1"], "-1 is not in the range x>=0"),
         (["--resume"], "no checkpoint at"),
