@@ -1,11 +1,13 @@
-"""`--speedup S`: the heads and FFN neurons to keep for a graph S times as fast as the unpruned one, and the speed reached.
+"""`--speedup S`: the layers, heads and FFN neurons to keep for a graph S times as fast as the unpruned one, and the speed
+reached.
 
-``plan`` reads the latency model of this machine (compress.latency) and keeps the largest fraction of both the heads and
-the FFN neurons of every layer that it predicts reaches S; ``calibrate`` checks that plan on whole graphs (the model's
-full depth, random weights at those counts, timed against the unpruned graph) and corrects the latency model's error.
-The mask then learns which heads and neurons those are, along MaskConfig's schedule, which ends at exactly those
-counts. ``reached`` measures, after export, what the shipped graph gives: against the same model exported unpruned,
-timed round-robin at batch 1.
+``plan`` reads the latency model of this machine (compress.latency): per depth (layers dropped from the top) the largest
+fraction of both the heads and the FFN neurons of every kept layer that it predicts reaches S, and of those the plan that
+keeps the most weights without overshooting S by more than 10%. ``calibrate`` checks that plan on whole graphs (random
+weights at those counts, timed against the unpruned graph), corrects the latency model's error and bisects the fraction
+kept where the plan still overshoots. The layers above the plan's depth leave the model before training; the mask learns
+which heads and neurons to keep, along MaskConfig's schedule, which ends at exactly those counts. ``reached`` measures,
+after export, what the shipped graph gives: against the model's full-depth unpruned graph, timed round-robin at batch 1.
 """
 
 from __future__ import annotations
@@ -25,7 +27,7 @@ log = logging.getLogger(__name__)
 
 
 class SpeedupError(ConfigError):
-    """A speed the model cannot reach by removing heads and neurons."""
+    """A speed the model cannot reach by removing layers, heads and neurons."""
 
 
 OVERSHOOT = 0.1  # a plan may be this much faster than asked (the speed reached should be within 10% of the speed asked)
