@@ -1,4 +1,4 @@
-"""A latency model of the shipped graph on this machine: what removing attention heads and FFN neurons buys in ONNX Runtime.
+"""A latency model of the shipped graph on this machine: what removing layers, attention heads and FFN neurons buys in ONNX Runtime.
 
 Removing structure pays unevenly: a head's share of the attention is not a head's share of the time (the layer
 norms, the quantize ops and the graph's fixed cost do not shrink), and the kernels' speed per neuron bends with the
@@ -8,7 +8,8 @@ activation scales) as graphs of one transformer layer with fewer heads, one laye
 two whole layers; all are timed round-robin in one run at batch 1 x ``seq_len`` tokens. A layer's cost with h heads
 and n neurons is the whole layer's minus what the heads saved minus what the neurons saved (each interpolated
 between measured points); the rest of the graph (embeddings, pooling, head) is twice one layer's graph minus two
-layers'. Measuring takes a minute or two; the result is cached per machine, model shape, kernel and runtime version.
+layers', and a graph of L layers costs that rest plus L layers. Measuring takes a minute or two; the result is cached
+per machine, model shape, kernel and runtime version.
 """
 
 from __future__ import annotations
