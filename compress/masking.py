@@ -139,8 +139,10 @@ def transformer_layers(model):
 def drop_layers_(model: torch.nn.Module, layers: int | None) -> list[str]:
     """Keep only the first `layers` transformer layers (None: all): the layers above leave the model, and the config says so.
     -> the module names of the layers removed."""
+    if layers is None:
+        return []
     stack = transformer_layers(model)
-    if layers is None or layers == len(stack):
+    if layers == len(stack):
         return []
     if layers > len(stack):
         raise ConfigError(f"--layers {layers}: the model has {len(stack)} transformer layers; keep {len(stack)} or fewer")
