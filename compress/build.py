@@ -74,8 +74,8 @@ def build(
         )
     if isinstance(calib, tasks.Split):
         calib = calibration.tokens(tok, calib, cfg.quant.calibration_examples, cfg.train.max_length) if cfg.quant.enabled else None
-    dropped = masking.drop_layers_(clf, cfg.mask.layers)  # before quantizing: removed layers cost nothing
-    qweights = {k: w for k, w in qweights.items() if not k.startswith(tuple(f"{d}." for d in dropped))}
+    masking.drop_layers_(clf, cfg.mask.layers)  # before quantizing: removed layers cost nothing
+    qweights = masking.present(clf, qweights)  # a backbone's codes of the removed layers go too
     if cfg.train.mode == "structure":
         if not cfg.backbone:  # the mask is learned on the weights that ship
             qweights = quantize_model(clf, cfg, tok, calib)

@@ -244,19 +244,11 @@ def _export(built, point: tuple[int, int, int], path: Path, export: ExportConfig
             keep[:, neurons:] = False
         masks[name] = keep
     masking.set_masks_(model, masks)
-    linears, embedding = build.prepare(model, {k: v for k, v in built[1].items() if _has(model, k)})
+    linears, embedding = build.prepare(model, masking.present(model, built[1]))
     sample = bench.sample()
     calib = calibration.batches(bench.inputs(8, 64, seed=3))
     export_graph(model, linears, embedding, path, export, sample, calib)
     return path
-
-
-def _has(model, name: str) -> bool:
-    try:
-        model.get_submodule(name)
-        return True
-    except AttributeError:
-        return False
 
 
 def time_round_robin(sessions: dict, seq_len: int, rounds: int = 5) -> dict:

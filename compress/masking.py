@@ -154,6 +154,19 @@ def drop_layers_(model: torch.nn.Module, layers: int | None) -> list[str]:
     return removed
 
 
+def present(model: torch.nn.Module, tensors: dict) -> dict:
+    """The entries of `tensors` (by module name) whose module the model still holds: after drop_layers_, not the removed ones."""
+
+    def holds(name: str) -> bool:
+        try:
+            model.get_submodule(name)
+            return True
+        except AttributeError:
+            return False
+
+    return {k: v for k, v in tensors.items() if holds(k)}
+
+
 def head_size(model: torch.nn.Module) -> int:
     cfg = model.encoder.config
     heads = getattr(cfg, "num_attention_heads", None) or getattr(cfg, "n_heads", None)
