@@ -2,8 +2,9 @@
 
     python benchmarks/pack_speed.py --data-dir ../shared/data/glue [--work runs/pack_speed] [--rounds 5]
 
-Speed does not depend on how well a mask is trained, only on the heads and FFN neurons it removes, which `--speedup`
-decides before training and its controller reaches by mid-training. So every task trains briefly (its first 512
+Speed does not depend on how well a mask is trained, only on the layers, heads and FFN neurons it removes, which
+`--speedup` decides before training (the layers are removed before it starts; its controller reaches the heads' and
+neurons' fractions by mid-training). So every task trains briefly (its first 512
 training examples, 2 epochs, 256 dev examples): the dev metrics are not the point here and are not reported.
 
 1. `compress quantize --model minilm --bits 4`: the shared backbone.
@@ -72,22 +73,31 @@ def main() -> int:
         same = {t: _kernels(graphs[f"{t} in the pack"], Path(tmp)) == _kernels(graphs[f"{t} standalone"], Path(tmp)) for t in arts}
     base = timed["unpruned (mrpc, same backbone)"]
     lines = [
-        "| task | heads kept | FFN neurons kept | speedup asked / reached (manifest) | standalone b1 ms | pack b1 ms | "
+        "| task | layers kept | heads kept (of the kept layers') | FFN neurons kept | speedup asked / reached (manifest) | "
+        "standalone b1 ms | pack b1 ms | "
         "pack / standalone b1 | pack x unpruned b1 | standalone b32 seq/s | pack b32 seq/s | pack / standalone b32 | same kernels and "
         "shapes after load | own bytes in the pack |",
-        "|---|---|---|---|---|---|---|---|---|---|---|---|---|",
+        "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     rows = {"unpruned": base, "tasks": {}}
     for t, d in arts.items():
         m, pt = mf.read(d, mf.ArtifactManifest), pm.tasks[t]
         alone, packed = timed[f"{t} standalone"], timed[f"{t} in the pack"]
         lines.append(
-            f"| {t} | {_kept(pt.attention_heads)} | {_kept(pt.ffn_neurons)} | {m.speed.asked:g} / {m.speed.reached:.2f} | "
+            f"| {t} | {m.speed.layers or 'all'} | {_kept(pt.attention_heads)} | {_kept(pt.ffn_neurons)} | "
+            f"{m.speed.asked:g} / {m.speed.reached:.2f} | "
             f"{alone['b1_ms']:.2f} | {packed['b1_ms']:.2f} | {packed['b1_ms'] / alone['b1_ms']:.2f} | "
             f"{base['b1_ms'] / packed['b1_ms']:.2f} | {alone['b32_seq_s']:.0f} | {packed['b32_seq_s']:.0f} | "
             f"{packed['b32_seq_s'] / alone['b32_seq_s']:.2f} | {'yes' if same[t] else 'no'} | {pt.bytes / 1e3:.0f} kB |"
         )
-        rows["tasks"][t] = {"standalone": alone, "pack": packed, "same_kernels": same[t], "heads": pt.attention_heads, "bytes": pt.bytes}
+        rows["tasks"][t] = {
+            "standalone": alone,
+            "pack": packed,
+            "same_kernels": same[t],
+            "heads": pt.attention_heads,
+            "layers": m.speed.layers,
+            "bytes": pt.bytes,
+        }
     lines += [
         "",
         f"Unpruned graph on the same backbone: {base['b1_ms']:.2f} ms at batch 1, {base['b32_seq_s']:.0f} seq/s at batch 32. "
