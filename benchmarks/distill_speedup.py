@@ -2,19 +2,27 @@
 
     python benchmarks/distill_speedup.py train  --data-dir ../shared/data/glue --out runs/distill [--tasks mrpc stsb] [--seeds 2]
     python benchmarks/distill_speedup.py report --data-dir ../shared/data/glue --out runs/distill [--rounds 5]
+    python benchmarks/distill_speedup.py seeds  --data-dir ../shared/data/glue --out runs/distill --seeds 3   (more seeds)
     python benchmarks/distill_speedup.py cost   --data-dir ../shared/data/glue --out runs/distill   (training time per loss)
 
 `train` runs, per seed and task (the seeds outermost, so that a partial run still gives whole tables), every row below
 as an ordinary `compress run` artifact (compress.sweep's cells under OUT/<task>/<row>/cells/: a finished cell is not
 run again, an interrupted one resumes from its checkpoint; so the benchmark resumes where it stopped). Every row trains
 at the defaults' budget (5 epochs, batch 32), on the same training sample per task (OUT/data: MRPC, STS-B and CoLA whole,
-SST-2 a seeded 20,000-sentence sample: `--max-train`); the teacher of a seed is that seed's dense fine-tuning.
+SST-2 a seeded 20,000-sentence sample: `--max-train`); the teacher of a seed is that seed's dense fine-tuning, trained
+first when a row asked distils from it (or `--rows dense` asks for it). `--first-seed N` starts at seed N.
 
 `report` measures every artifact's dev metric through ONNX Runtime, builds ORT's int8 model of each seed's teacher
 (exporters.anchor: ORT's BERT fusions + dynamic per-channel int8), times every graph of every task in one round-robin
 loop (batch 1 x 128 latency, batch 32 x 128 throughput, medians over --rounds rounds) and writes
 benchmarks/results/distill_speedup.{md,json} and a Pareto plot per task. Metrics are means (and SD) over the seeds
 finished; timings and sizes are seed 0's graphs.
+
+`seeds` adds seeds to the report without timing anything: per task the dev metric of the teacher, the defaults,
+defaults + distillation (and dense fine-tuning of the first 3 layers), each seed the report has from its JSON (--base)
+and each it lacks from what `train --first-seed` left under --out, with the gaps to the teacher paired by seed
+(benchmarks/results/distill_seeds.{md,json}). These rows do not depend on the machine; the --speedup rows do (the plan
+follows the machine's latency model) and are seeds of the report only.
 """
 
 from __future__ import annotations
@@ -31,6 +39,7 @@ from pareto import _summary, sample_data
 
 TASKS = ("mrpc", "stsb", "sst2", "cola")
 TEACHER = "dense"
+TEACHER_LABEL = "dense fine-tuning: the teacher (PyTorch)"
 
 
 @dataclass(frozen=True)
@@ -40,6 +49,7 @@ class Row:
     speedup: float | None = None
     mask: tuple = ()  # MaskConfig fields that differ from the defaults
     hidden: float = 0.0  # layerwise hidden-state loss weight
+    dense: bool = False  # dense fine-tuning (--mode weights, 32-bit), as the teacher, of the model as `mask` leaves it
 
 
 ROWS = {
@@ -51,6 +61,8 @@ ROWS = {
     "speedup3": Row("--speedup 3 + distillation", distill=True, speedup=3.0),
     "speedup2-hidden": Row("--speedup 2 + distillation (logits + hidden states)", distill=True, speedup=2.0, hidden=1.0),
     "fast": Row("--ffn-keep 0.5 --heads-keep 0.5 (no teacher)", mask=(("ffn_keep", 0.5), ("heads_keep", 0.5))),
+    # what a model this shallow scores when every weight trains: whether a shallow 2x plan's loss is the mask's or the depth's
+    "dense-layers3": Row("dense fine-tuning of the first 3 layers (no teacher)", mask=(("layers", 3),), dense=True),
 }
 ORDER = (
     "default",
@@ -61,6 +73,7 @@ ORDER = (
     "speedup3",
     "speedup2-hidden",
     "distill-hidden",
+    "dense-layers3",
 )  # what a short sitting runs first
 
 
@@ -85,28 +98,42 @@ def sweep_config(task: str, row: str, out: Path, data: Path, seed: int):
         speedup=r.speedup,
     )
     # one directory per seed: the teacher (hence the config) differs between seeds
-    return sweep.SweepConfig(run=run, bits=(4,), modes=("structure",), seeds=seed + 1, out=str(out / task / row / f"seed{seed}"))
+    cell = _sweep_cell(row, seed)
+    return sweep.SweepConfig(run=run, bits=(cell.bits,), modes=(cell.mode,), seeds=seed + 1, out=str(out / task / row / f"seed{seed}"))
+
+
+def _sweep_cell(row: str, seed: int):
+    """The sweep cell a row trains: dense fine-tuning at 32 bits (the teacher, dense rows), else a 4-bit mask."""
+    from compress import sweep
+
+    dense = row == TEACHER or ROWS[row].dense
+    return sweep.Cell("weights", 32, seed) if dense else sweep.Cell("structure", 4, seed)
 
 
 def cmd_train(args) -> int:
     from compress import sweep
 
     data = sample_data(Path(args.data_dir), args.out, args.max_train)
-    for seed in range(args.seeds):
+    for seed in range(args.first_seed, args.seeds):
         for task in args.tasks:
-            for row in (TEACHER, *[r for r in ORDER if r in args.rows]):
+            for row in _train_order(args.rows):
                 cfg = sweep_config(task, row, args.out, data, seed)
-                cell = sweep.Cell("weights" if row == TEACHER else "structure", 32 if row == TEACHER else 4, seed)
-                rec = sweep.run_cell(cfg, cell)
+                rec = sweep.run_cell(cfg, _sweep_cell(row, seed))
                 logging.info("%s %s seed %d: %s (%.0f s)", task, row, seed, rec["metrics"], rec["seconds"])
     return 0
+
+
+def _train_order(rows: list[str]) -> list[str]:
+    """The rows asked, in ORDER, after the teacher when it is asked or a row distils from it."""
+    asked = [r for r in ORDER if r in rows]
+    return ([TEACHER] if TEACHER in rows or any(ROWS[r].distill for r in asked) else []) + asked
 
 
 def _cell(args, task: str, row: str, seed: int) -> Path:
     from compress import sweep
 
     cfg = sweep_config(task, row, args.out, args.out / "data", seed)
-    return sweep.cell_dir(cfg, sweep.Cell("weights" if row == TEACHER else "structure", 32 if row == TEACHER else 4, seed))
+    return sweep.cell_dir(cfg, _sweep_cell(row, seed))
 
 
 def measure_task(args, task_name: str, work: Path) -> tuple[dict, dict]:
@@ -135,7 +162,7 @@ def measure_task(args, task_name: str, work: Path) -> tuple[dict, dict]:
         if not (teacher / "manifest.json").is_file():
             continue
         tm = mf.read(teacher, mf.ArtifactManifest)
-        add("dense fine-tuning: the teacher (PyTorch)", seed, tm.metrics.torch[task.metric], None, epoch_s=_epoch_s(tm))
+        add(TEACHER_LABEL, seed, tm.metrics.torch[task.metric], None, epoch_s=_epoch_s(tm))
         (work / f"{task_name}-anchors-{seed}").mkdir(parents=True, exist_ok=True)
         anchors = build_anchors(teacher, work / f"{task_name}-anchors-{seed}")
         add(
@@ -150,12 +177,20 @@ def measure_task(args, task_name: str, work: Path) -> tuple[dict, dict]:
             if not (cell / "manifest.json").is_file():
                 continue
             _add_artifact(add, ROWS[key].label, cell, task, dev, key, seed)
-    for spec in args.extra:  # TASK:LABEL=DIR, seed 0 artifacts made otherwise (e.g. by an earlier version of a rule)
+    for label, path in _extras(args, task_name):
+        _add_artifact(add, label, path, task, dev, "extra")
+    return rows, graphs
+
+
+def _extras(args, task_name: str) -> list[tuple[str, Path]]:
+    """--extra TASK:LABEL=DIR: the task's seed-0 artifacts made otherwise (by an earlier rule, on another machine's plan)."""
+    out = []
+    for spec in args.extra:
         where, _, path = spec.partition("=")
         t, _, label = where.partition(":")
         if t == task_name and (Path(path) / "manifest.json").is_file():
-            _add_artifact(add, label, Path(path), task, dev, "extra")
-    return rows, graphs
+            out.append((label, Path(path)))
+    return out
 
 
 def _add_artifact(add, label: str, cell: Path, task, dev, key: str, seed: int = 0) -> None:
@@ -206,7 +241,7 @@ def render(args, data: dict) -> int:
     sections, targets, matched = [], [], {}
     for t in args.tasks:
         rows, metric = data.get(t, {}), tasks.get_task(t).metric
-        ref, teacher = rows.get("ORT int8 of the teacher"), rows.get("dense fine-tuning: the teacher (PyTorch)")
+        ref, teacher = rows.get("ORT int8 of the teacher"), rows.get(TEACHER_LABEL)
         if ref is None or teacher is None:
             continue
         lines = [
@@ -291,6 +326,81 @@ def _matched(matched: dict[str, bool]) -> str:
     )
 
 
+SEED_ROWS = ("default", "distill", "dense-layers3")  # rows whose structure does not depend on the machine's latency model
+
+
+def cmd_seeds(args) -> int:
+    """Dev metric per seed of the teacher, the defaults and defaults + distillation: the report's (--base, its JSON) and, for
+    the seeds it lacks, those trained under --out (another sitting, maybe another machine: metrics only, no timings). Each
+    row's gap to the teacher is paired by seed; the defaults + distillation target is counted over every seed either has."""
+    import json
+
+    base = json.loads(Path(args.base).read_text())
+    data, lines, matched = {}, [], {}
+    for t in args.tasks:
+        rows = {label: _seed_metrics(args, t, key, base.get(t, {}).get(label, {})) for key, label in _seed_labels()}
+        data[t] = {label: r for label, r in rows.items() if r["metrics"]}
+        data[t] |= _seed_extra(args, t)
+        teacher = data[t].get(TEACHER_LABEL)
+        if teacher is None:
+            continue
+        for label, r in data[t].items():
+            lines.append(_seed_line(args.seeds, t, label, r, teacher["metrics"]))
+        if ROWS["distill"].label in data[t]:
+            matched[t] = _gap(data[t][ROWS["distill"].label]["metrics"], teacher["metrics"]) >= 0
+    head = ["| task | model | " + " | ".join(f"seed {s}" for s in range(args.seeds)) + " | mean ± SD | - teacher (paired) |"]
+    head.append("|---" * (args.seeds + 4) + "|")
+    note = "\n\n\\* trained under --out in this sitting; the other seeds are the report's (" + Path(args.base).name + ")."
+    write(
+        args.results,
+        "Dev metric over seeds: teacher, defaults, defaults + distillation (MiniLM-L6)",
+        data,
+        "\n".join(head + lines) + note + _matched(matched),
+    )
+    return 0
+
+
+def _seed_labels() -> list[tuple[str, str]]:
+    return [(TEACHER, TEACHER_LABEL)] + [(k, ROWS[k].label) for k in SEED_ROWS]
+
+
+def _seed_metrics(args, task_name: str, key: str, reported: dict) -> dict:
+    """{metrics: seed -> dev metric, here: the seeds trained under --out}: the report's seeds, then the others found here."""
+    from compress import manifest as mf
+    from compress import tasks
+
+    metric = tasks.get_task(task_name).metric
+    got, here = {str(s): v for s, v in reported.get("metrics", {}).items()}, []
+    for seed in range(args.seeds):
+        cell = _cell(args, task_name, key, seed)
+        if str(seed) in got or not (cell / "manifest.json").is_file():
+            continue
+        m = mf.read(cell, mf.ArtifactManifest)
+        got[str(seed)] = (m.metrics.torch if key == TEACHER else m.metrics.onnx)[metric]
+        here.append(str(seed))
+    return {"metrics": got, "here": here}
+
+
+def _seed_extra(args, task_name: str) -> dict:
+    """--extra: each artifact as a seed-0 row of its own, trained here."""
+    from compress import manifest as mf
+    from compress import tasks
+
+    metric = tasks.get_task(task_name).metric
+    return {
+        label: {"metrics": {"0": mf.read(path, mf.ArtifactManifest).metrics.onnx[metric]}, "here": ["0"]}
+        for label, path in _extras(args, task_name)
+    }
+
+
+def _seed_line(seeds: int, task: str, label: str, r: dict, teacher: dict) -> str:
+    star = "\\*"  # Markdown's literal asterisk: trained here
+    cells = [f"{r['metrics'][str(s)]:.4f}{star * (str(s) in r['here'])}" if str(s) in r["metrics"] else "" for s in range(seeds)]
+    mean, sd, n = _summary(r["metrics"])
+    gap = "" if label == TEACHER_LABEL else f"{_gap(r['metrics'], teacher):+.4f}"
+    return f"| {task} | {label} | {' | '.join(cells)} | {mean:.4f} ± {sd:.4f} ({n}) | {gap} |"
+
+
 def cmd_cost(args) -> int:
     """Seconds per training step without a teacher, with the teacher's logits (computed once, counted here) and with its hidden
     states too: the same 320 MRPC examples (10 steps of 32), one epoch each, round-robin over --rounds rounds, medians."""
@@ -327,19 +437,23 @@ def cmd_cost(args) -> int:
 
 def main() -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("command", choices=["train", "report", "cost"])
+    ap.add_argument("command", choices=["train", "report", "seeds", "cost"])
     ap.add_argument("--data-dir", required=True)
     ap.add_argument("--out", type=Path, default=Path("runs/distill"))
     ap.add_argument("--tasks", nargs="+", default=list(TASKS), choices=TASKS)
-    ap.add_argument("--rows", nargs="+", default=list(ORDER), choices=list(ROWS))
+    ap.add_argument("--rows", nargs="+", default=[TEACHER, *ORDER], choices=[TEACHER, *ROWS])
     ap.add_argument("--seeds", type=int, default=2)
+    ap.add_argument("--first-seed", type=int, default=0, help="train: start at this seed (the earlier ones trained elsewhere)")
     ap.add_argument("--max-train", type=int, default=20000, help="training examples per task (a seeded sample; SST-2 has 67,349)")
     ap.add_argument("--rounds", type=int, default=5)
     ap.add_argument("--extra", nargs="*", default=[], help="TASK:LABEL=DIR: a seed-0 artifact made otherwise, as a row of its own")
-    ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "distill_speedup"))
+    ap.add_argument("--results", default=None, help="where the tables go (default: results/distill_speedup, or distill_seeds)")
+    ap.add_argument("--base", default=str(Path(__file__).parent / "results" / "distill_speedup.json"), help="seeds: the report's JSON")
     args = ap.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
-    return {"train": cmd_train, "report": cmd_report, "cost": cmd_cost}[args.command](args)
+    name = "distill_seeds" if args.command == "seeds" else "distill_speedup"
+    args.results = args.results or str(Path(__file__).parent / "results" / name)
+    return {"train": cmd_train, "report": cmd_report, "seeds": cmd_seeds, "cost": cmd_cost}[args.command](args)
 
 
 if __name__ == "__main__":
