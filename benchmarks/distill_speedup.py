@@ -200,13 +200,17 @@ def _add_artifact(add, label: str, cell: Path, task, dev, key: str, seed: int = 
 
     m = mf.read(cell, mf.ArtifactManifest)
     graph = cell / "onnx" / "model.onnx"
-    mask = m.config.mask
-    kept = f"{mask.layers or 'all'} / {mask.heads_keep or 1:.2f} / {mask.ffn_keep or 1:.2f}"  # layers / heads / FFN neurons
-    extra = {"torch": m.metrics.torch[task.metric], "epoch_s": _epoch_s(m), "row": key, "kept": kept}
+    extra = {"torch": m.metrics.torch[task.metric], "epoch_s": _epoch_s(m), "row": key, "kept": _kept(m)}
     if m.speed is not None:
         extra |= {"asked": m.speed.asked, "predicted": m.speed.predicted, "reached": m.speed.reached}
         extra |= {"heads_keep": m.speed.heads_keep, "ffn_keep": m.speed.ffn_keep}
     add(label, seed, m.metrics.onnx.get(task.metric) or _evaluate(graph, cell, task, dev), graph, **extra)
+
+
+def _kept(m) -> str:
+    """An artifact's structure: 'layers / heads / FFN neurons kept' (fractions of each kept layer's)."""
+    mask = m.config.mask
+    return f"{mask.layers or 'all'} / {mask.heads_keep or 1:.2f} / {mask.ffn_keep or 1:.2f}"
 
 
 def _epoch_s(m) -> float:
@@ -341,7 +345,7 @@ def cmd_seeds(args) -> int:
     import json
 
     base = json.loads(Path(args.base).read_text())
-    data, lines, matched = {}, [], {}
+    data, lines, matched, gains = {}, [], {}, []
     for t in args.tasks:
         rows = {label: _seed_metrics(args, t, key, base.get(t, {}).get(label, {})) for key, label in _seed_labels()}
         data[t] = {label: r for label, r in rows.items() if r["metrics"]}
@@ -353,14 +357,23 @@ def cmd_seeds(args) -> int:
             lines.append(_seed_line(args.seeds, t, label, r, teacher["metrics"]))
         if (ok := _distilled_meets(data[t], teacher["metrics"])) is not None:
             matched[t] = ok
-    head = ["| task | model | " + " | ".join(f"seed {s}" for s in range(args.seeds)) + " | mean ± SD | - teacher (paired) |"]
-    head.append("|---" * (args.seeds + 4) + "|")
+        distilled, default = (data[t].get(ROWS[k].label) for k in ("distill", "default"))
+        if distilled and default:
+            gains.append(f"{t} {_gap(distilled['metrics'], default['metrics']):+.4f}")
+    head = ["| task | model | " + " | ".join(f"seed {s}" for s in range(args.seeds))]
+    head[0] += " | mean ± SD | - teacher (paired) | layers / heads / FFN neurons kept | speedup reached |"
+    head.append("|---" * (args.seeds + 6) + "|")
     note = "\n\n\\* trained under --out in this sitting; the other seeds are the report's (" + Path(args.base).name + ")."
     write(
         args.results,
         "Dev metric over seeds: teacher, defaults, defaults + distillation (MiniLM-L6)",
         data,
-        "\n".join(head + lines) + note + _matched(matched),
+        "\n".join(head + lines)
+        + note
+        + _matched(matched)
+        + "\n\nDefaults + distillation - defaults (paired by seed): "
+        + ", ".join(gains)
+        + ".",
     )
     return 0
 
@@ -376,6 +389,7 @@ def _seed_metrics(args, task_name: str, key: str, reported: dict) -> dict:
 
     metric = tasks.get_task(task_name).metric
     got, here = {str(s): v for s, v in reported.get("metrics", {}).items()}, []
+    kept = reported.get("kept", "")
     for seed in range(args.seeds):
         cell = _cell(args, task_name, key, seed)
         if str(seed) in got or not (cell / "manifest.json").is_file():
@@ -383,7 +397,8 @@ def _seed_metrics(args, task_name: str, key: str, reported: dict) -> dict:
         m = mf.read(cell, mf.ArtifactManifest)
         got[str(seed)] = (m.metrics.torch if key == TEACHER else m.metrics.onnx)[metric]
         here.append(str(seed))
-    return {"metrics": got, "here": here}
+        kept = kept or ("" if key == TEACHER else _kept(m))
+    return {"metrics": got, "here": here, "kept": kept, "reached": reported.get("reached")}
 
 
 def _seed_extra(args, task_name: str) -> dict:
@@ -392,10 +407,12 @@ def _seed_extra(args, task_name: str) -> dict:
     from compress import tasks
 
     metric = tasks.get_task(task_name).metric
-    return {
-        label: {"metrics": {"0": mf.read(path, mf.ArtifactManifest).metrics.onnx[metric]}, "here": ["0"]}
-        for label, path in _extras(args, task_name)
-    }
+    out = {}
+    for label, path in _extras(args, task_name):
+        m = mf.read(path, mf.ArtifactManifest)
+        reached = m.speed.reached if m.speed else None
+        out[label] = {"metrics": {"0": m.metrics.onnx[metric]}, "here": ["0"], "kept": _kept(m), "reached": reached}
+    return out
 
 
 def _seed_line(seeds: int, task: str, label: str, r: dict, teacher: dict) -> str:
@@ -403,7 +420,8 @@ def _seed_line(seeds: int, task: str, label: str, r: dict, teacher: dict) -> str
     cells = [f"{r['metrics'][str(s)]:.4f}{star * (str(s) in r['here'])}" if str(s) in r["metrics"] else "" for s in range(seeds)]
     mean, sd, n = _summary(r["metrics"])
     gap = "" if label == TEACHER_LABEL else f"{_gap(r['metrics'], teacher):+.4f}"
-    return f"| {task} | {label} | {' | '.join(cells)} | {mean:.4f} ± {sd:.4f} ({n}) | {gap} |"
+    reached = f"{r['reached']:.2f}x" if r.get("reached") else ""
+    return f"| {task} | {label} | {' | '.join(cells)} | {mean:.4f} ± {sd:.4f} ({n}) | {gap} | {r.get('kept', '')} | {reached} |"
 
 
 def cmd_cost(args) -> int:
