@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import shlex
 import sys
 from pathlib import Path
 
@@ -13,7 +14,7 @@ def write(results: str | Path, title: str, rows, table: str, command: str | None
     res = Path(results)
     res.parent.mkdir(parents=True, exist_ok=True)
     res.with_suffix(".json").write_text(json.dumps(rows, indent=2) + "\n")
-    res.with_suffix(".md").write_text(f"# {title}\n\n`{command or 'python ' + ' '.join(sys.argv)}`\n\n{table}\n")
+    res.with_suffix(".md").write_text(f"# {title}\n\n`{command or 'python ' + shlex.join(sys.argv)}`\n\n{table}\n")
 
 
 def command_of(results: str | Path) -> str:

@@ -150,7 +150,7 @@ def _run(job: Job) -> tuple[Path, mf.ArtifactManifest | None]:
     trained = build.trainable_tensors(built.model, cfg.train.mode)  # before post-training quantization: re-export quantizes again
     if cfg.train.mode == "weights":
         built.qweights = build.quantize_model(built.model, cfg, built.tokenizer, built.calibration)  # post-training quantization
-    release_freed_memory()  # training's optimizer state and activations, before the export's graphs
+    release_freed_memory(collect=True)  # training's optimizer state and activations, before the export's graphs
     with staging.staging(job.out, cfg.overwrite) as tmp:
         m = _publish(tmp, job, data, built, trained, history)
     if ckpt is not None:  # the artifact is published: the training state is no longer needed

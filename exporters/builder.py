@@ -1,7 +1,12 @@
 """Building ONNX subgraphs for quantized weights: a Builder appends nodes and initializers with unique names, and
 reads a weight's codes and scales from a source (Inline: packed into the graph itself; a pack's task graph takes them
 from the shared backbone file instead, compress.exporters.shared). The encodings each kernel needs are its methods:
-int8 codes unpacked at load, MatMulNBits / GatherBlockQuantized on the packed codes as they are."""
+int8 codes unpacked at load, MatMulNBits / GatherBlockQuantized on the packed codes as they are.
+
+What a session folds at load is kept to a few passes over each weight: a linear's symmetric low-bit codes are stored as
+W^T (the integer kernels' layout: no Transpose) and unpacked two bytes per lookup straight into floats (unpack_pairs: no
+Cast); a smoothed weight's per-channel int8 steps are computed here and stored (channel_step: no reduction over the
+weight), so its re-rounding is one Div and one QuantizeLinear (rerounded)."""
 
 from __future__ import annotations
 
@@ -29,6 +34,14 @@ class Inline:
         x = bld.node("Cast", [bld.unpack(base, w.stored(), w.storage_bits, "codes")], base, to=TensorProto.INT8)[0]  # < 16: exact
         zero = bld.node("Cast", [bld.unpack(base, w.zero[..., None], w.bits, "zero")], base, to=TensorProto.INT8)[0]
         return bld.grouped(base, w, lambda x: bld.node("Sub", [x, zero], base)[0], x)
+
+    def codes_t(self, bld: Builder, base: str, w: QWeight, dtype: int = TensorProto.INT8) -> str:
+        """-> [cols, rows] signed codes of W^T (the integer kernels' layout) as int8 or float (dtype): symmetric low-bit codes
+        stored transposed and unpacked two bytes per lookup straight into that type (Builder.unpack_pairs), so that no
+        Transpose or Cast is left to fold at load; other codes: codes() transposed and cast."""
+        if w.zero is None and w.storage_bits < 8:
+            return bld.unpack_pairs(base, np.ascontiguousarray(w.stored().T), w.storage_bits, "codes_t", dtype)
+        return bld.cast(bld.node("Transpose", [self.codes(bld, base, w)], base, perm=[1, 0])[0], base, dtype)
 
     def rows(self, bld: Builder, base: str, w: QWeight):
         """-> a function: graph tensor of row indices -> float32 codes of those rows of the table W (its word embeddings):
@@ -67,6 +80,11 @@ class Prefolded(Inline):
         """-> (int8 [rows, cols], float32 [rows]): what Builder.int8_weight's subgraph folds to at load, computed here."""
         if w.groups == 1 and smooth is None:
             return w.codes, w.scale.reshape(-1).astype(np.float32)
+        if w.groups == 1:  # Builder.rerounded's operations, in its [cols, rows] layout
+            step = channel_step(w, smooth).astype(np.float32)
+            inverse = np.float32(1.0) / smooth.astype(np.float32)
+            x = np.round(w.codes.T.astype(np.float32) / step / inverse.reshape(-1, 1))
+            return np.clip(x, -128, 127).astype(np.int8).T, w.scale.reshape(-1).astype(np.float32) * step
         wf = w.dequantize()  # codes * scale in float32, per row or group: the graph's Cast and Mul
         if smooth is not None:
             wf = wf * smooth.astype(np.float32)
@@ -85,6 +103,7 @@ class Builder:
         self.source = source or Inline()
         self.compact = compact  # repeated subgraphs as calls of model-local functions (a pack's task graph)
         self.functions: dict[str, onnx.FunctionProto] = {}
+        self.pair_tables: dict[tuple[int, int], str] = {}  # (bits, dtype) -> pair_table's graph tensor
 
     def call(self, fn: onnx.FunctionProto, inputs: list[str], base: str, outputs: int = 1) -> list[str]:
         """One node calling a model-local function (compress.exporters.functions)."""
@@ -135,6 +154,41 @@ class Builder:
         if packed_size * per != count:
             x = self.node("Slice", [x, self.const(base, np.array([0], np.int64)), self.const(base, np.array([count], np.int64))], base)[0]
         return self.node("Reshape", [x, self.const(base, np.array(shape, np.int64))], base)[0]
+
+    def unpack_pairs(self, base: str, stored: np.ndarray, bits: int, suffix: str, dtype: int = TensorProto.INT8) -> str:
+        """Unsigned codes (any shape, bits < 8) -> bit-packed initializer typed uint16 (its bytes are pack_bits' bytes, in
+        pairs: little-endian, the first byte low) + subgraph giving their signed int8 codes (less 2^(bits - 1)) of that
+        shape, as int8 or float (dtype): each pair looked up in a 65536-entry table of its 16 / bits codes (pair_table).
+        ONNX Runtime's Gather costs per index, so two bytes per lookup unpack in about half the time of one."""
+        packed = pack_bits(stored, bits)
+        pairs = np.pad(packed, (0, packed.size % 2)).view("<u2")
+        per, count = 16 // bits, stored.size
+        index = self.node("Cast", [self.const(f"{base}.{suffix}_{bits}bit", pairs)], base, to=TensorProto.INT32)[0]
+        flat = self.const(base, np.array([-1], np.int64))
+        x = self.node("Reshape", [self.node("Gather", [self.pair_table(bits, dtype), index], base, axis=0)[0], flat], base)[0]
+        if pairs.size * per != count:
+            x = self.node("Slice", [x, self.const(base, np.array([0], np.int64)), self.const(base, np.array([count], np.int64))], base)[0]
+        return self.node("Reshape", [x, self.const(base, np.array(stored.shape, np.int64))], base)[0]
+
+    def pair_table(self, bits: int, dtype: int = TensorProto.INT8) -> str:
+        """[65536, 16 / bits] int8 or float (dtype): the signed codes of every byte pair (first byte's first), built in the
+        graph (folded at load) from the 256-entry table of one byte's, once per graph and type."""
+        if (bits, dtype) not in self.pair_tables:
+            if dtype != TensorProto.INT8:
+                self.pair_tables[(bits, dtype)] = self.cast(self.pair_table(bits), "pairs", dtype)
+                return self.pair_tables[(bits, dtype)]
+            per = 8 // bits
+            one = self.const("pairs", (byte_codes(bits) - 2 ** (bits - 1)).astype(np.int8))  # [256, per]
+            low = self.node("Tile", [one, self.const("pairs", np.array([256, 1], np.int64))], "pairs")[0]  # row i: byte i % 256
+            high = self.node("Reshape", [one, self.const("pairs", np.array([256, 1, per], np.int64))], "pairs")[0]
+            high = self.node("Expand", [high, self.const("pairs", np.array([256, 256, per], np.int64))], "pairs")[0]
+            high = self.node("Reshape", [high, self.const("pairs", np.array([65536, per], np.int64))], "pairs")[0]  # i // 256
+            self.pair_tables[(bits, dtype)] = self.node("Concat", [low, high], "pairs", axis=1)[0]
+        return self.pair_tables[(bits, dtype)]
+
+    def cast(self, x: str, base: str, dtype: int) -> str:
+        """x as dtype (int8 tensors here: as they are)."""
+        return x if dtype == TensorProto.INT8 else self.node("Cast", [x], base, to=dtype)[0]
 
     def packed_rows(self, base: str, packed: str, cols: int, bits: int):
         """-> a function: graph tensor of row indices -> float32 symmetric codes of those rows of a table whose rows are
@@ -238,29 +292,48 @@ class Builder:
 
     def int8_weight(self, base: str, w: QWeight, smooth: str | None = None, smooth_values: np.ndarray | None = None) -> tuple[str, str]:
         """-> (int8 [cols, rows], float [rows] per-row scale) graph tensors for an integer matmul x @ (W * diag(s))^T,
-        smooth = the graph tensor holding s (smooth_values: its values). Per-channel codes are used as they are; group-wise
-        or smoothed weights are re-rounded to int8 per row, all folded at load (Prefolded: computed at export)."""
+        smooth = the graph tensor holding s (smooth_values: its values). Per-channel codes are used as they are (codes_t);
+        group-wise or smoothed weights are re-rounded to int8 per row (rerounded), all folded at load (Prefolded: computed
+        at export)."""
         rows, _ = w.shape
         if isinstance(self.source, Prefolded):
             w8, flat = self.source.int8(w, smooth_values if smooth is not None else None)
             return self.const(f"{base}.weight_int8", np.ascontiguousarray(w8.T)), self.const(f"{base}.row_scale", flat)
         if w.groups == 1 and smooth is None:
-            w8, flat = self.source.codes(self, base, w), self.source.scale(self, base, w, (rows,))
-        elif self.compact and w.groups == 1:
+            return self.source.codes_t(self, base, w), self.source.scale(self, base, w, (rows,))
+        if self.compact and w.groups == 1:
             return self.call(functions.prep(), [self.source.codes(self, base, w), self.source.scale16(self, base, w), smooth], base, 2)
-        else:
-            wf = self.dequant_float(base, w)
-            if smooth is not None:
-                wf = self.node("Mul", [wf, smooth], base)[0]
-            absmax = self.node("ReduceMax", [self.node("Abs", [wf], base)[0]], base, axes=[1], keepdims=1)[0]
-            absmax = self.node("Max", [absmax, self.const(base, np.array(2.0**-14, np.float32))], base)[0]
-            row_scale = self.node("Div", [absmax, self.const(base, np.array(127.0, np.float32))], base)[0]
-            shape = self.const(base, np.array([rows], np.int64))
-            flat = self.node("Reshape", [row_scale, shape], base)[0]
-            zero = self.node("ConstantOfShape", [shape], base, value=numpy_helper.from_array(np.array([0], np.int8)))[0]
-            # round(wf / row) to even and saturated, per row: Div -> Round -> Cast in one op, without their float tensors
-            w8 = self.node("QuantizeLinear", [wf, flat, zero], base, axis=0)[0]
+        if w.groups == 1:
+            return self.rerounded(base, w, smooth, smooth_values)
+        # group-wise codes: dequantized (per group), re-rounded per row, transposed
+        wf = self.dequant_float(base, w)
+        if smooth is not None:
+            wf = self.node("Mul", [wf, smooth], base)[0]
+        absmax = self.node("ReduceMax", [self.node("Abs", [wf], base)[0]], base, axes=[1], keepdims=1)[0]
+        absmax = self.node("Max", [absmax, self.const(base, np.array(2.0**-14, np.float32))], base)[0]
+        row_scale = self.node("Div", [absmax, self.const(base, np.array(127.0, np.float32))], base)[0]
+        shape = self.const(base, np.array([rows], np.int64))
+        flat = self.node("Reshape", [row_scale, shape], base)[0]
+        zero = self.node("ConstantOfShape", [shape], base, value=numpy_helper.from_array(np.array([0], np.int8)))[0]
+        # round(wf / row) to even and saturated, per row: Div -> Round -> Cast in one op, without their float tensors
+        w8 = self.node("QuantizeLinear", [wf, flat, zero], base, axis=0)[0]
         return self.node("Transpose", [w8], base, perm=[1, 0])[0], flat
+
+    def rerounded(self, base: str, w: QWeight, smooth: str, smooth_values: np.ndarray) -> tuple[str, str]:
+        """-> (int8 [cols, rows], float [rows]): per-channel codes c of W^T times the smoothing factors s, re-rounded per
+        output channel to round(c / step / (1 / s)), its scale the codes' scale * step (channel_step, stored: the codes'
+        float scale cancels out of the rounding). Three float passes at load: Cast, Div by the steps, and QuantizeLinear
+        per input channel (axis 0: contiguous blocks, ONNX Runtime's fast path). Prefolded.int8 computes the same."""
+        rows, cols = w.shape
+        step = self.half(f"{base}.step", channel_step(w, smooth_values))
+        x = self.node("Div", [self.source.codes_t(self, base, w, TensorProto.FLOAT), step], base)[0]
+        inverse = self.node("Div", [self.const(base, np.array(1.0, np.float32)), smooth], base)[0]
+        inverse = self.node("Reshape", [inverse, self.const(base, np.array([cols], np.int64))], base)[0]
+        zero = self.node(
+            "ConstantOfShape", [self.const(base, np.array([cols], np.int64))], base, value=numpy_helper.from_array(np.zeros(1, np.int8))
+        )[0]
+        w8 = self.node("QuantizeLinear", [x, inverse, zero], base, axis=0)[0]  # rounded half to even, saturated
+        return w8, self.node("Mul", [self.source.scale(self, base, w, (rows,)), step], base)[0]
 
     def half(self, base: str, values: np.ndarray) -> str:
         """float32 values stored as float16 (scales and smoothing factors were rounded to float16 values: lossless)."""
@@ -268,6 +341,15 @@ class Builder:
         if not np.array_equal(half.astype(np.float32), values.astype(np.float32)):
             raise ValueError(f"{base}: values are not float16-exact; quantize with compress.quantize")
         return self.node("Cast", [self.const(base, half)], base, to=TensorProto.FLOAT)[0]
+
+
+def channel_step(w: QWeight, smooth: np.ndarray) -> np.ndarray:
+    """float16 [rows]: each output channel's int8 step for its per-channel codes c times the smoothing factors s: max |c * s|
+    / 127 (at least 2^-14: an all-zero channel's), raised by 2^-10 and rounded to a float16, so that no re-rounded value
+    saturates and the channel's largest lands within 0.2% of 127. Stored with the graph, 2 bytes a channel, so that nothing
+    reduces over the weight at load; a pack's task graph computes the same in its graph (compress.exporters.functions.prep)."""
+    x = np.abs(w.codes.astype(np.float32) * smooth.astype(np.float32).reshape(1, -1)).max(axis=1) / np.float32(127.0)
+    return (np.maximum(x, np.float32(2.0**-14)) * np.float32(1.0 + 2.0**-10)).astype(np.float16)
 
 
 def toposort(nodes: list[onnx.NodeProto], graph: onnx.GraphProto) -> list[onnx.NodeProto]:

@@ -102,7 +102,7 @@ def export(
     del fp32
     sizes = _save(shipped, path, parts, shared, source, qkv_bias, removed | heads)
     del shipped
-    release_freed_memory()  # ONNX Runtime unpacks the low-bit weights at load: start it from the smallest footprint
+    release_freed_memory(collect=True)  # ONNX Runtime unpacks the low-bit weights at load: start it from the smallest footprint
     deployed = run_logits(open_session(path), sample)
     deployed_diff = float(np.max(np.abs(deployed.astype(np.float64) - ref)))  # bounded by the caller (run: on the dev set)
     ffn, att = ({k: r.counts() for k, r in d.items()} for d in (removed, heads))

@@ -11,7 +11,8 @@ graph keeps the subgraphs inline (its size is the codes', not the graph's).
     mask_rice{0,1}(code uint8 [n], shape int64 [2]) -> bool [rows, cols]   Rice-coded positions of the value 0 (1)
                                                    (compress.maskcodec.RiceCode.to_bytes: header, unary bits, remainders)
     prep(codes int8 [rows, cols], scale float16 [rows], smooth float [cols]) -> (int8 [cols, rows], float [rows])
-                                                   per-channel codes * scale * smoothing, re-rounded, transposed
+                                                   per-channel codes * smoothing re-rounded per row (the standalone
+                                                   graph's steps, computed in the graph), transposed
 """
 
 from __future__ import annotations
@@ -173,36 +174,37 @@ def _rice_positions() -> list[onnx.NodeProto]:
     ]
 
 
-def _requant(w: str, w8: str, scale: str) -> list[onnx.NodeProto]:
-    """Nodes: float [rows, cols] `w` -> int8 `w8` re-rounded per row, and the row scales `scale` [rows]."""
-    n = helper.make_node
-    return [
-        _const("tiny", np.array(2.0**-14, np.float32)),
-        _const("q", np.array(127.0, np.float32)),
-        _const("flat", np.array([-1], np.int64)),
-        n("Abs", [w], ["a"]),
-        n("ReduceMax", ["a"], ["m"], axes=[1], keepdims=1),
-        n("Max", ["m", "tiny"], ["mx"]),
-        n("Div", ["mx", "q"], ["row"]),
-        n("Reshape", ["row", "flat"], [scale]),
-        n("Shape", [scale], ["rows"]),
-        n("ConstantOfShape", ["rows"], ["zero"], value=numpy_helper.from_array(np.array([0], np.int8))),
-        n("QuantizeLinear", [w, scale, "zero"], [w8], axis=0),  # round(w / row) to even, as Div -> Round -> Cast: exact
-    ]
-
-
 @cache
 def prep() -> onnx.FunctionProto:
-    """The same operations as the standalone graph's, in the same order: codes * scale (per row), * smoothing, re-rounded."""
+    """The standalone graph's re-rounding (compress.exporters.builder.rerounded), its per-channel steps computed here as
+    builder.channel_step computes them at export (max |c * s| / 127, at least 2^-14, raised by 2^-10 and rounded to a
+    float16): the same int8 weights and scales, from the backbone's codes in W's layout."""
     n = helper.make_node
     nodes = [
+        _const("tiny", np.array(2.0**-14, np.float32)),
+        _const("q", np.array(127.0, np.float32)),
+        _const("up", np.array(1.0 + 2.0**-10, np.float32)),
+        _const("one", np.array(1.0, np.float32)),
+        _const("zero", np.array(0, np.int8)),
         _const("col", np.array([-1, 1], np.int64)),
+        _const("flat", np.array([-1], np.int64)),
         n("Cast", ["codes"], ["cf"], to=TensorProto.FLOAT),
-        n("Cast", ["scale16"], ["s32"], to=TensorProto.FLOAT),
-        n("Reshape", ["s32", "col"], ["sc"]),
-        n("Mul", ["cf", "sc"], ["wq"]),
-        n("Mul", ["wq", "smooth"], ["w"]),
-        *_requant("w", "w8", "scale"),
+        n("Mul", ["cf", "smooth"], ["cs"]),
+        n("Abs", ["cs"], ["a"]),
+        n("ReduceMax", ["a"], ["m"], axes=[1], keepdims=0),
+        n("Div", ["m", "q"], ["mq"]),
+        n("Max", ["mq", "tiny"], ["lo"]),
+        n("Mul", ["lo", "up"], ["raised"]),
+        n("Cast", ["raised"], ["half"], to=TensorProto.FLOAT16),
+        n("Cast", ["half"], ["step"], to=TensorProto.FLOAT),
+        n("Reshape", ["step", "col"], ["stepc"]),
+        n("Div", ["cf", "stepc"], ["t"]),
+        n("Div", ["one", "smooth"], ["inverse"]),
+        n("Div", ["t", "inverse"], ["u"]),
+        n("QuantizeLinear", ["u", "one", "zero"], ["w8"]),  # rounded half to even, saturated
         n("Transpose", ["w8"], ["w8t"], perm=[1, 0]),
+        n("Cast", ["scale16"], ["s32"], to=TensorProto.FLOAT),
+        n("Reshape", ["s32", "flat"], ["s"]),  # (the backbone's scales are [rows, 1])
+        n("Mul", ["s", "step"], ["scale"]),
     ]
     return _function("prep", ["codes", "scale16", "smooth"], ["w8t", "scale"], nodes)

@@ -117,6 +117,10 @@ class SharedSource(Inline):
         packed = bld.const(name, self.shared.tensors[name].reshape(n, cols * bits // 8), name=name)  # the same bytes, 2-D
         return bld.packed_rows(base, packed, cols, bits)
 
+    def codes_t(self, bld: Builder, base: str, w: QWeight, dtype: int = TensorProto.INT8) -> str:
+        """codes() transposed and cast: the backbone's codes are stored as W, for every task."""
+        return bld.cast(bld.node("Transpose", [self.codes(bld, base, w)], base, perm=[1, 0])[0], base, dtype)
+
     def codes(self, bld: Builder, base: str, w: QWeight) -> str:
         full = self._check(base, w)
         bits = full.storage_bits

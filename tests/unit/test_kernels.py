@@ -76,3 +76,36 @@ def test_the_nbits_piece_refuses_a_fused_attention():
     att = helper.make_node("Attention", ["x", "w", "b"], ["y"], name="att")
     with pytest.raises(ValueError, match="unfused Q/K/V"):
         KERNELS["nbits"](Context(Builder(), W)).attention(att, ["a", "b", "a"])
+
+
+@pytest.mark.parametrize("bits,shape", [(4, (64, 32)), (4, (3, 5)), (2, (7, 9)), (2, (64, 32))])
+@pytest.mark.parametrize("dtype", [TensorProto.INT8, TensorProto.FLOAT])
+def test_codes_unpack_two_bytes_per_lookup(bits, shape, dtype):
+    """Builder.unpack_pairs: the packed bytes typed uint16 (padded to an even count), each pair looked up in the 65536-entry
+    table built in the graph: every signed code back, in its place, whatever the count's remainder."""
+    from compress.qweight import to_unsigned
+
+    codes = RNG.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), size=shape).astype(np.int8)
+    bld = Builder()
+    y = bld.unpack_pairs("w", to_unsigned(codes, bits), bits, "codes_t", dtype)
+    (packed,) = [i for i in bld.inits if i.data_type == TensorProto.UINT16]
+    assert list(packed.dims) == [-(-codes.size * bits // 16)]
+    graph = helper.make_graph(bld.nodes, "unpack", [], [helper.make_tensor_value_info(y, dtype, None)], initializer=bld.inits)
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
+    (got,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})
+    assert got.dtype == (np.int8 if dtype == TensorProto.INT8 else np.float32) and np.array_equal(got, codes)
+    assert Counter(n.op_type for n in bld.nodes)["Gather"] == 1
+
+
+def test_channel_step_bounds_each_channel_within_int8():
+    """channel_step: max |c * s| / 127, raised by 2^-10 to a float16, so that no re-rounded value saturates and the largest lands
+    within 0.2% of 127; an all-zero channel (every weight pruned) gets 2^-14, raised."""
+    from compress.exporters.builder import channel_step
+
+    w = W["a"].masked(np.broadcast_to(np.arange(32)[:, None] != 3, (32, 64)))  # channel 3 pruned whole
+    smooth = (RNG.random(64) * 4 + 0.1).astype(np.float16).astype(np.float32)
+    step = channel_step(w, smooth)
+    assert step.dtype == np.float16 and step.shape == (32,) and step[3] == np.float16(2.0**-14 * (1 + 2.0**-10))
+    top = np.abs(w.codes.astype(np.float32) * smooth).max(axis=1) / step.astype(np.float32)
+    live = np.arange(32) != 3
+    assert np.all(top[live] <= 127.0) and np.all(top[live] >= 127.0 * (1 - 2.0**-9))

@@ -1,0 +1,82 @@
+"""The first load of a default graph, two exports of it side by side: how long folding its weights takes, and its first
+load (into an empty fold cache) and later loads against ONNX Runtime's int8 model, all round-robin in one run (issue 24's
+target: load time <= 1.5x ORT int8's). For a change to what the graph folds at load, measured against the graph the
+previous version exported from the same checkpoint (`compress export DIR` of a copy, with each version).
+
+    python benchmarks/first_load.py --graph before=DIR --graph after=DIR --anchor ORT_INT8.onnx [--rounds 5]
+
+fold ms: compress.runtimes.staged_fold.fold of the graph in this process (warm: its first call not counted), the work a
+first load adds. first / later load ms: a fresh process each (benchmarks/runtimes_qdq.py's LOAD_SCRIPT: the session
+created, one batch-1 x 128 run), the first into an empty fold cache each time, the later ones from the cache a first
+filled. Medians over --rounds. Results: results/first_load.{md,json} (--results).
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from _results import write  # benchmarks/ is on sys.path when a script here runs
+from runtimes_qdq import load
+
+
+def fold_ms(graph: Path) -> float:
+    from compress.runtimes import staged_fold
+
+    t = time.perf_counter()
+    staged_fold.fold(graph)
+    return 1e3 * (time.perf_counter() - t)
+
+
+def measure(graphs: dict[str, Path], anchor: Path, rounds: int) -> dict:
+    """{name: {fold_ms, first_ms, later_ms, mb}} and the anchor's load, each a median of `rounds` taken round-robin."""
+    runs: dict[str, dict[str, list]] = {name: {"fold_ms": [], "first_ms": [], "later_ms": []} for name in graphs}
+    anchor_ms = []
+    for g in graphs.values():
+        fold_ms(g)  # warm: imports, the file in the page cache
+    with tempfile.TemporaryDirectory() as tmp:
+        for r in range(rounds):
+            for name, g in graphs.items():
+                runs[name]["fold_ms"].append(fold_ms(g))
+                runs[name]["first_ms"].append(load(g, "cpu", True, None, Path(tmp) / f"{name}{r}")["load_ms"])
+                runs[name]["later_ms"].append(load(g, "cpu", True, None, Path(tmp) / f"{name}0")["load_ms"])
+            anchor_ms.append(load(anchor, "cpu")["load_ms"])
+    rows = {name: {k: statistics.median(v) for k, v in r.items()} | {"mb": graphs[name].stat().st_size / 1e6} for name, r in runs.items()}
+    return rows | {"ORT int8 (quantize_dynamic)": {"load_ms": statistics.median(anchor_ms), "mb": anchor.stat().st_size / 1e6}}
+
+
+def main() -> int:
+    from compress.latency import cpu_name
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--graph", action="append", required=True, help="NAME=DIR: an artifact (its onnx/model.onnx)")
+    ap.add_argument("--anchor", required=True, type=Path, help="ONNX Runtime's int8 model of the same network")
+    ap.add_argument("--rounds", type=int, default=5)
+    ap.add_argument("--results", default=str(Path(__file__).parent / "results" / "first_load"))
+    args = ap.parse_args()
+    graphs = {name: Path(d) / "onnx" / "model.onnx" for name, d in (g.split("=", 1) for g in args.graph)}
+    rows = measure(graphs, args.anchor, args.rounds)
+    a = rows["ORT int8 (quantize_dynamic)"]["load_ms"]
+    lines = [
+        "| graph | MB | fold ms | first load ms (x ORT int8, target <= 1.5) | later loads ms (x) |",
+        "|---|---|---|---|---|",
+        *(
+            f"| {name} | {r['mb']:.1f} | {r['fold_ms']:.0f} | {r['first_ms']:.0f} ({r['first_ms'] / a:.2f}) | "
+            f"{r['later_ms']:.0f} ({r['later_ms'] / a:.2f}) |"
+            for name, r in rows.items()
+            if "fold_ms" in r
+        ),
+        f"| ORT int8 (quantize_dynamic) | {rows['ORT int8 (quantize_dynamic)']['mb']:.1f} | | {a:.0f} (1.00) | |",
+        "",
+        f"{cpu_name()}, 2 threads; medians of {args.rounds} rounds, round-robin (fresh processes for the loads).",
+    ]
+    write(args.results, "First load of a default graph: what its fold costs, two exports side by side", {"rows": rows}, "\n".join(lines))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
