@@ -121,6 +121,15 @@ def reader_python() -> Path:
     return environment("reader", "-e", str(ROOT))
 
 
+@pytest.fixture(scope="session")
+def openvino_ep_python() -> Path:
+    """ONNX Runtime's OpenVINO build (onnxruntime-openvino replaces the onnxruntime module, so it has an environment of its
+    own): this package without its onnxruntime, its other dependencies, and scipy / scikit-learn for `compress bench`'s
+    dev metrics."""
+    deps = ("numpy>=1.24", "protobuf>=4.25", "tokenizers>=0.19", "click>=8.1", "scipy>=1.10", "scikit-learn>=1.3")
+    return environment("openvino_ep", "onnxruntime-openvino", *deps, no_deps=("-e", str(ROOT)))
+
+
 def pytest_report_header(config):
     tier = "full (--full)" if config.getoption("--full") else "fast (unit tests; --full runs everything)"
     return f"compress tests: {tier}; python {sys.version.split()[0]}, torch {torch.__version__}"
