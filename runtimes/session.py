@@ -170,8 +170,8 @@ def release_freed_memory(collect: bool = False) -> None:
     Folding the packed codes into int8 weights at load allocates several times the model's size in
     intermediate tensors (MiniLM: a peak of ~0.5 GB); glibc keeps most of the freed memory resident
     unless asked to return it. collect: run Python's cycle collector first (after training, whose tensors can sit in
-    reference cycles). Loading leaves none, and a collection walks every object of the app (8-18 ms with onnxruntime
-    and openvino imported, more in a larger app), twice per load: loads do not collect."""
+    reference cycles). Loading leaves none, and a collection walks every object of the app, the larger the app the
+    longer: loads do not collect."""
     if collect:
         import gc
 
