@@ -156,29 +156,30 @@ class Builder:
         return self.node("Reshape", [x, self.const(base, np.array(shape, np.int64))], base)[0]
 
     def unpack_pairs(self, base: str, stored: np.ndarray, bits: int, suffix: str, dtype: int = TensorProto.INT8) -> str:
-        """Unsigned codes (any shape, bits < 8) -> bit-packed initializer typed uint16 (its bytes are pack_bits' bytes, in
-        pairs: little-endian, the first byte low) + subgraph giving their signed int8 codes (less 2^(bits - 1)) of that
-        shape, as int8 or float (dtype): each pair looked up in a 65536-entry table of its 16 / bits codes (pair_table).
-        ONNX Runtime's Gather costs per index, so two bytes per lookup unpack in about half the time of one."""
+        """Unsigned codes (any shape, bits < 8) -> bit-packed uint8 initializer + subgraph giving their signed int8 codes
+        (less 2^(bits - 1)) of that shape, as int8 or float (dtype): each pair of bytes (b0 + 256 b1) looked up in a
+        65536-entry table of its 16 / bits codes (pair_table). ONNX Runtime's Gather costs per index, so two bytes per
+        lookup unpack in about half the time of one. (The index is computed from the bytes, not read as uint16: ONNX
+        Runtime's web build has no Cast from uint16.)"""
         packed = pack_bits(stored, bits)
-        pairs = np.pad(packed, (0, packed.size % 2)).view("<u2")
+        packed = np.pad(packed, (0, packed.size % 2))
         per, count = 16 // bits, stored.size
-        index = self.node("Cast", [self.const(f"{base}.{suffix}_{bits}bit", pairs)], base, to=TensorProto.INT32)[0]
+        x = self.node("Reshape", [self.const(f"{base}.{suffix}_{bits}bit", packed), self.const(base, np.array([-1, 2], np.int64))], base)[0]
+        x = self.node("Cast", [x], base, to=TensorProto.FLOAT)[0]  # [pairs, 2]: b0, b1
+        index = self.node("MatMul", [x, self.const(base, np.array([[1.0], [256.0]], np.float32))], base)[0]  # exact below 2^24
+        index = self.node("Cast", [index], base, to=TensorProto.INT32)[0]  # [pairs, 1]
         flat = self.const(base, np.array([-1], np.int64))
         x = self.node("Reshape", [self.node("Gather", [self.pair_table(bits, dtype), index], base, axis=0)[0], flat], base)[0]
-        if pairs.size * per != count:
+        if packed.size // 2 * per != count:
             x = self.node("Slice", [x, self.const(base, np.array([0], np.int64)), self.const(base, np.array([count], np.int64))], base)[0]
         return self.node("Reshape", [x, self.const(base, np.array(stored.shape, np.int64))], base)[0]
 
     def pair_table(self, bits: int, dtype: int = TensorProto.INT8) -> str:
         """[65536, 16 / bits] int8 or float (dtype): the signed codes of every byte pair (first byte's first), built in the
-        graph (folded at load) from the 256-entry table of one byte's, once per graph and type."""
+        graph (folded at load) from the 256-entry table of one byte's in that type, once per graph and type."""
         if (bits, dtype) not in self.pair_tables:
-            if dtype != TensorProto.INT8:
-                self.pair_tables[(bits, dtype)] = self.cast(self.pair_table(bits), "pairs", dtype)
-                return self.pair_tables[(bits, dtype)]
-            per = 8 // bits
-            one = self.const("pairs", (byte_codes(bits) - 2 ** (bits - 1)).astype(np.int8))  # [256, per]
+            per, kind = 8 // bits, {TensorProto.INT8: np.int8, TensorProto.FLOAT: np.float32}[dtype]
+            one = self.const("pairs", (byte_codes(bits) - 2 ** (bits - 1)).astype(kind))  # [256, per]
             low = self.node("Tile", [one, self.const("pairs", np.array([256, 1], np.int64))], "pairs")[0]  # row i: byte i % 256
             high = self.node("Reshape", [one, self.const("pairs", np.array([256, 1, per], np.int64))], "pairs")[0]
             high = self.node("Expand", [high, self.const("pairs", np.array([256, 256, per], np.int64))], "pairs")[0]
