@@ -4,8 +4,8 @@ from the shared backbone file instead, compress.exporters.shared). The encodings
 int8 codes unpacked at load, MatMulNBits / GatherBlockQuantized on the packed codes as they are.
 
 What a session folds at load is kept to a few passes over each weight: a linear's symmetric low-bit codes are stored as
-W^T (the integer kernels' layout: no Transpose) and unpacked two bytes per lookup straight into floats (unpack_pairs: no
-Cast); a smoothed weight's per-channel int8 steps are computed here and stored (channel_step: no reduction over the
+W^T (the integer kernels' layout: no Transpose) and unpacked two bytes per lookup straight into floats (unpack_pairs);
+a smoothed weight's per-channel int8 steps are computed here and stored (channel_step: no reduction over the
 weight), so its re-rounding is one Div and one QuantizeLinear (rerounded)."""
 
 from __future__ import annotations
