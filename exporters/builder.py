@@ -144,14 +144,19 @@ class Builder:
         2^(bits - 1)): each byte looked up in a 256-entry table of its 8 / bits codes (a Gather: ONNX Runtime's BitShift
         kernel took half the time of folding a model's weights at load)."""
         per = 8 // bits
-        count = int(np.prod(shape))
         table = byte_codes(bits)
         table = (table - 2 ** (bits - 1)).astype(np.int8) if signed else table.astype(np.uint8)
         flat = self.const(base, np.array([-1], np.int64))
         index = self.node("Cast", [self.node("Reshape", [packed, flat], base)[0]], base, to=TensorProto.INT32)[0]
         x = self.node("Gather", [self.const(base, table), index], base, axis=0)[0]  # [packed_size, per]
-        x = self.node("Reshape", [x, flat], base)[0]
-        if packed_size * per != count:
+        return self.shaped(base, x, packed_size * per, shape)
+
+    def shaped(self, base: str, looked_up: str, produced: int, shape: tuple[int, ...]) -> str:
+        """Codes a lookup produced ([lookups, codes per lookup], `produced` in all) -> the first prod(shape) of them in
+        `shape` (a packed tensor's last byte or pair can hold codes past the end)."""
+        x = self.node("Reshape", [looked_up, self.const(base, np.array([-1], np.int64))], base)[0]
+        count = int(np.prod(shape))
+        if produced != count:
             x = self.node("Slice", [x, self.const(base, np.array([0], np.int64)), self.const(base, np.array([count], np.int64))], base)[0]
         return self.node("Reshape", [x, self.const(base, np.array(shape, np.int64))], base)[0]
 
@@ -163,16 +168,12 @@ class Builder:
         Runtime's web build has no Cast from uint16.)"""
         packed = pack_bits(stored, bits)
         packed = np.pad(packed, (0, packed.size % 2))
-        per, count = 16 // bits, stored.size
         x = self.node("Reshape", [self.const(f"{base}.{suffix}_{bits}bit", packed), self.const(base, np.array([-1, 2], np.int64))], base)[0]
         x = self.node("Cast", [x], base, to=TensorProto.FLOAT)[0]  # [pairs, 2]: b0, b1
         index = self.node("MatMul", [x, self.const(base, np.array([[1.0], [256.0]], np.float32))], base)[0]  # exact below 2^24
         index = self.node("Cast", [index], base, to=TensorProto.INT32)[0]  # [pairs, 1]
-        flat = self.const(base, np.array([-1], np.int64))
-        x = self.node("Reshape", [self.node("Gather", [self.pair_table(bits, dtype), index], base, axis=0)[0], flat], base)[0]
-        if packed.size // 2 * per != count:
-            x = self.node("Slice", [x, self.const(base, np.array([0], np.int64)), self.const(base, np.array([count], np.int64))], base)[0]
-        return self.node("Reshape", [x, self.const(base, np.array(stored.shape, np.int64))], base)[0]
+        x = self.node("Gather", [self.pair_table(bits, dtype), index], base, axis=0)[0]  # [pairs, 1, 16 / bits]
+        return self.shaped(base, x, packed.size // 2 * (16 // bits), stored.shape)
 
     def pair_table(self, bits: int, dtype: int = TensorProto.INT8) -> str:
         """[65536, 16 / bits] int8 or float (dtype): the signed codes of every byte pair (first byte's first), built in the

@@ -27,9 +27,7 @@ def environment(name: str, *requirements: str, no_deps: tuple[str, ...] = ()) ->
     wanted = "\n".join([*requirements, *(f"--no-deps {r}" for r in no_deps)])
     if not (python.is_file() and stamp.is_file() and stamp.read_text() == wanted):
         venv.create(where, with_pip=True, clear=True)
-        for args in ([*requirements], ["--no-deps", *no_deps] if no_deps else []):
-            if not args:
-                continue
+        for args in [list(requirements)] + ([["--no-deps", *no_deps]] if no_deps else []):
             r = subprocess.run([str(python), "-m", "pip", "install", "-q", "-c", str(CPU_TORCH), *args], capture_output=True, text=True)
             assert r.returncode == 0, f"pip install {' '.join(args)} into {where} failed:\n{r.stderr[-3000:]}"
         stamp.write_text(wanted)
