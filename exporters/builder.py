@@ -4,7 +4,7 @@ from the shared backbone file instead, compress.exporters.shared). The encodings
 int8 codes unpacked at load, MatMulNBits / GatherBlockQuantized on the packed codes as they are.
 
 What a session folds at load is kept to a few passes over each weight: a linear's symmetric low-bit codes are stored as
-W^T (the integer kernels' layout: no Transpose) and unpacked two bytes per lookup straight into floats (unpack_pairs);
+W^T (the integer kernels' layout: no Transpose) and unpacked by whole-tensor shifts straight into floats (unpack_planes);
 a smoothed weight's per-channel int8 steps are computed here and stored (channel_step: no reduction over the
 weight), so its re-rounding is one Div and one QuantizeLinear (rerounded)."""
 
@@ -37,10 +37,10 @@ class Inline:
 
     def codes_t(self, bld: Builder, base: str, w: QWeight, dtype: int = TensorProto.INT8) -> str:
         """-> [cols, rows] signed codes of W^T (the integer kernels' layout) as int8 or float (dtype): symmetric low-bit codes
-        stored transposed and unpacked two bytes per lookup straight into that type (Builder.unpack_pairs), so that no
-        Transpose or Cast is left to fold at load; other codes: codes() transposed and cast."""
+        stored transposed and unpacked by shifts straight into that type (Builder.unpack_planes), so that no Transpose is
+        left to fold at load; other codes: codes() transposed and cast."""
         if w.zero is None and w.storage_bits < 8:
-            return bld.unpack_pairs(base, np.ascontiguousarray(w.stored().T), w.storage_bits, "codes_t", dtype)
+            return bld.unpack_planes(base, np.ascontiguousarray(w.stored().T), w.storage_bits, "codes_t", dtype)
         return bld.cast(bld.node("Transpose", [self.codes(bld, base, w)], base, perm=[1, 0])[0], base, dtype)
 
     def rows(self, bld: Builder, base: str, w: QWeight):
@@ -103,7 +103,6 @@ class Builder:
         self.source = source or Inline()
         self.compact = compact  # repeated subgraphs as calls of model-local functions (a pack's task graph)
         self.functions: dict[str, onnx.FunctionProto] = {}
-        self.pair_tables: dict[tuple[int, int], str] = {}  # (bits, dtype) -> pair_table's graph tensor
 
     def call(self, fn: onnx.FunctionProto, inputs: list[str], base: str, outputs: int = 1) -> list[str]:
         """One node calling a model-local function (compress.exporters.functions)."""
@@ -149,44 +148,33 @@ class Builder:
         flat = self.const(base, np.array([-1], np.int64))
         index = self.node("Cast", [self.node("Reshape", [packed, flat], base)[0]], base, to=TensorProto.INT32)[0]
         x = self.node("Gather", [self.const(base, table), index], base, axis=0)[0]  # [packed_size, per]
-        return self.shaped(base, x, packed_size * per, shape)
-
-    def shaped(self, base: str, looked_up: str, produced: int, shape: tuple[int, ...]) -> str:
-        """Codes a lookup produced ([lookups, codes per lookup], `produced` in all) -> the first prod(shape) of them in
-        `shape` (a packed tensor's last byte or pair can hold codes past the end)."""
-        x = self.node("Reshape", [looked_up, self.const(base, np.array([-1], np.int64))], base)[0]
+        x = self.node("Reshape", [x, flat], base)[0]
         count = int(np.prod(shape))
-        if produced != count:
+        if packed_size * per != count:  # the last byte can hold codes past the end
             x = self.node("Slice", [x, self.const(base, np.array([0], np.int64)), self.const(base, np.array([count], np.int64))], base)[0]
         return self.node("Reshape", [x, self.const(base, np.array(shape, np.int64))], base)[0]
 
-    def unpack_pairs(self, base: str, stored: np.ndarray, bits: int, suffix: str, dtype: int = TensorProto.INT8) -> str:
-        """Unsigned codes (any shape, bits < 8) -> bit-packed uint8 initializer + subgraph giving their signed int8 codes
-        (less 2^(bits - 1)) of that shape, as int8 or float (dtype): each pair of bytes (b0 + 256 b1) looked up in a
-        65536-entry table of its 16 / bits codes (pair_table). ONNX Runtime's Gather costs per index, so two bytes per
-        lookup unpack in about half the time of one. (The index is computed from the bytes, not read as uint16: ONNX
-        Runtime's web build has no Cast from uint16.)"""
-        packed = pack_bits(stored, bits)
-        packed = np.pad(packed, (0, packed.size % 2))
-        x = self.node("Reshape", [self.const(f"{base}.{suffix}_{bits}bit", packed), self.const(base, np.array([-1, 2], np.int64))], base)[0]
-        x = self.node("Cast", [x], base, to=TensorProto.FLOAT)[0]  # [pairs, 2]: b0, b1
-        index = self.node("MatMul", [x, self.const(base, np.array([[1.0], [256.0]], np.float32))], base)[0]  # exact below 2^24
-        index = self.node("Cast", [index], base, to=TensorProto.INT32)[0]  # [pairs, 1]
-        x = self.node("Gather", [self.pair_table(bits, dtype), index], base, axis=0)[0]  # [pairs, 1, 16 / bits]
-        return self.shaped(base, x, packed.size // 2 * (16 // bits), stored.shape)
-
-    def pair_table(self, bits: int, dtype: int = TensorProto.INT8) -> str:
-        """[65536, 16 / bits] int8 or float (dtype): the signed codes of every byte pair (first byte's first), built in the
-        graph (folded at load) from the 256-entry table of one byte's in that type, once per graph and type."""
-        if (bits, dtype) not in self.pair_tables:
-            per, kind = 8 // bits, {TensorProto.INT8: np.int8, TensorProto.FLOAT: np.float32}[dtype]
-            one = self.const("pairs", (byte_codes(bits) - 2 ** (bits - 1)).astype(kind))  # [256, per]
-            low = self.node("Tile", [one, self.const("pairs", np.array([256, 1], np.int64))], "pairs")[0]  # row i: byte i % 256
-            high = self.node("Reshape", [one, self.const("pairs", np.array([256, 1, per], np.int64))], "pairs")[0]
-            high = self.node("Expand", [high, self.const("pairs", np.array([256, 256, per], np.int64))], "pairs")[0]
-            high = self.node("Reshape", [high, self.const("pairs", np.array([65536, per], np.int64))], "pairs")[0]  # i // 256
-            self.pair_tables[(bits, dtype)] = self.node("Concat", [low, high], "pairs", axis=1)[0]
-        return self.pair_tables[(bits, dtype)]
+    def unpack_planes(self, base: str, stored: np.ndarray, bits: int, suffix: str, dtype: int = TensorProto.INT8) -> str:
+        """Unsigned codes [rows, cols] (bits < 8) -> bit-packed uint8 initializer + subgraph giving their signed codes (less
+        2^(bits - 1)) as int8 or float (dtype). Packed in planes: byte [j, c] holds the codes of rows j, j + rows / per, ...
+        (per = 8 / bits; the first in the low bits), so that each plane is two BitShifts of the bytes (the high bits shifted
+        out to the left, the low ones to the right: uint8 arithmetic) and the planes, concatenated, are the rows in order.
+        Every op runs over whole tensors, none per element (ONNX Runtime's Gather costs ~5 ns an index: a lookup table
+        took twice as long); rows that do not fill the last plane are padded and sliced off."""
+        per, (rows, cols) = 8 // bits, stored.shape
+        planes = np.pad(stored, ((0, -rows % per), (0, 0))).reshape(per, -1, cols)
+        packed = np.bitwise_or.reduce(planes << (np.arange(per, dtype=np.uint8) * bits)[:, None, None], axis=0).astype(np.uint8)
+        x = self.const(f"{base}.{suffix}_{bits}bit", packed)
+        shift = lambda y, by, way: self.node("BitShift", [y, self.const(base, np.array(by, np.uint8))], base, direction=way)[0]
+        out = []
+        for k in range(per):  # plane k: bits [k * bits, (k + 1) * bits) of each byte, shifted to the top, then to the bottom
+            out.append(shift(x if k == per - 1 else shift(x, 8 - (k + 1) * bits, "LEFT"), 8 - bits, "RIGHT"))
+        x = self.node("Concat", out, base, axis=0)[0]  # [rows padded, cols]
+        if packed.shape[0] * per != rows:
+            x = self.node("Slice", [x, self.const(base, np.array([0], np.int64)), self.const(base, np.array([rows], np.int64))], base)[0]
+        offset = self.const(base, np.array(2 ** (bits - 1), np.float32))
+        x = self.node("Sub", [self.node("Cast", [x], base, to=TensorProto.FLOAT)[0], offset], base)[0]
+        return x if dtype == TensorProto.FLOAT else self.node("Cast", [x], base, to=dtype)[0]
 
     def cast(self, x: str, base: str, dtype: int) -> str:
         """x as dtype (int8 tensors here: as they are)."""

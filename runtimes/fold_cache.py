@@ -3,8 +3,9 @@ model: no fold, no copy held beside the session's (the weights a default artifac
 packed codes when it loads: compress.runtimes.staged_fold).
 
 On the first load the graph is folded (staged_fold.fold) and written, with its folded tensors as one external data file,
-to `<cache>/folded/<key>/` (written into a temporary directory, synced to disk and renamed into place: ~25 ms of a
-MiniLM first load, ~50 ms at bert-base); the folded tensors are then freed and ONNX Runtime loads the written graph.
+into a temporary directory; the folded tensors are freed, and ONNX Runtime loads the written graph there while another
+thread syncs both files to disk. The directory is then renamed to `<cache>/folded/<key>/`: an entry is never half
+written.
 Every later load of the same file loads the written graph directly. The key is the graph file's real path, size and
 modification time, and the versions of this package and of ONNX Runtime: a graph rewritten in place (`compress
 export`) is folded again. What it costs on disk: the graph with int8 weights (MiniLM: ~18 MB beside the 12.4 MB
@@ -17,12 +18,16 @@ least recently used graphs are deleted while the cache holds more than $COMPRESS
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import logging
 import os
 import shutil
 import tempfile
+import threading
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import numpy as np
 
@@ -32,6 +37,7 @@ log = logging.getLogger(__name__)
 
 WEIGHTS = "folded.bin"
 ALIGN = 4096  # each tensor's offset in the weights file: a page (ONNX Runtime maps external data from the file)
+T = TypeVar("T")
 
 
 def cache_root() -> Path:
@@ -43,12 +49,19 @@ def enabled() -> bool:
     return os.environ.get("COMPRESS_FOLD_CACHE", "1").strip().lower() not in ("0", "off", "false", "no")
 
 
-def cached_graph(
-    model: str | Path, threads: int | None = None, initializers: dict | None = None, content: str | None = None
-) -> tuple[Path, bool] | None:
-    """-> (the folded graph of the .onnx file at `model` in the cache, whether it was folded and written by this call: not
+def open_cached(
+    model: str | Path,
+    open_graph: Callable[[Path, bool], T],
+    threads: int | None = None,
+    initializers: dict | None = None,
+    content: str | None = None,
+) -> T | None:
+    """-> open_graph(the folded graph of the .onnx file at `model` in the cache, whether it was folded by this call: not
     there yet), or None where the graph has nothing to fold (load it as it is). Raises OSError where the cache cannot be
-    written.
+    written, and what open_graph raises (an entry it cannot open removed, to be folded again).
+
+    A first load folds into a temporary directory and opens the graph there while another thread syncs both files to
+    disk (~50 ms at bert-base, off the load's path); once both are done the directory is renamed into place.
 
     initializers: {name: OrtValue} the session is given in place of the graph's own (a pack's backbone tensors); the
     written graph leaves them to it. content: what the folded weights depend on, in place of the file's path, size and
@@ -57,33 +70,56 @@ def cached_graph(
     if initializers and not content:
         raise ValueError(f"{model}: a graph folded with initializers of the caller's is cached under the content they hold: pass content")
     where = cache_root() / "folded" / _key(model, content, sorted(initializers or {}))
-    graph = where / "model.onnx"
-    if graph.is_file():
-        try:
+    if (where / "model.onnx").is_file():
+        with contextlib.suppress(OSError):  # a cache that is read-only here is read all the same
             os.utime(where)  # its last use, for the pruning
-        except OSError:  # a cache that is read-only here is read all the same
-            pass
-        return graph, False
-    from compress.runtimes import staged_fold
-
-    folded = staged_fold.fold(model, initializers, threads)
-    if folded is None:
-        return None
+        try:
+            return open_graph(where / "model.onnx", False)
+        except Exception:
+            evict(where / "model.onnx")
+            raise
     where.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=where.parent, prefix=".tmp-"))
     try:
-        _write(folded, tmp)
-        folded = None  # the folded tensors freed before ONNX Runtime reads them back
+        opened = _fold_and_open(model, tmp, open_graph, threads, initializers)
+        if opened is None:
+            return None
         try:
             tmp.rename(where)
         except OSError:  # written meanwhile by another process: theirs is the same graph
-            if not graph.is_file():
+            if not (where / "model.onnx").is_file():
                 raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     log.info("%s: folded weights written to %s", model, where)
     _prune(where.parent, keep=where)
-    return graph, True
+    return opened
+
+
+def _fold_and_open(model: Path, tmp: Path, open_graph, threads: int | None, initializers: dict | None):
+    """The graph folded into `tmp` and opened there, its files synced to disk meanwhile; None: nothing to fold."""
+    from compress.runtimes import staged_fold
+
+    folded = staged_fold.fold(model, initializers, threads)
+    if folded is None:
+        return None
+    _write(folded, tmp)
+    folded = None  # the folded tensors freed before ONNX Runtime reads them back
+    synced = threading.Thread(target=_sync, args=([tmp / WEIGHTS, tmp / "model.onnx"],), name="fold-cache-sync")
+    synced.start()  # (fsync waits on the disk, without the GIL: it runs while the session is created)
+    try:
+        return open_graph(tmp / "model.onnx", True)
+    finally:
+        synced.join()
+
+
+def _sync(files: list[Path]) -> None:
+    for path in files:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _prune(root: Path, keep: Path) -> None:
@@ -119,10 +155,10 @@ def _key(model: Path, content: str | None, given: list[str]) -> str:
 
 
 def _write(folded, where: Path) -> None:
-    """The graph with each tensor it is handed (staged_fold's placeholders) stored in one external data file beside it;
-    the caller's initializers (the rest of its external tensors) left to the session, named in that file (ONNX Runtime
-    checks that a tensor's external file exists, and reads it only for tensors it is not given). Both files are synced
-    to disk before the directory is renamed into place: an entry is never half written."""
+    """The graph with each tensor it is handed (staged_fold's placeholders) stored in one external data file beside it,
+    each at a page-aligned offset; the caller's initializers (the rest of its external tensors) left to the session,
+    named in that file (ONNX Runtime checks that a tensor's external file exists, and reads it only for tensors it is not
+    given)."""
     m = onnx_wire.messages().ModelProto()
     m.ParseFromString(folded.model)
     offset = 0
@@ -138,10 +174,7 @@ def _write(folded, where: Path) -> None:
             np.ascontiguousarray(value).tofile(f)
             _point(init, offset, value.nbytes)
             offset += -(-value.nbytes // ALIGN) * ALIGN
-        os.fsync(f.fileno())
-    with open(where / "model.onnx", "wb") as f:
-        f.write(m.SerializeToString())
-        os.fsync(f.fileno())
+    (where / "model.onnx").write_bytes(m.SerializeToString())
 
 
 def _point(init, offset: int, length: int) -> None:

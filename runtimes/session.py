@@ -115,21 +115,19 @@ def _from_cache(model: Path, initializers: dict | None, threads: int | None, so:
     there is nothing to fold."""
     from compress.runtimes import fold_cache
 
+    def open_graph(graph: Path, folded_now: bool) -> ort.InferenceSession:
+        if folded_now:  # the fold run's freed intermediates back to the system before the session's peak
+            release_freed_memory()
+        try:
+            return ort.InferenceSession(str(graph), so, providers=providers)
+        except Exception as e:
+            log.warning("%s: the fold cache's %s does not load (%s): removed; folding in memory", model, graph, e)
+            raise _CacheCannotServe from None
+
     try:
-        cached = fold_cache.cached_graph(model, threads, initializers, key)
+        return fold_cache.open_cached(model, open_graph, threads, initializers, key)
     except OSError as e:
         log.info("%s: the fold cache cannot be written (%s): folding in memory", model, e)
-        raise _CacheCannotServe from None
-    if cached is None:
-        return None
-    graph, folded_now = cached
-    if folded_now:  # the fold run's freed intermediates back to the system before the session's peak
-        release_freed_memory()
-    try:
-        return ort.InferenceSession(str(graph), so, providers=providers)
-    except Exception as e:
-        log.warning("%s: the fold cache's %s does not load (%s): removed; folding in memory", model, graph, e)
-        fold_cache.evict(graph)
         raise _CacheCannotServe from None
 
 

@@ -330,11 +330,11 @@ def test_prefolded_weights_give_the_same_graph_with_nothing_to_fold(tiny_classif
     assert np.array_equal(got, ref)
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "p.onnx")).graph.node)
     assert not {"BitShift", "Round", "ReduceMax", "Abs"} & set(ops) and ops["GatherBlockQuantized"] == 1
-    # the default graph's fold: codes stored as W^T (no Transpose), unpacked two bytes per lookup into floats, re-rounded
-    # with the stored per-channel steps (no reduction over a weight): one Gather, Div and QuantizeLinear per linear
+    # the default graph's fold: codes stored as W^T (no Transpose), unpacked by three whole-tensor shifts into floats (no
+    # lookup), re-rounded with the stored per-channel steps (no reduction over a weight): one QuantizeLinear per linear
     ops = Counter(n.op_type for n in onnx.load(str(tmp_path / "a.onnx")).graph.node)
-    assert not {"BitShift", "Transpose", "ReduceMax", "Abs"} & set(ops)
-    assert ops["QuantizeLinear"] >= len(linears) and ops["Gather"] >= len(linears)
+    assert not {"Transpose", "ReduceMax", "Abs"} & set(ops) and ops["Gather"] < len(linears)
+    assert ops["QuantizeLinear"] >= len(linears) and ops["BitShift"] == 3 * len(linears)
     assert sum(w.codes.size for w in linears.values()) <= res.sizes.weights <= 1.1 * sum(w.codes.size for w in linears.values())
     with pytest.raises(ConfigError, match="prefold"):
         ExportConfig(kernel="float", prefold=True)

@@ -81,7 +81,7 @@ def test_the_least_recently_used_graphs_go_when_the_cache_is_full(graph, tmp_pat
 def test_a_graph_given_initializers_needs_a_content_key(graph):
     """What a graph folds to depends on the tensors it is given: without a key naming them, nothing is cached."""
     with pytest.raises(ValueError, match="pass content"):
-        fold_cache.cached_graph(graph, initializers={"w": None})
+        fold_cache.open_cached(graph, lambda path, now: None, initializers={"w": None})
 
 
 def test_a_damaged_cache_entry_is_removed_and_folded_again(graph, tmp_path, caplog):
@@ -93,3 +93,30 @@ def test_a_damaged_cache_entry_is_removed_and_folded_again(graph, tmp_path, capl
         assert np.array_equal(run_logits(open_session(graph, fold_first=True), inputs(2, 9)), want)
     assert "does not load" in caplog.text and not entry.exists()
     assert np.array_equal(run_logits(open_session(graph, fold_first=True), inputs(2, 9)), want) and entry.exists()
+
+
+def test_a_first_load_syncs_its_files_before_the_entry_is_renamed_into_place(graph, tmp_path, monkeypatch):
+    """The session opens the graph in the temporary directory while its files are synced; the entry appears only once
+    both are done, and a graph the session cannot open leaves neither an entry nor a temporary directory."""
+    synced, opened = [], []
+    monkeypatch.setattr(fold_cache, "_sync", lambda files: synced.append([(f.parent.name, f.name, f.is_file()) for f in files]))
+    root = tmp_path / "cache" / "folded"
+
+    def open_graph(path, folded_now):
+        opened.append((path.parent.name, folded_now, list(root.iterdir())))
+        return "session"
+
+    assert fold_cache.open_cached(graph, open_graph) == "session"
+    ((name, folded_now, entries),) = opened
+    assert name.startswith(".tmp-") and folded_now and [e.name for e in entries] == [name]  # not in place yet
+    assert synced == [[(name, fold_cache.WEIGHTS, True), (name, "model.onnx", True)]]
+    (entry,) = root.iterdir()
+    assert not entry.name.startswith(".tmp-") and fold_cache.open_cached(graph, lambda path, now: (path.parent, now)) == (entry, False)
+
+    def refuse(path, folded_now):
+        raise RuntimeError("cannot open")
+
+    os.utime(graph, ns=(graph.stat().st_atime_ns, graph.stat().st_mtime_ns + 10**9))  # a new key: folded again
+    with pytest.raises(RuntimeError, match="cannot open"):
+        fold_cache.open_cached(graph, refuse)
+    assert list(root.iterdir()) == [entry]

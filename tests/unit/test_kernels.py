@@ -78,25 +78,26 @@ def test_the_nbits_piece_refuses_a_fused_attention():
         KERNELS["nbits"](Context(Builder(), W)).attention(att, ["a", "b", "a"])
 
 
-@pytest.mark.parametrize("bits,shape", [(4, (64, 32)), (4, (3, 5)), (2, (7, 9)), (2, (64, 32))])
+@pytest.mark.parametrize("bits,shape", [(4, (64, 32)), (4, (3, 5)), (2, (7, 9)), (2, (64, 32)), (2, (1, 3))])
 @pytest.mark.parametrize("dtype", [TensorProto.INT8, TensorProto.FLOAT])
-def test_codes_unpack_two_bytes_per_lookup(bits, shape, dtype):
-    """Builder.unpack_pairs: the packed bytes (padded to an even count) read in pairs, each pair looked up in the 65536-entry
-    table built in the graph: every signed code back, in its place, whatever the count's remainder; no uint16 tensor
-    (ONNX Runtime's web build cannot cast one)."""
+def test_codes_unpack_in_planes_by_shifts(bits, shape, dtype):
+    """Builder.unpack_planes: [ceil(rows / per), cols] bytes, each holding a code of each plane; shifted out plane by plane
+    and concatenated, every signed code comes back in its place, whatever the rows' remainder; no lookup (Gather) and no
+    uint16 tensor (ONNX Runtime's web build cannot cast one)."""
     from compress.qweight import to_unsigned
 
     codes = RNG.integers(-(2 ** (bits - 1)), 2 ** (bits - 1), size=shape).astype(np.int8)
     bld = Builder()
-    y = bld.unpack_pairs("w", to_unsigned(codes, bits), bits, "codes_t", dtype)
-    (packed,) = [i for i in bld.inits if i.data_type == TensorProto.UINT8]
-    assert list(packed.dims) == [2 * -(-codes.size * bits // 16)]
+    y = bld.unpack_planes("w", to_unsigned(codes, bits), bits, "codes_t", dtype)
+    (packed,) = [i for i in bld.inits if i.data_type == TensorProto.UINT8 and len(i.dims) == 2]
+    assert list(packed.dims) == [-(-shape[0] * bits // 8), shape[1]]
     assert not any(i.data_type == TensorProto.UINT16 for i in bld.inits)
     graph = helper.make_graph(bld.nodes, "unpack", [], [helper.make_tensor_value_info(y, dtype, None)], initializer=bld.inits)
     model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 17)])
     (got,) = ort.InferenceSession(model.SerializeToString(), providers=["CPUExecutionProvider"]).run(None, {})
     assert got.dtype == (np.int8 if dtype == TensorProto.INT8 else np.float32) and np.array_equal(got, codes)
-    assert Counter(n.op_type for n in bld.nodes)["Gather"] == 1
+    ops = Counter(n.op_type for n in bld.nodes)
+    assert ops["Gather"] == 0 and ops["BitShift"] == 2 * (8 // bits) - 1
 
 
 def test_channel_step_bounds_each_channel_within_int8():
