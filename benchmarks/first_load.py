@@ -1,14 +1,16 @@
 """The first load of a default graph, two exports of it side by side: how long folding its weights takes, and its first
-load (into an empty fold cache) and later loads against ONNX Runtime's int8 model, all round-robin in one run (issue 24's
-target: load time <= 1.5x ORT int8's). For a change to what the graph folds at load, measured against the graph the
-previous version exported from the same checkpoint (`compress export DIR` of a copy, with each version).
+load (into an empty fold cache, deleted after it is measured: runtimes_qdq.first_load) and later loads against ONNX
+Runtime's int8 model, all round-robin in one run (issue 24's target: load time <= 1.5x ORT int8's). For a change to
+what the graph folds at load, measured against the graph the previous version exported from the same checkpoint
+(`compress export DIR` of a copy, with each version).
 
     python benchmarks/first_load.py --graph before=DIR --graph after=DIR --anchor ORT_INT8.onnx [--rounds 5]
 
 fold ms: compress.runtimes.staged_fold.fold of the graph in this process (warm: its first call not counted), the work a
-first load adds. first / later load ms: a fresh process each (benchmarks/runtimes_qdq.py's LOAD_SCRIPT: the session
-created, one batch-1 x 128 run), the first into an empty fold cache each time, the later ones from the cache a first
-filled. Medians over --rounds. Results: results/first_load.{md,json} (--results).
+first load adds; all rounds of it before the loads. first / later load ms: a fresh process each
+(benchmarks/runtimes_qdq.py's LOAD_SCRIPT: the session created, one batch-1 x 128 run), the first into an empty fold
+cache each time, the later ones from the cache a first filled. Medians over --rounds. Results:
+results/first_load.{md,json} (--results).
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ import time
 from pathlib import Path
 
 from _results import write  # benchmarks/ is on sys.path when a script here runs
-from runtimes_qdq import load
+from runtimes_qdq import first_load, load
 
 
 def fold_ms(graph: Path) -> float:
@@ -33,16 +35,23 @@ def fold_ms(graph: Path) -> float:
 
 
 def measure(graphs: dict[str, Path], anchor: Path, rounds: int) -> dict:
-    """{name: {fold_ms, first_ms, later_ms, mb}} and the anchor's load, each a median of `rounds` taken round-robin."""
+    """{name: {fold_ms, first_ms, later_ms, mb}} and the anchor's load, each a median of `rounds` taken round-robin (the
+    folds first, then the loads)."""
+    from compress.runtimes.session import release_freed_memory
+
     runs: dict[str, dict[str, list]] = {name: {"fold_ms": [], "first_ms": [], "later_ms": []} for name in graphs}
     anchor_ms = []
     for g in graphs.values():
         fold_ms(g)  # warm: imports, the file in the page cache
+    for _ in range(rounds):
+        for name, g in graphs.items():
+            runs[name]["fold_ms"].append(fold_ms(g))
+    # the folds' heap back to the system before the loads: a process holding it slows the loads' fresh processes
+    release_freed_memory()
     with tempfile.TemporaryDirectory() as tmp:
         for r in range(rounds):
             for name, g in graphs.items():
-                runs[name]["fold_ms"].append(fold_ms(g))
-                runs[name]["first_ms"].append(load(g, "cpu", True, None, Path(tmp) / f"{name}{r}")["load_ms"])
+                runs[name]["first_ms"].append(first_load(g, Path(tmp) / f"{name}{r}", keep=r == 0)["load_ms"])
                 runs[name]["later_ms"].append(load(g, "cpu", True, None, Path(tmp) / f"{name}0")["load_ms"])
             anchor_ms.append(load(anchor, "cpu")["load_ms"])
     rows = {name: {k: statistics.median(v) for k, v in r.items()} | {"mb": graphs[name].stat().st_size / 1e6} for name, r in runs.items()}
