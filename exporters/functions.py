@@ -6,7 +6,7 @@ is one call node. ONNX Runtime inlines model-local functions when it loads the g
 folding, so what runs is the same folded int8 weights on the same kernels. The standalone artifact's
 graph keeps the subgraphs inline (its size is the codes', not the graph's).
 
-    unpack{2,4}(packed uint8 [n], shape int64 [2]) -> int8 [rows, cols]    bit-packed symmetric codes, signed (a byte lookup)
+    unpack{2,4}(packed uint8 [n], shape int64 [2]) -> int8 [rows, cols]    bit-packed symmetric codes, signed (by shifts)
     unpack8(packed uint8 [n], shape int64 [2])     -> int8 [rows, cols]    8-bit stored codes (code + 128), signed
     mask_rice{0,1}(code uint8 [n], shape int64 [2]) -> bool [rows, cols]   Rice-coded positions of the value 0 (1)
                                                    (compress.maskcodec.RiceCode.to_bytes: header, unary bits, remainders)
@@ -22,8 +22,6 @@ from functools import cache
 import numpy as np
 import onnx
 from onnx import TensorProto, helper, numpy_helper
-
-from compress.qweight import byte_codes
 
 DOMAIN = "compress.pack"
 OPSET = 17
@@ -49,12 +47,22 @@ def unpack(bits: int) -> onnx.FunctionProto:
             n("Cast", ["s"], ["codes"], to=TensorProto.INT8),
         ]
         return _function("unpack8", ["packed", "shape"], ["codes"], nodes)
-    table = byte_codes(bits) - 2 ** (bits - 1)
-    nodes = [
-        _const("table", table.astype(np.int8)),  # every byte -> its `per` signed codes, first in the low bits
-        n("Cast", ["packed"], ["index"], to=TensorProto.INT32),
-        n("Gather", ["table", "index"], ["g"], axis=0),
-        n("Reshape", ["g", "shape"], ["codes"]),
+    per = 8 // bits
+    nodes = [_const("down", np.array(8 - bits, np.uint8)), _const("axis", np.array([1], np.int64))]
+    nodes.append(_const("off", np.array(2 ** (bits - 1), np.int16)))
+    for k in range(per):  # code k of each byte: bits [k * bits, (k + 1) * bits), shifted to the top, then to the bottom
+        top = "packed"
+        if k < per - 1:
+            top = f"top{k}"
+            up = _const(f"up{k}", np.array(8 - (k + 1) * bits, np.uint8))
+            nodes += [up, n("BitShift", ["packed", f"up{k}"], [top], direction="LEFT")]
+        nodes += [n("BitShift", [top, "down"], [f"code{k}"], direction="RIGHT"), n("Unsqueeze", [f"code{k}", "axis"], [f"col{k}"])]
+    nodes += [
+        n("Concat", [f"col{k}" for k in range(per)], ["u"], axis=1),  # [n, per]: each byte's codes in order
+        n("Cast", ["u"], ["i"], to=TensorProto.INT16),
+        n("Sub", ["i", "off"], ["s"]),
+        n("Cast", ["s"], ["s8"], to=TensorProto.INT8),
+        n("Reshape", ["s8", "shape"], ["codes"]),
     ]
     return _function(f"unpack{bits}", ["packed", "shape"], ["codes"], nodes)
 
