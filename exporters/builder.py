@@ -312,7 +312,7 @@ class Builder:
     def rerounded(self, base: str, w: QWeight, smooth: str, smooth_values: np.ndarray) -> tuple[str, str]:
         """-> (int8 [cols, rows], float [rows]): per-channel codes c of W^T times the smoothing factors s, re-rounded per
         output channel to round(c / step / (1 / s)), its scale the codes' scale * step (channel_step, stored: the codes'
-        float scale cancels out of the rounding). After the lookup, which gives floats, two passes at load: Div by the steps
+        float scale cancels out of the rounding). After the unpacking, which gives floats, two passes at load: Div by the steps
         and QuantizeLinear by 1 / s per input channel (axis 0; ONNX Runtime runs a per-axis QuantizeLinear on one thread).
         Prefolded.int8 computes the same."""
         rows, cols = w.shape
