@@ -35,6 +35,7 @@ from compress.runtimes.onnx_wire import EXTERNAL, HANDED_OVER
 log = logging.getLogger(__name__)
 
 LARGE = 65536  # bytes: an initializer this large is fed to the fold run as it is, and a folded tensor handed over as a value
+PART_NODES = 600  # constant nodes per fold run (a call of a model-local function: its body's count; _parts)
 _NOT_FOLDED = {"DequantizeLinear", "RandomUniform", "RandomNormal", "RandomUniformLike", "RandomNormalLike", "Multinomial"}
 # TensorProto.DataType -> numpy (the types a graph's initializers here have)
 _DTYPES = {1: np.float32, 2: np.uint8, 3: np.int8, 4: np.uint16, 5: np.int16, 6: np.int32, 7: np.int64, 9: np.bool_}
@@ -59,7 +60,8 @@ def fold(model: str | Path, initializers: dict | None = None, threads: int | Non
     if path.suffix != ".onnx":  # an .ort file (ONNX Runtime's own format) is not an ONNX graph
         return None
     m, raw = onnx_wire.read(path, LARGE)  # large tensors: views of the file's bytes, neither parsed nor copied
-    split = _split(m.graph, _foldable_functions(m))
+    functions = _foldable_functions(m)
+    split = _split(m.graph, functions)
     types = {i.data_type for i in m.graph.initializer if i.name in set(split.inputs)}
     if not any(n.op_type != "Constant" for n in split.nodes) or not types <= set(_DTYPES):
         return None
@@ -67,7 +69,10 @@ def fold(model: str | Path, initializers: dict | None = None, threads: int | Non
     for init in m.graph.initializer:  # small tensors stored elsewhere: into the graph (both graphs are loaded from bytes)
         if init.data_location == EXTERNAL and _nbytes(init) < LARGE:
             init.CopyFrom(_tensor(pb, init.name, source.array(init)))
-    values = _run(_fold_graph(pb, m, split), split, m.graph, source, threads)
+    values: dict[str, np.ndarray] = {}
+    for part in _parts(split, functions):  # one fold run per part, each its own session: a smaller graph in memory at once
+        values |= _run(_fold_graph(pb, m, part, values), part, m.graph, source, threads, values)
+    values = {name: values[name] for name in split.outputs}
     handed = {k: v for k, v in values.items() if v.nbytes >= LARGE}
     return Folded(_rest(pb, m, split, values, source, handed), handed)
 
@@ -95,13 +100,14 @@ class _Split:
     outputs: list[str]  # what the rest of the graph reads of theirs
     inputs: list[str]  # the initializers they read
     rest_reads: set[str]  # every name the other nodes (and their subgraphs) read, and the graph's outputs
+    carried: list[str] = field(default_factory=list)  # what they read of an earlier part's outputs (_parts)
 
     def large_inputs(self, graph) -> list[str]:
         wanted = set(self.inputs)
         return [i.name for i in graph.initializer if i.name in wanted and _nbytes(i) >= LARGE]
 
 
-def _split(graph, functions: set[tuple[str, str]]) -> _Split:
+def _split(graph, functions: dict[tuple[str, str], int]) -> _Split:
     """functions: (domain, name) of the model-local functions a constant call of which is folded as a whole."""
     const = ({i.name for i in graph.initializer} - {i.name for i in graph.input}) | {""}  # an initializer that is an input can change
     nodes, rest_inputs = [], {o.name for o in graph.output}
@@ -115,6 +121,32 @@ def _split(graph, functions: set[tuple[str, str]]) -> _Split:
     outputs = [o for n in nodes for o in n.output if o in rest_inputs]
     inputs = sorted({i for n in nodes for i in n.input if i and i not in produced})
     return _Split(nodes, outputs, inputs, rest_inputs)
+
+
+def _parts(split: _Split, functions: dict[tuple[str, str], int]) -> list[_Split]:
+    """The constant nodes cut, in graph order, into parts of about PART_NODES nodes each (a call of a model-local
+    function: its body's count), each run in a session of its own: a pack's MiniLM task graph folds ~4,400 nodes once
+    inlined, and ONNX Runtime's session of them all held ~20 MB while it ran. Each part's outputs are what the rest
+    of the graph or a later part reads of its nodes."""
+    size = [functions.get((n.domain, n.op_type), 1) for n in split.nodes]
+    if sum(size) <= PART_NODES:
+        return [split]
+    cuts, count = [0], 0
+    for k, n in enumerate(size):
+        if count + n > PART_NODES and count:
+            cuts.append(k)
+            count = 0
+        count += n
+    chunks = [split.nodes[a:b] for a, b in zip(cuts, [*cuts[1:], len(size)])]
+    reads = [{i for n in c for i in n.input if i} for c in chunks]
+    inputs, parts, earlier = set(split.inputs), [], set()
+    for k, c in enumerate(chunks):
+        produced = [o for n in c for o in n.output]
+        later = set().union(*reads[k + 1 :])
+        outputs = [o for o in produced if o in split.rest_reads or o in later]
+        parts.append(_Split(c, outputs, sorted(reads[k] & inputs), split.rest_reads, sorted(reads[k] & earlier)))
+        earlier.update(produced)
+    return parts
 
 
 def _reads(node) -> set[str]:
@@ -134,28 +166,30 @@ def _foldable(node) -> bool:
     return node.domain in ("", "ai.onnx") and node.op_type not in _NOT_FOLDED and not _has_subgraph(node)
 
 
-def _foldable_functions(m) -> set[tuple[str, str]]:
+def _foldable_functions(m) -> dict[tuple[str, str], int]:
     """The model-local functions (a pack's task graph calls them for each weight) made of foldable nodes only: a call of
     one on constants is folded whole, ONNX Runtime inlining it in the fold run as it would in the session (nothing is
     inlined here: a MiniLM task graph's ~3,600 inlined nodes took ~65 ms to rewrite and split in Python)."""
-    return {(f.domain, f.name) for f in m.functions if all(_foldable(n) for n in f.node)}
+    return {(f.domain, f.name): len(f.node) for f in m.functions if all(_foldable(n) for n in f.node)}
 
 
-def _fold_graph(pb, m, split: _Split) -> bytes:
-    """The constant nodes as a graph: large initializers its inputs (fed as they are, not copied), small ones inside it."""
+def _fold_graph(pb, m, split: _Split, carried: dict[str, np.ndarray]) -> bytes:
+    """The constant nodes as a graph: large initializers its inputs (fed as they are, not copied), small ones inside it;
+    what it reads of an earlier part's outputs (`carried`), inputs too."""
     by_name = {i.name: i for i in m.graph.initializer}
     large = split.large_inputs(m.graph)
     g = pb.GraphProto(name="fold", node=split.nodes, output=[pb.ValueInfoProto(name=o) for o in split.outputs])
     g.initializer.extend(by_name[n] for n in split.inputs if n not in set(large))
-    for name in large:
+    typed = [(name, by_name[name].data_type, by_name[name].dims) for name in large]
+    for name, elem_type, dims in typed + [(n, _onnx_type(carried[n].dtype), carried[n].shape) for n in split.carried]:
         vi = g.input.add(name=name)
-        vi.type.tensor_type.elem_type = by_name[name].data_type
-        for d in by_name[name].dims:
+        vi.type.tensor_type.elem_type = elem_type
+        for d in dims:
             vi.type.tensor_type.shape.dim.add(dim_value=d)
     return pb.ModelProto(ir_version=m.ir_version, opset_import=m.opset_import, graph=g, functions=m.functions).SerializeToString()
 
 
-def _run(fold_model: bytes, split: _Split, graph, source: _Source, threads: int | None) -> dict[str, np.ndarray]:
+def _run(fold_model: bytes, split: _Split, graph, source: _Source, threads: int | None, carried: dict) -> dict[str, np.ndarray]:
     """One run of the constant nodes (ONNX Runtime's CPU kernels, no graph optimization)."""
     import onnxruntime as ort
 
@@ -174,6 +208,8 @@ def _run(fold_model: bytes, split: _Split, graph, source: _Source, threads: int 
     for name in split.large_inputs(graph):
         value = source.given.get(name)
         io.bind_ortvalue_input(name, value if value is not None else ort.OrtValue.ortvalue_from_numpy(source.array(by_name[name])))
+    for name in split.carried:
+        io.bind_ortvalue_input(name, ort.OrtValue.ortvalue_from_numpy(np.asarray(carried[name], order="C")))
     buffers = {}  # outputs written into arrays owned here where ONNX Runtime inferred their shapes, else copied
     for out in sess.get_outputs():
         if out.shape is not None and all(isinstance(d, int) for d in out.shape):

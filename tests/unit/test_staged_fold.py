@@ -46,6 +46,21 @@ def test_folded_first_gives_the_logits_of_onnx_runtimes_own_folding(artifact, mo
     assert all(v.nbytes >= staged_fold.LARGE for v in folded.values.values())
 
 
+def test_a_fold_cut_into_parts_gives_what_one_run_gives(artifact, monkeypatch):
+    """Cut into parts of a few nodes, each run in a session of its own and reading what earlier parts computed: the same
+    graph and the same tensors, bit for bit."""
+    monkeypatch.setattr(staged_fold, "LARGE", 1024)
+    graph = artifact / "onnx" / "model.onnx"
+    whole = staged_fold.fold(graph)
+    monkeypatch.setattr(staged_fold, "PART_NODES", 7)
+    m, _ = onnx_wire.read(graph, staged_fold.LARGE)
+    parts = staged_fold._parts(staged_fold._split(m.graph, {}), {})
+    assert len(parts) > 10 and any(p.carried for p in parts) and all(len(p.nodes) <= 7 for p in parts)
+    cut = staged_fold.fold(graph)
+    assert cut.model == whole.model and cut.values.keys() == whole.values.keys()
+    assert all(np.array_equal(cut.values[k], v) for k, v in whole.values.items())
+
+
 def _model(nodes, inits, out="y", shape=(4, 64)):
     g = helper.make_graph(
         nodes,
