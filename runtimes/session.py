@@ -35,7 +35,7 @@ def open_session(
         compress.runtimes.shared_weights); ONNX Runtime only.
     shared_arena: allocate from the one CPU arena of ONNX Runtime's environment, shared by every session that asks for it
         (one app with several sessions), rather than from an arena of the session's own.
-    fold_first: compute the graph's constant subgraphs (its packed weights) in one plain run before the session loads
+    fold_first: compute the graph's constant subgraphs (its packed weights) in plain runs before the session loads
         (compress.runtimes.staged_fold: no memory spike at load, the same values), kept in the fold cache for later loads
         (compress.runtimes.fold_cache); ONNX Runtime's CPU provider only.
     fold_key: what the folded weights depend on beyond the file (a pack: its manifest's hash and the task): the fold

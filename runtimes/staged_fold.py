@@ -1,4 +1,4 @@
-"""Fold a graph's constant subgraphs in one plain run before ONNX Runtime loads the rest: no memory spike at load.
+"""Fold a graph's constant subgraphs in plain runs before ONNX Runtime loads the rest: no memory spike at load.
 
 A default artifact stores its weights as packed 4-bit codes (a pack's task graph: the backbone's codes and the task's
 mask): the int8 weights its kernels take are subgraphs of constants, which ONNX Runtime's constant folding computes
@@ -6,10 +6,10 @@ when the session loads. That pass keeps every intermediate of every folded subgr
 ~0.45 GB, 10x what loading ONNX Runtime's own int8 model costs; bert-base: 16x). Run as an ordinary graph instead, the
 same nodes on the same CPU kernels free each intermediate once its last reader has run. ``fold`` takes the constant
 nodes out into a graph of their own (its inputs: the large initializers they read, fed as they are; its outputs: the
-tensors the rest reads), runs it once, and returns the rest with those tensors in its place (and the large tensors it
-reads from the file), for the session to take with ``SessionOptions.add_external_initializers`` (copied into its graph),
-or for compress.runtimes.fold_cache to write. The values are the ones ONNX Runtime's folding computes (the same
-kernels): the logits are identical.
+tensors the rest reads), runs it (in parts of ~600 nodes, each its own session: _parts), and returns the rest with
+those tensors in its place (and the large tensors it reads from the file), for the session to take with
+``SessionOptions.add_external_initializers`` (copied into its graph), or for compress.runtimes.fold_cache to write.
+The values are the ones ONNX Runtime's folding computes (the same kernels): the logits are identical.
 
 Left to ONNX Runtime, as its own folding leaves them: DequantizeLinear (its QDQ fusions take it as it is), nodes outside
 the ONNX domain, nodes with subgraphs, random generators. A graph with nothing to fold (no constant node but Constant)
@@ -126,8 +126,9 @@ def _split(graph, functions: dict[tuple[str, str], int]) -> _Split:
 def _parts(split: _Split, functions: dict[tuple[str, str], int]) -> list[_Split]:
     """The constant nodes cut, in graph order, into parts of about PART_NODES nodes each (a call of a model-local
     function: its body's count), each run in a session of its own: a pack's MiniLM task graph folds ~4,400 nodes once
-    inlined, and ONNX Runtime's session of them all held ~20 MB while it ran. Each part's outputs are what the rest
-    of the graph or a later part reads of its nodes."""
+    inlined, and one session of them all peaked at 1.56x ORT int8's memory at load, in parts at 1.31x
+    (benchmarks/results/first_load_pack.md). Each part's outputs are what the rest of the graph or a later part reads
+    of its nodes."""
     size = [functions.get((n.domain, n.op_type), 1) for n in split.nodes]
     if sum(size) <= PART_NODES:
         return [split]
