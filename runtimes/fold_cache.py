@@ -81,9 +81,11 @@ def open_cached(
     where.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(dir=where.parent, prefix=".tmp-"))
     try:
-        opened = _fold_and_open(model, tmp, open_graph, threads, initializers)
-        if opened is None:
-            return None
+        opened, sync_error = _fold_and_open(model, tmp, open_graph, threads, initializers)
+        if opened is None or sync_error is not None:  # (not synced to disk: used, not kept)
+            if sync_error is not None:
+                log.warning("%s: the folded graph could not be synced to disk (%s): not kept in the cache", model, sync_error)
+            return opened
         try:
             tmp.rename(where)
         except OSError:  # written meanwhile by another process: theirs is the same graph
@@ -97,29 +99,35 @@ def open_cached(
 
 
 def _fold_and_open(model: Path, tmp: Path, open_graph, threads: int | None, initializers: dict | None):
-    """The graph folded into `tmp` and opened there, its files synced to disk meanwhile; None: nothing to fold."""
+    """-> (the graph folded into `tmp` and opened there, None where there is nothing to fold; the OSError that syncing
+    its files to disk meanwhile raised, or None)."""
     from compress.runtimes import staged_fold
 
     folded = staged_fold.fold(model, initializers, threads)
     if folded is None:
-        return None
+        return None, None
     _write(folded, tmp)
     folded = None  # the folded tensors freed before ONNX Runtime reads them back
-    synced = threading.Thread(target=_sync, args=([tmp / WEIGHTS, tmp / "model.onnx"],), name="fold-cache-sync")
-    synced.start()  # (fsync waits on the disk, without the GIL: it runs while the session is created)
+    failed: list[OSError] = []
+    syncing = threading.Thread(target=_sync, args=([tmp / WEIGHTS, tmp / "model.onnx"], failed), name="fold-cache-sync")
+    syncing.start()  # (fsync waits on the disk, without the GIL: it runs while the session is created)
     try:
-        return open_graph(tmp / "model.onnx", True)
+        opened = open_graph(tmp / "model.onnx", True)
     finally:
-        synced.join()
+        syncing.join()
+    return opened, (failed or [None])[0]
 
 
-def _sync(files: list[Path]) -> None:
-    for path in files:
-        fd = os.open(path, os.O_RDONLY)
-        try:
-            os.fsync(fd)
-        finally:
-            os.close(fd)
+def _sync(files: list[Path], failed: list[OSError]) -> None:
+    try:
+        for path in files:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
+    except OSError as e:
+        failed.append(e)
 
 
 def _prune(root: Path, keep: Path) -> None:

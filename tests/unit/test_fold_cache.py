@@ -99,7 +99,7 @@ def test_a_first_load_syncs_its_files_before_the_entry_is_renamed_into_place(gra
     """The session opens the graph in the temporary directory while its files are synced; the entry appears only once
     both are done, and a graph the session cannot open leaves neither an entry nor a temporary directory."""
     synced, opened = [], []
-    monkeypatch.setattr(fold_cache, "_sync", lambda files: synced.append([(f.parent.name, f.name, f.is_file()) for f in files]))
+    monkeypatch.setattr(fold_cache, "_sync", lambda files, failed: synced.append([(f.parent.name, f.name, f.is_file()) for f in files]))
     root = tmp_path / "cache" / "folded"
 
     def open_graph(path, folded_now):
@@ -120,3 +120,10 @@ def test_a_first_load_syncs_its_files_before_the_entry_is_renamed_into_place(gra
     with pytest.raises(RuntimeError, match="cannot open"):
         fold_cache.open_cached(graph, refuse)
     assert list(root.iterdir()) == [entry]
+
+
+def test_a_folded_graph_that_cannot_be_synced_is_used_but_not_kept(graph, tmp_path, monkeypatch, caplog):
+    monkeypatch.setattr(fold_cache, "_sync", lambda files, failed: failed.append(OSError("disk full")))
+    with caplog.at_level("WARNING"):
+        assert fold_cache.open_cached(graph, lambda path, now: "session") == "session"
+    assert "disk full" in caplog.text and list((tmp_path / "cache" / "folded").iterdir()) == []
