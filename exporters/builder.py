@@ -163,7 +163,7 @@ class Builder:
         took twice as long); rows that do not fill the last plane are padded and sliced off."""
         per, (rows, cols) = 8 // bits, stored.shape
         planes = np.pad(stored, ((0, -rows % per), (0, 0))).reshape(per, -1, cols)
-        packed = np.bitwise_or.reduce(planes << (np.arange(per, dtype=np.uint8) * bits)[:, None, None], axis=0).astype(np.uint8)
+        packed = pack_bits(np.moveaxis(planes, 0, -1), bits).reshape(-1, cols)  # a byte's codes: one of each plane
         x = self.const(f"{base}.{suffix}_{bits}bit", packed)
         shift = lambda y, by, way: self.node("BitShift", [y, self.const(base, np.array(by, np.uint8))], base, direction=way)[0]
         out = []
